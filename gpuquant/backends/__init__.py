@@ -1,0 +1,170 @@
+"""The one device interface the pipeline is written over, and device selection.
+
+Three implementations:
+  * ``numpy``    (``numpy_backend.NumpyDevice``): the numpy reference quantizers, host memory.
+  * ``emulated`` (``emulated.EmulatedDevice``): the exact ``kernels/*.cu`` sources compiled for the host
+    through ``kernels/host_shim.h`` and launched with the CUDA grid geometry; the fast CPU path.
+  * ``cuda``     (``cuda.CudaDevice``): the same kernels through CuPy ``RawModule`` on a GPU.
+
+The pipeline (``gpuquant.pipeline``) only ever talks to this interface: buffers, streams, events, and one
+``quantize`` call per slab. Streams execute their operations in order; an ``Event`` recorded on a stream
+completes when everything enqueued on that stream before it has completed.
+"""
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..quants import GGMLQuantizationType, row_size
+
+
+class DeviceError(RuntimeError):
+    """A device could not be opened or failed (no GPU, out of memory, compile error)."""
+
+
+@dataclass(frozen=True)
+class SlabJob:
+    """One slab of rows of one tensor, quantized by one ``Device.quantize`` call.
+
+    A slab is either a range of rows inside one expert (2-D tensors have one expert) or a run of whole
+    experts of a 3-D tensor ``[n_expert, rows, cols]``; ``n_expert`` experts of ``rows_per_expert`` rows
+    each. Row ``r`` of the slab uses importance weights ``quant_weights[r // rows_per_expert]``.
+    """
+
+    src_type: GGMLQuantizationType
+    dst_type: GGMLQuantizationType
+    n_per_row: int
+    rows_per_expert: int
+    n_expert: int = 1
+    has_quant_weights: bool = False
+
+    @property
+    def nrows(self) -> int:
+        return self.rows_per_expert * self.n_expert
+
+    @property
+    def src_bytes(self) -> int:
+        return self.nrows * row_size(self.src_type, self.n_per_row)
+
+    @property
+    def dst_bytes(self) -> int:
+        return self.nrows * row_size(self.dst_type, self.n_per_row)
+
+    @property
+    def quant_weight_bytes(self) -> int:
+        return self.n_expert * self.n_per_row * 4 if self.has_quant_weights else 0
+
+
+class Stream(ABC):
+    """An in-order queue of device operations."""
+
+
+class Event(ABC):
+    """Completes when the operations enqueued on its stream before it have completed."""
+
+    @abstractmethod
+    def synchronize(self) -> None:
+        """Block the calling host thread until the event has completed (re-raises a failure)."""
+
+
+class Device(ABC):
+    """What the pipeline needs from a device."""
+
+    #: short name shown to users: "numpy", "emulated", "cuda:0"
+    name: str = "?"
+
+    @abstractmethod
+    def supports(self, src_type: GGMLQuantizationType, dst_type: GGMLQuantizationType) -> bool:
+        """Whether ``quantize`` can turn ``src_type`` rows into ``dst_type`` rows."""
+
+    @abstractmethod
+    def host_buffer(self, nbytes: int) -> np.ndarray:
+        """A uint8 host array of ``nbytes`` (page-locked on a GPU) for staging uploads/downloads."""
+
+    @abstractmethod
+    def device_buffer(self, nbytes: int) -> Any:
+        """A device allocation of ``nbytes``."""
+
+    @abstractmethod
+    def stream(self) -> Stream:
+        """A new in-order stream."""
+
+    @abstractmethod
+    def upload(self, dst: Any, src: np.ndarray, nbytes: int, stream: Stream) -> None:
+        """Enqueue a copy of ``src[:nbytes]`` (host) into device buffer ``dst``."""
+
+    @abstractmethod
+    def download(self, dst: np.ndarray, src: Any, nbytes: int, stream: Stream) -> None:
+        """Enqueue a copy of device buffer ``src[:nbytes]`` into host array ``dst``."""
+
+    @abstractmethod
+    def quantize(self, job: SlabJob, src: Any, dst: Any, quant_weights: Any | None, stream: Stream) -> None:
+        """Enqueue: convert/dequantize ``job.src_bytes`` raw source bytes in ``src`` and quantize them into
+        ``job.dst_bytes`` bytes of ``dst``; ``quant_weights`` holds ``job.n_expert`` float32 rows."""
+
+    @abstractmethod
+    def record(self, stream: Stream) -> Event:
+        """Record an event on ``stream``."""
+
+    @abstractmethod
+    def wait(self, stream: Stream, event: Event) -> None:
+        """Make ``stream`` wait for ``event`` before running what is enqueued after this call."""
+
+    def memory_budget(self) -> int:
+        """Bytes the pipeline may use on the device for its buffers (all slots together)."""
+        return 1 << 30
+
+    def close(self) -> None:
+        """Release streams, threads and memory."""
+
+
+DEVICE_NAMES = ("auto", "cpu", "numpy", "emulated", "cuda", "<N>")
+
+
+def open_device(spec: str | int, threads: int | None = None) -> Device:
+    """Open a device from a ``--device`` value.
+
+    ``cpu``/``numpy``: numpy reference; ``emulated``: kernels on the host; ``N``/``cuda``/``cuda:N``: GPU N;
+    ``auto``: GPU 0 when CuPy sees one, else the fastest CPU path.
+    """
+    threads = threads or os.cpu_count() or 1
+    s = str(spec).strip().lower()
+    if s in ("cpu", "numpy"):
+        from .numpy_backend import NumpyDevice
+
+        return NumpyDevice(threads=threads)
+    if s == "emulated":
+        from .emulated import EmulatedDevice
+
+        return EmulatedDevice(threads=threads)
+    if s == "auto":
+        from . import cuda
+
+        if cuda.device_count() > 0:
+            return cuda.CudaDevice(0)
+        return _fastest_cpu(threads)
+    if s == "cuda":
+        s = "0"
+    if s.startswith("cuda:"):
+        s = s[5:]
+    if s.isdigit():
+        from . import cuda
+
+        return cuda.CudaDevice(int(s))
+    raise DeviceError(f"--device: expected auto, cpu, emulated, cuda or a GPU index, got {spec!r}")
+
+
+def _fastest_cpu(threads: int) -> Device:
+    """The emulated kernels when a host C++ compiler is available, else numpy."""
+    try:
+        from .emulated import EmulatedDevice
+
+        return EmulatedDevice(threads=threads)
+    except DeviceError:
+        from .numpy_backend import NumpyDevice
+
+        return NumpyDevice(threads=threads)
