@@ -118,6 +118,10 @@ class Device(ABC):
         """Bytes the pipeline may use on the device for its buffers (all slots together)."""
         return 1 << 30
 
+    def stage_times(self) -> dict[str, float]:
+        """Seconds spent so far per device stage ("h2d", "kernel", "d2h"); empty when not measured."""
+        return {}
+
     def close(self) -> None:
         """Release streams, threads and memory."""
 
