@@ -1,0 +1,329 @@
+"""Shared numpy helpers that reproduce ggml's float32 arithmetic bit for bit.
+
+Conventions used by every family module:
+
+* Everything stays float32. Constants are ``np.float32`` so nothing promotes to float64.
+* Blocks are processed *element-major*: an array of shape ``(n, *batch)`` holds element ``j`` of every
+  block in row ``j`` (``blocks_t`` builds it), so a C loop ``for (j = 0; j < n; ++j) acc += f(x[j])`` becomes
+  a Python loop over the first axis on contiguous ``batch`` vectors (``seq_sum``), in the same order as C.
+  Never use ``np.sum``/``np.dot`` for such sums: numpy sums contiguous axes pairwise.
+* The comments name the ggml function (ggml/src/ggml-quants.c, ggml-impl.h) a helper mirrors.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+F32 = np.float32
+
+__all__ = [
+    "F32",
+    "GROUP_MAX_EPS",
+    "absmax_first",
+    "blocks_t",
+    "bf16_bits",
+    "fp16_bits",
+    "fp16_to_fp32",
+    "make_qkx3_quants",
+    "make_qx_quants",
+    "nearest_int",
+    "pack_nibbles",
+    "pack_qh",
+    "roundf",
+    "row_chunks",
+    "row_sum_sq",
+    "safe_recip",
+    "seq_sum",
+    "trunc_int",
+    "untranspose",
+]
+
+# ggml-quants.c: #define GROUP_MAX_EPS 1e-15f
+GROUP_MAX_EPS = F32(1e-15)
+_MAGIC = F32(12582912.0)  # 1.5 * 2**23, the nearest_int trick
+
+
+# ----------------------------------------------------------------------------- rounding and conversions
+
+
+def nearest_int(x: np.ndarray) -> np.ndarray:
+    """ggml ``nearest_int``: ``x + 12582912.f``, low 23 mantissa bits minus 0x400000 (int32).
+
+    Round-half-to-even for ``|x| < 2**22``; for anything larger (ggml only asserts in debug builds) it
+    returns the same garbage bits as C, so even out-of-range inputs agree.
+    """
+    v = np.add(x, _MAGIC, dtype=F32)
+    i = v.view(np.int32)
+    np.bitwise_and(i, 0x007FFFFF, out=i)
+    np.subtract(i, 0x00400000, out=i)
+    return i
+
+
+def roundf(x: np.ndarray) -> np.ndarray:
+    """C ``roundf``: nearest, halves away from zero (float32 result).
+
+    ``trunc(x + copysign(0.5 - ulp/2, x))`` would be off for large odd values; this form is exact:
+    ``t = trunc(x)``, then add ``sign(x)`` where ``|x - t| >= 0.5`` (the difference is exact in float32).
+    """
+    x = np.asarray(x, dtype=F32)
+    t = np.trunc(x)
+    adj = np.abs(x - t) >= F32(0.5)
+    return np.where(adj, t + np.copysign(F32(1.0), x), t).astype(F32, copy=False)
+
+
+def trunc_int(x: np.ndarray) -> np.ndarray:
+    """C ``(int)x`` on x86-64 (cvttss2si): truncation toward zero; NaN/inf/out of range -> INT_MIN."""
+    with np.errstate(invalid="ignore"):
+        return np.asarray(x, dtype=F32).astype(np.int32)
+
+
+def safe_recip(d: np.ndarray) -> np.ndarray:
+    """``d ? 1.0f/d : 0.0f`` (float32)."""
+    d = np.asarray(d, dtype=F32)
+    with np.errstate(divide="ignore", over="ignore"):
+        r = np.divide(F32(1.0), d, dtype=F32)
+    return np.where(d != 0, r, F32(0.0)).astype(F32, copy=False)
+
+
+def fp16_bits(x: np.ndarray) -> np.ndarray:
+    """``GGML_FP32_TO_FP16`` (ggml_compute_fp32_to_fp16) as uint16 bits.
+
+    ggml's software conversion rounds to nearest even, keeps fp16 subnormals, overflows to inf and maps
+    every NaN to 0x7E00 with the sign kept; numpy's float32->float16 cast does the same except for the
+    NaN payload, which is fixed here.
+    """
+    x = np.asarray(x, dtype=F32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        h = x.astype(np.float16).view(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        h = h.copy()
+        h[nan] = (x.view(np.uint32)[nan] >> 16).astype(np.uint16) & 0x8000 | 0x7E00
+    return h
+
+
+def fp16_to_fp32(h: np.ndarray) -> np.ndarray:
+    """``GGML_FP16_TO_FP32`` of uint16 bits (exact; numpy's cast is exact too)."""
+    return np.asarray(h, dtype=np.uint16).view(np.float16).astype(F32)
+
+
+def bf16_bits(x: np.ndarray) -> np.ndarray:
+    """``GGML_FP32_TO_BF16`` (ggml_compute_fp32_to_bf16): round to nearest even, NaN forced quiet."""
+    u = np.ascontiguousarray(x, dtype=F32).view(np.uint32)
+    r = ((u + (((u >> 16) & 1) + np.uint32(0x7FFF))) >> 16).astype(np.uint16)
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    if nan.any():
+        r[nan] = ((u[nan] >> 16) | 64).astype(np.uint16)
+    return r
+
+
+# ----------------------------------------------------------------------------- layout and sums
+
+
+def blocks_t(rows: np.ndarray, block: int) -> np.ndarray:
+    """``(nrows, n_per_row)`` -> element-major ``(block, nrows * n_per_row // block)`` float32 copy.
+
+    Column ``b`` is block ``b`` in memory order (row-major over rows, then blocks within a row).
+    """
+    flat = np.asarray(rows, dtype=F32).reshape(-1, block)
+    return np.ascontiguousarray(flat.T)
+
+
+def untranspose(q: np.ndarray) -> np.ndarray:
+    """Element-major ``(m, nblk)`` -> block-major ``(nblk, m)`` contiguous."""
+    return np.ascontiguousarray(q.T)
+
+
+def seq_sum(a: np.ndarray, start_zero: bool = True) -> np.ndarray:
+    """``float s = 0; for (j...) s += a[j];`` over the first axis, in order, in float32.
+
+    Starting from ``+0.0`` matters: ``0.0f + -0.0f`` is ``+0.0``. ``start_zero=False`` mirrors
+    ``float s = a[0]; for (j = 1...)``.
+    """
+    if start_zero:
+        acc = np.add(a[0], F32(0.0), dtype=F32)
+    else:
+        acc = np.array(a[0], dtype=F32, copy=True)
+    for j in range(1, a.shape[0]):
+        np.add(acc, a[j], out=acc)
+    return acc
+
+
+def row_sum_sq(rows: np.ndarray) -> np.ndarray:
+    """``float s = 0; for (j < n_per_row) s += x[j]*x[j];`` per row of ``(nrows, n)`` (float32, in order).
+
+    ``np.add.accumulate`` is a running sum, hence sequential; its last column is the C result.
+    """
+    sq = np.multiply(rows, rows, dtype=F32)
+    acc = np.add.accumulate(sq, axis=1, dtype=F32)
+    # +0.0 start (only visible when every term is -0.0, which x*x never is; kept for symmetry with C)
+    return np.add(acc[:, -1], F32(0.0), dtype=F32)
+
+
+def absmax_first(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``amax = 0; max = 0; for (j) if (fabsf(x[j]) > amax) { amax = fabsf(x[j]); max = x[j]; }``.
+
+    Element-major ``x`` ``(n, *batch)``; returns ``(amax, max)`` with the first element of largest
+    magnitude (strict ``>``), and ``max = +0.0`` where every element is zero.
+    """
+    ax = np.abs(x)
+    idx = np.argmax(ax, axis=0)
+    amax = np.take_along_axis(ax, idx[None], axis=0)[0]
+    mx = np.take_along_axis(x, idx[None], axis=0)[0]
+    mx = np.where(amax > 0, mx, F32(0.0)).astype(F32, copy=False)
+    return amax, mx
+
+
+def row_chunks(nrows: int, n_per_row: int, target: int = 1 << 16):
+    """Slices of rows holding about ``target`` elements each (at least one row), for cache-sized work."""
+    step = max(1, target // max(1, n_per_row))
+    for r0 in range(0, nrows, step):
+        yield slice(r0, min(nrows, r0 + step))
+
+
+# ----------------------------------------------------------------------------- bit packing
+
+
+def pack_nibbles(L: np.ndarray) -> np.ndarray:
+    """``qs[j] = L[j] | (L[j + n/2] << 4)`` stored to uint8, for element-major ``L`` ``(n, *batch)``.
+
+    Returns ``(n/2, *batch)`` uint8. Like C, the low value is not masked (callers pass 0..15).
+    """
+    h = L.shape[0] // 2
+    lo = L[:h].astype(np.uint8)
+    hi = L[h:].astype(np.uint8) << 4
+    return lo | hi
+
+
+def pack_qh(L: np.ndarray) -> np.ndarray:
+    """Q5 high bits: ``qh |= ((L[j] & 0x10) >> 4) << j`` over ``j < 32`` -> ``(4, nblk)`` uint8 (little endian)."""
+    bits = ((L.astype(np.uint8) >> 4) & 1).astype(np.uint8)  # (32, nblk)
+    return np.packbits(bits.reshape(4, 8, -1), axis=1, bitorder="little")[:, 0, :]
+
+
+# ----------------------------------------------------------------------------- block quantizers
+
+
+def _rmse_weights(x: np.ndarray, rmse_type: int, qw: np.ndarray | None) -> np.ndarray:
+    if qw is not None:
+        return qw
+    if rmse_type == 1:
+        return x * x
+    if rmse_type == 2:
+        return np.ones_like(x)
+    if rmse_type == 3:
+        return np.abs(x)
+    return np.sqrt(np.abs(x))
+
+
+def make_qx_quants(nmax: int, x: np.ndarray, rmse_type: int, qw: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """ggml ``make_qx_quants(n, nmax, x, L, rmse_type, qw)`` on element-major ``x`` ``(n, *batch)``.
+
+    Returns ``(scale float32 batch, L int32 (n, *batch))`` with ``L`` in ``[0, 2*nmax-1]``.
+    """
+    x = np.asarray(x, dtype=F32)
+    fnmax = F32(nmax)
+    amax, mx = absmax_first(x)
+    zero = amax < GROUP_MAX_EPS
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        iscale = np.divide(-fnmax, mx, dtype=F32)
+
+        def levels(isc):
+            return np.clip(nearest_int(isc * x), -nmax, nmax - 1)
+
+        l = levels(iscale)
+        if rmse_type == 0:
+            L = np.where(zero, 0, l + nmax)
+            return np.where(zero, F32(0), np.divide(F32(1), iscale, dtype=F32)).astype(F32), L
+        return_early = rmse_type < 0
+        w = _rmse_weights(x, abs(rmse_type), qw)
+        wx = w * x
+
+        def sums(l):
+            lf = l.astype(F32)
+            return seq_sum(wx * lf), seq_sum((w * lf) * lf)
+
+        L = l + nmax
+        sumlx, suml2 = sums(l)
+        scale = np.where(suml2 != 0, sumlx / suml2, F32(0)).astype(F32)
+        if return_early:
+            inv = np.divide(F32(1), iscale, dtype=F32)
+            s = np.where(suml2 > 0, F32(0.5) * (scale + inv), inv).astype(F32)
+            return np.where(zero, F32(0), s).astype(F32), np.where(zero, 0, L)
+        best = scale * sumlx
+        for is_ in range(-9, 10):
+            if is_ == 0:
+                continue
+            isc = np.divide(-(fnmax + F32(0.1) * F32(is_)), mx, dtype=F32)
+            l = levels(isc)
+            sumlx, suml2 = sums(l)
+            better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+            if better.any():
+                L = np.where(better, l + nmax, L)
+                scale = np.where(better, sumlx / suml2, scale).astype(F32)
+                best = np.where(better, scale * sumlx, best).astype(F32)
+    scale = np.where(zero, F32(0), scale).astype(F32)
+    L = np.where(zero, 0, L)
+    return scale, L
+
+
+def make_qkx3_quants(nmax: int, x: np.ndarray, weights: np.ndarray | None, rmin: float, rdelta: float,
+                     nstep: int, use_mad: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ggml ``make_qkx3_quants`` on element-major ``x`` ``(n, *batch)``.
+
+    Returns ``(scale, the_min, L)``: float32 batch, float32 batch (``*the_min = -min``), int32 ``(n, *batch)``.
+    """
+    x = np.asarray(x, dtype=F32)
+    n = x.shape[0]
+    w = weights if weights is not None else x * x
+    # min/max and the weighted sums start from element 0, then run over 1..n-1; the first minimum
+    # (strict <) is kept, which decides the sign of a zero minimum
+    imin = np.argmin(x, axis=0)
+    mn = np.take_along_axis(x, imin[None], axis=0)[0]
+    mx = np.maximum.reduce(x, axis=0)
+    sum_w = seq_sum(w, start_zero=False)
+    wx = w * x
+    sum_x = seq_sum(wx, start_zero=False)  # sum_x = sum_w * x[0] = w[0]*x[0], then += w*x[i]
+    mn = np.where(mn > 0, F32(0), mn).astype(F32)  # if (min > 0) min = 0
+    flat = mx <= mn
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        rng = mx - mn
+        iscale = np.divide(F32(nmax), rng, dtype=F32)
+        scale = np.divide(F32(1), iscale, dtype=F32)
+        xm = x - mn
+
+        def diff_sum(sc, Lf, m):
+            d = (sc * Lf + m) - x
+            d = np.abs(d) if use_mad else d * d
+            return seq_sum(w * d)
+
+        L = np.clip(nearest_int(iscale * xm), 0, nmax)
+        best_mad = diff_sum(scale, L.astype(F32), mn)
+        the_min = mn
+        if nstep >= 1:
+            for is_ in range(nstep + 1):
+                isc = np.divide(F32(rmin) + F32(rdelta) * F32(is_) + F32(nmax), rng, dtype=F32)
+                la = np.clip(nearest_int(isc * xm), 0, nmax)
+                lf = la.astype(F32)
+                wl = w * lf
+                sum_l = seq_sum(wl)
+                sum_l2 = seq_sum(wl * lf)
+                sum_xl = seq_sum(wl * x)
+                D = sum_w * sum_l2 - sum_l * sum_l
+                ok = D > 0
+                this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+                this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+                pos = this_min > 0
+                this_min = np.where(pos, F32(0), this_min).astype(F32)
+                this_scale = np.where(pos, sum_xl / sum_l2, this_scale).astype(F32)
+                mad = diff_sum(this_scale, lf, this_min)
+                better = ok & (mad < best_mad)
+                if better.any():
+                    L = np.where(better, la, L)
+                    best_mad = np.where(better, mad, best_mad).astype(F32)
+                    scale = np.where(better, this_scale, scale).astype(F32)
+                    the_min = np.where(better, this_min, the_min).astype(F32)
+    scale = np.where(flat, F32(0), scale).astype(F32)
+    the_min = np.where(flat, mn, the_min).astype(F32)
+    L = np.where(flat, 0, L)
+    return scale, -the_min, L
