@@ -1,0 +1,357 @@
+"""K-quants Q2_K..Q6_K: numpy reference quantizers, byte-identical to ggml-quants.c.
+
+Without importance weights ``ggml_quantize_chunk`` runs ``quantize_row_qN_K_ref``; with them it runs
+``quantize_row_qN_K_impl`` (Q6_K's impl with weights only swaps x*x for the weights).  Each class mirrors
+both.  Work is done on chunks of super-blocks so the float32 temporaries stay in cache; inside a chunk the
+16/32-value sub-blocks are laid out as columns (``_groups``) and the scale searches of
+``kquants_search`` run on all of them at once.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import GGMLQuantizationType, QuantType
+from .common import F32, GROUP_MAX_EPS, nearest_int, seq_sum
+from .common import fp16_bits as fp32_to_fp16_bits
+from .common import fp16_to_fp32 as fp16_bits_to_fp32
+from .kquants_search import make_q3_quants, make_qkx_quants, make_qp_quants, make_qx_quants
+
+QK_K = 256
+# super-blocks per chunk: 512 * 256 float32 = 512 KiB per temporary
+CHUNK_SUPERBLOCKS = 512
+
+
+# ----------------------------------------------------------------------------- layout helpers
+
+def _fp16_bytes(h: np.ndarray) -> np.ndarray:
+    """(S,) uint16 -> (S, 2) little-endian bytes."""
+    return np.ascontiguousarray(h, dtype="<u2").view(np.uint8).reshape(-1, 2)
+
+
+def _groups(x: np.ndarray, n: int) -> np.ndarray:
+    """(S, 256) -> (n, S*256/n): column ``s*nsub + j`` is sub-block j of super-block s."""
+    S = x.shape[0]
+    return np.ascontiguousarray(x.reshape(S, QK_K // n, n).transpose(2, 0, 1)).reshape(n, -1)
+
+
+def _ungroup(t: np.ndarray, S: int) -> np.ndarray:
+    """Inverse of ``_groups``: (n, S*nsub) -> (S, 256)."""
+    n = t.shape[0]
+    return t.reshape(n, S, QK_K // n).transpose(1, 2, 0).reshape(S, QK_K)
+
+
+def _per_group(v: np.ndarray, n: int) -> np.ndarray:
+    """A per-super-block value (S,) repeated for each of its sub-blocks -> (S*nsub,)."""
+    return np.repeat(v, QK_K // n)
+
+
+def _running_max(v: np.ndarray) -> np.ndarray:
+    """``float m = 0; for (j...) if (v[j] > m) m = v[j];`` over axis 1 of (S, nsub)."""
+    m = np.zeros(v.shape[0], F32)
+    for j in range(v.shape[1]):
+        m = np.where(v[:, j] > m, v[:, j], m)
+    return m
+
+
+def _first_absmax(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``if (fabsf(v[j]) > amax) { amax = fabsf(v[j]); max = v[j]; }`` over axis 1 -> (amax, max)."""
+    amax = np.zeros(v.shape[0], F32)
+    vmax = np.zeros(v.shape[0], F32)
+    for j in range(v.shape[1]):
+        a = np.abs(v[:, j])
+        gt = a > amax
+        amax = np.where(gt, a, amax)
+        vmax = np.where(gt, v[:, j], vmax)
+    return amax, vmax
+
+
+def _sum_x2(x: np.ndarray) -> np.ndarray:
+    """``float s = 0; for (l < QK_K) s += x[l]*x[l];`` per super-block of (S, 256)."""
+    xx = x * x
+    return seq_sum(np.ascontiguousarray(xx.T))
+
+
+def _requant(xt: np.ndarray, L: np.ndarray, d: np.ndarray, dm: np.ndarray | None, lo: int, hi: int) -> np.ndarray:
+    """The final pass of every quantize_row_qN_K: ``if (!d) continue;``, else
+    ``L = clamp(nearest_int((x + dm)/d))`` (``x/d`` without a min), offset so the result is >= 0."""
+    d = d.reshape(-1)
+    with np.errstate(all="ignore"):
+        v = xt if dm is None else xt + dm.reshape(-1)
+        lq = np.clip(nearest_int(v / d), lo, hi) - lo
+    return np.where(d != 0, lq, L)
+
+
+def _pack_2bit(L: np.ndarray) -> np.ndarray:
+    """qs[j/4 + l] = L[j+l] | L[j+l+32] << 2 | L[j+l+64] << 4 | L[j+l+96] << 6 for j in (0, 128)."""
+    Lr = L.reshape(-1, 2, 4, 32)
+    q = Lr[:, :, 0] | (Lr[:, :, 1] << 2) | (Lr[:, :, 2] << 4) | (Lr[:, :, 3] << 6)
+    return q.reshape(-1, 64).astype(np.uint8)
+
+
+def _pack_k4(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """The 12-byte 6-bit scale/min packing of Q4_K/Q5_K (uint8_t stores truncate)."""
+    sc = np.empty((ls.shape[0], 12), np.int32)
+    sc[:, 0:4] = ls[:, 0:4] | ((ls[:, 4:8] >> 4) << 6)
+    sc[:, 4:8] = lm[:, 0:4] | ((lm[:, 4:8] >> 4) << 6)
+    sc[:, 8:12] = (ls[:, 4:8] & 0xF) | ((lm[:, 4:8] & 0xF) << 4)
+    return (sc & 0xFF).astype(np.uint8)
+
+
+def _unpack_k4(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``get_scale_min_k4`` for j = 0..7 -> (sc, m), each (S, 8) int32."""
+    q = q.astype(np.int32)
+    sc = np.empty((q.shape[0], 8), np.int32)
+    m = np.empty_like(sc)
+    sc[:, 0:4] = q[:, 0:4] & 63
+    m[:, 0:4] = q[:, 4:8] & 63
+    sc[:, 4:8] = (q[:, 8:12] & 0xF) | ((q[:, 0:4] >> 6) << 4)
+    m[:, 4:8] = (q[:, 8:12] >> 4) | ((q[:, 4:8] >> 6) << 4)
+    return sc, m
+
+
+def _pack_q3_scales(l: np.ndarray) -> np.ndarray:
+    """Q3_K: sixteen 6-bit scales (S, 16) in [0, 64) -> 12 bytes."""
+    sc = np.empty((l.shape[0], 12), np.int32)
+    sc[:, 0:8] = (l[:, 0:8] & 0xF) | ((l[:, 8:16] & 0xF) << 4)
+    hi = l >> 4
+    sc[:, 8:12] = hi[:, 0:4] | (hi[:, 4:8] << 2) | (hi[:, 8:12] << 4) | (hi[:, 12:16] << 6)
+    return (sc & 0xFF).astype(np.uint8)
+
+
+def _unpack_q3_scales(q: np.ndarray) -> np.ndarray:
+    """Q3_K: the signed scale of sub-block j as quantize_row_q3_K decodes it (``sc - 32``), (S, 16)."""
+    q = q.astype(np.int32)
+    low = np.concatenate([q[:, 0:8] & 0xF, q[:, 0:8] >> 4], axis=1)
+    hi = np.concatenate([(q[:, 8:12] >> (2 * k)) & 3 for k in range(4)], axis=1)
+    return (low | (hi << 4)) - 32
+
+
+class _KQuant(QuantType):
+    """Shared row driver: rows -> super-blocks -> chunks; subclasses write ``_superblocks``."""
+
+    @classmethod
+    def quantize_rows(cls, rows: np.ndarray, quant_weights: np.ndarray | None) -> np.ndarray:
+        rows = np.ascontiguousarray(rows, dtype=F32)
+        nrows, n_per_row = rows.shape
+        if n_per_row % QK_K:
+            raise ValueError(f"{cls.qtype.name}: n_per_row={n_per_row} is not a multiple of {QK_K}")
+        nb = n_per_row // QK_K
+        x = rows.reshape(-1, QK_K)
+        qw = None
+        if quant_weights is not None:
+            qw = np.ascontiguousarray(quant_weights, dtype=F32).reshape(nb, QK_K)
+        out = np.empty((x.shape[0], cls.type_size), np.uint8)
+        for s0 in range(0, x.shape[0], CHUNK_SUPERBLOCKS):
+            s1 = min(s0 + CHUNK_SUPERBLOCKS, x.shape[0])
+            w = None if qw is None else qw[np.arange(s0, s1) % nb]
+            out[s0:s1] = cls._superblocks(x[s0:s1], w)
+        return out.reshape(nrows, -1)
+
+    @classmethod
+    def _superblocks(cls, x: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+        """x: float32 (S, 256); qw: the weights of each super-block (S, 256) or None -> (S, type_size)."""
+        raise NotImplementedError
+
+
+class Q6_K(_KQuant, qtype=GGMLQuantizationType.Q6_K):
+    """quantize_row_q6_K_ref / quantize_row_q6_K_impl: 16 x 16 values, int8 scales, 6-bit quants."""
+
+    @classmethod
+    def _superblocks(cls, x, qw):
+        S = x.shape[0]
+        xt = _groups(x, 16)
+        scales, L = make_qx_quants(xt, 32, None if qw is None else _groups(qw, 16))
+        sc = scales.reshape(S, 16)
+        max_abs, max_scale = _first_absmax(sc)
+        with np.errstate(all="ignore"):
+            iscale = F32(-128) / max_scale
+            d16 = fp32_to_fp16_bits(F32(1) / iscale)
+            qsc = np.minimum(127, nearest_int(iscale[:, None] * sc)).astype(np.int8)
+        d = fp16_bits_to_fp32(d16)[:, None] * qsc.astype(F32)
+        L = _ungroup(_requant(xt, L, d, None, -32, 31), S)
+        Lr = L.reshape(S, 2, 4, 32)
+        ql = (Lr[:, :, 0:2] & 0xF) | ((Lr[:, :, 2:4] & 0xF) << 4)
+        qh = (Lr[:, :, 0] >> 4) | ((Lr[:, :, 1] >> 4) << 2) | ((Lr[:, :, 2] >> 4) << 4) | ((Lr[:, :, 3] >> 4) << 6)
+        out = np.empty((S, cls.type_size), np.uint8)
+        out[:, 0:128] = ql.reshape(S, 128)
+        out[:, 128:192] = qh.reshape(S, 64)
+        out[:, 192:208] = qsc.view(np.uint8)
+        out[:, 208:210] = _fp16_bytes(d16)
+        out[max_abs < GROUP_MAX_EPS] = 0  # memset(&y[i], 0, ...)
+        return out
+
+
+class _Q45K(_KQuant):
+    """Q4_K / Q5_K: 8 x 32 values with 6-bit scales and mins."""
+
+    nmax: int
+    ref_search: tuple[float, float, int]  # make_qkx2_quants (rmin, rdelta, nstep) of the _ref path
+    clamp_impl_scales: bool  # quantize_row_q5_K_impl applies MIN(63, ...) to Ls/Lm, q4_K's does not
+
+    @classmethod
+    def _scales(cls, x, qw):
+        """Search each 32-block; returns (xt, L, packed scales (S,12), d16, dmin16)."""
+        S = x.shape[0]
+        xt = _groups(x, 32)
+        if qw is None:  # quantize_row_qN_K_ref
+            with np.errstate(all="ignore"):
+                av_x = np.sqrt(seq_sum(xt * xt) / F32(32))
+                w = av_x + np.abs(xt)
+            rmin, rdelta, nstep = cls.ref_search
+            scales, mins, L = make_qkx_quants(xt, w, cls.nmax, rmin, rdelta, nstep, False, False)
+            sc, mi = scales.reshape(S, 8), mins.reshape(S, 8)
+            max_scale, max_min = _running_max(sc), _running_max(mi)
+            with np.errstate(all="ignore"):
+                inv_scale = np.where(max_scale > 0, F32(63) / max_scale, F32(0))
+                inv_min = np.where(max_min > 0, F32(63) / max_min, F32(0))
+                ls = np.minimum(nearest_int(inv_scale[:, None] * sc) & 0xFF, 63)
+                lm = np.minimum(nearest_int(inv_min[:, None] * mi) & 0xFF, 63)
+                d_block, m_block = max_scale / F32(63), max_min / F32(63)
+        else:  # quantize_row_qN_K_impl
+            with np.errstate(all="ignore"):
+                sigma2 = F32(2) * _sum_x2(x) / F32(QK_K)
+                w = _groups(qw, 32) * np.sqrt(_per_group(sigma2, 32) + xt * xt)
+            sw = seq_sum(w)
+            scales, mins, L = make_qkx_quants(xt, w, cls.nmax, -0.9, 0.05, 36, False, True)
+            swt = np.ascontiguousarray(sw.reshape(S, 8).T)
+            d_block, ls = make_qp_quants(np.ascontiguousarray(scales.reshape(S, 8).T), 63, swt)
+            m_block, lm = make_qp_quants(np.ascontiguousarray(mins.reshape(S, 8).T), 63, swt)
+            ls, lm = ls.T, lm.T
+            if cls.clamp_impl_scales:
+                ls, lm = np.minimum(63, ls), np.minimum(63, lm)
+        packed = _pack_k4(ls, lm)
+        d16, dmin16 = fp32_to_fp16_bits(d_block), fp32_to_fp16_bits(m_block)
+        sc, m = _unpack_k4(packed)
+        d = fp16_bits_to_fp32(d16)[:, None] * sc.astype(F32)
+        dm = fp16_bits_to_fp32(dmin16)[:, None] * m.astype(F32)
+        L = _ungroup(_requant(xt, L, d, dm, 0, cls.nmax), S)
+        return L, packed, d16, dmin16
+
+
+class Q5_K(_Q45K, qtype=GGMLQuantizationType.Q5_K):
+    """quantize_row_q5_K_ref / quantize_row_q5_K_impl."""
+
+    nmax = 31
+    ref_search = (-0.5, 0.1, 15)
+    clamp_impl_scales = True
+
+    @classmethod
+    def _superblocks(cls, x, qw):
+        S = x.shape[0]
+        L, packed, d16, dmin16 = cls._scales(x, qw)
+        Lr = L.reshape(S, 4, 2, 32)
+        ql = (Lr[:, :, 0] & 0xF) | ((Lr[:, :, 1] & 0xF) << 4)
+        hb = Lr >> 4
+        qh = np.zeros((S, 32), np.int32)
+        for p in range(4):
+            qh |= (hb[:, p, 0] << (2 * p)) | (hb[:, p, 1] << (2 * p + 1))
+        out = np.empty((S, cls.type_size), np.uint8)
+        out[:, 0:2] = _fp16_bytes(d16)
+        out[:, 2:4] = _fp16_bytes(dmin16)
+        out[:, 4:16] = packed
+        out[:, 16:48] = qh
+        out[:, 48:176] = ql.reshape(S, 128)
+        return out
+
+
+class Q4_K(_Q45K, qtype=GGMLQuantizationType.Q4_K):
+    """quantize_row_q4_K_ref / quantize_row_q4_K_impl."""
+
+    nmax = 15
+    ref_search = (-1.0, 0.1, 20)
+    clamp_impl_scales = False
+
+    @classmethod
+    def _superblocks(cls, x, qw):
+        S = x.shape[0]
+        L, packed, d16, dmin16 = cls._scales(x, qw)
+        Lr = L.reshape(S, 4, 2, 32)
+        q = Lr[:, :, 0] | (Lr[:, :, 1] << 4)
+        out = np.empty((S, cls.type_size), np.uint8)
+        out[:, 0:2] = _fp16_bytes(d16)
+        out[:, 2:4] = _fp16_bytes(dmin16)
+        out[:, 4:16] = packed
+        out[:, 16:144] = q.reshape(S, 128)
+        return out
+
+
+class Q3_K(_KQuant, qtype=GGMLQuantizationType.Q3_K):
+    """quantize_row_q3_K_ref / quantize_row_q3_K_impl: 16 x 16 values, 6-bit signed scales, 3-bit quants."""
+
+    @classmethod
+    def _superblocks(cls, x, qw):
+        S = x.shape[0]
+        xt = _groups(x, 16)
+        if qw is None:  # quantize_row_q3_K_ref
+            scales, L = make_q3_quants(xt, 4)
+            sc = scales.reshape(S, 16)
+            _, max_scale = _first_absmax(sc)
+            nz = max_scale != 0
+            with np.errstate(all="ignore"):
+                iscale = F32(-32) / max_scale
+                l = nearest_int(iscale[:, None] * sc).astype(np.int8).astype(np.int32)
+                d16 = np.where(nz, fp32_to_fp16_bits(F32(1) / iscale), np.uint16(0))
+            packed = _pack_q3_scales(np.clip(l, -32, 31) + 32)
+            packed[~nz] = 0
+        else:  # quantize_row_q3_K_impl
+            with np.errstate(all="ignore"):
+                sigma2 = F32(2) * _sum_x2(x) / F32(QK_K)
+                w = _groups(qw, 16) * np.sqrt(_per_group(sigma2, 16) + xt * xt)
+            sw = seq_sum(w)
+            scales, L = make_qx_quants(xt, 4, w)
+            d_block, Ls = make_qx_quants(np.ascontiguousarray(scales.reshape(S, 16).T), 32,
+                                         np.ascontiguousarray(sw.reshape(S, 16).T))
+            packed = _pack_q3_scales(Ls.T)
+            d16 = fp32_to_fp16_bits(d_block)
+        d = fp16_bits_to_fp32(d16)[:, None] * _unpack_q3_scales(packed).astype(F32)
+        L = _ungroup(_requant(xt, L, d, None, -4, 3), S)
+        high = L > 3
+        L = np.where(high, L - 4, L)
+        hb = high.reshape(S, 8, 32).astype(np.int32)
+        hmask = np.zeros((S, 32), np.int32)
+        for b in range(8):
+            hmask |= hb[:, b] << b
+        out = np.empty((S, cls.type_size), np.uint8)
+        out[:, 0:32] = hmask
+        out[:, 32:96] = _pack_2bit(L)
+        out[:, 96:108] = packed
+        out[:, 108:110] = _fp16_bytes(d16)
+        return out
+
+
+class Q2_K(_KQuant, qtype=GGMLQuantizationType.Q2_K):
+    """quantize_row_q2_K_ref / quantize_row_q2_K_impl: 16 x 16 values, 4-bit scales and mins, 2-bit quants."""
+
+    @classmethod
+    def _superblocks(cls, x, qw):
+        S = x.shape[0]
+        xt = _groups(x, 16)
+        if qw is None:  # quantize_row_q2_K_ref
+            scales, mins, L = make_qkx_quants(xt, np.abs(xt), 3, -0.5, 0.1, 15, True, False)
+            sc, mi = scales.reshape(S, 16), mins.reshape(S, 16)
+            max_scale, max_min = _running_max(sc), _running_max(mi)
+            with np.errstate(all="ignore"):
+                ls = np.where((max_scale > 0)[:, None], nearest_int((F32(15) / max_scale)[:, None] * sc), 0)
+                lm = np.where((max_min > 0)[:, None], nearest_int((F32(15) / max_min)[:, None] * mi), 0)
+                d16 = np.where(max_scale > 0, fp32_to_fp16_bits(max_scale / F32(15)), np.uint16(0))
+                dmin16 = np.where(max_min > 0, fp32_to_fp16_bits(max_min / F32(15)), np.uint16(0))
+        else:  # quantize_row_q2_K_impl
+            with np.errstate(all="ignore"):
+                sigma2 = _sum_x2(x) / F32(QK_K)
+                w = _groups(qw, 16) * np.sqrt(_per_group(sigma2, 16) + xt * xt)
+            sw = np.ascontiguousarray(seq_sum(w).reshape(S, 16).T)
+            scales, mins, L = make_qkx_quants(xt, w, 3, -0.9, 0.05, 36, False, True)
+            dm, ls = make_qp_quants(np.ascontiguousarray(scales.reshape(S, 16).T), 15, sw)
+            mm, lm = make_qp_quants(np.ascontiguousarray(mins.reshape(S, 16).T), 15, sw)
+            ls, lm = ls.T, lm.T
+            d16, dmin16 = fp32_to_fp16_bits(dm), fp32_to_fp16_bits(mm)
+        packed = ((ls & 0xFF) | (lm << 4)) & 0xFF
+        d = fp16_bits_to_fp32(d16)[:, None] * (packed & 0xF).astype(F32)
+        dm_ = fp16_bits_to_fp32(dmin16)[:, None] * (packed >> 4).astype(F32)
+        L = _ungroup(_requant(xt, L, d, dm_, 0, 3), S)
+        out = np.empty((S, cls.type_size), np.uint8)
+        out[:, 0:16] = packed
+        out[:, 16:80] = _pack_2bit(L)
+        out[:, 80:82] = _fp16_bytes(d16)
+        out[:, 82:84] = _fp16_bytes(dmin16)
+        return out
