@@ -1,0 +1,272 @@
+"""The Python API: ``quantize`` (an array) and ``quantize_file`` (a whole GGUF model, like llama-quantize)."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from gguf import GGUFValueType
+
+from . import mixes, quants
+from .backends import Device, DeviceError, open_device
+from .gguf_io import GGUFError, GGUFModel, KVList, OutTensor, StreamWriter, encode_header, read_model, temp_path_for
+from .pipeline import Pipeline, QuantizeError, StageTimes, TensorWork
+from .quants import GGMLQuantizationType as T, type_name
+
+GGML_QNT_VERSION = 2
+
+
+class UsageError(ValueError):
+    """Bad arguments or input: the message names the argument and the value received."""
+
+
+def quantize(array: np.ndarray, type: str | int | T, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """Quantize an array (last axis = rows) like ``ggml_quantize_chunk``; returns the raw bytes as uint8."""
+    return quants.quantize(array, type, imatrix)
+
+
+@dataclass
+class TensorReport:
+    name: str
+    shape: tuple[int, ...]
+    src_type: T
+    dst_type: T
+    src_bytes: int
+    dst_bytes: int
+    n_elements: int
+
+
+@dataclass
+class Report:
+    """What a run did: per tensor, per stage, totals. ``output`` is None for a dry run."""
+
+    input: Path
+    output: Path | None
+    ftype: str
+    device: str
+    tensors: list[TensorReport] = field(default_factory=list)
+    times: StageTimes | None = None
+    seconds: float = 0.0
+    n_fallback: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def src_bytes(self) -> int:
+        return sum(t.src_bytes for t in self.tensors)
+
+    @property
+    def dst_bytes(self) -> int:
+        return sum(t.dst_bytes for t in self.tensors)
+
+    @property
+    def n_elements(self) -> int:
+        return sum(t.n_elements for t in self.tensors)
+
+    def bpw(self, nbytes: int) -> float:
+        return nbytes * 8.0 / max(1, self.n_elements)
+
+
+def default_output(src: Path, ftype_name: str) -> Path:
+    """``<input-stem>-<TYPE>.gguf`` beside the input."""
+    return src.with_name(f"{src.stem}-{ftype_name}.gguf")
+
+
+def parse_kv_override(spec: str) -> tuple[str, GGUFValueType, object]:
+    """``KEY=TYPE:VALUE`` as llama.cpp's string_parse_kv_override (int, float, bool, str)."""
+    key, sep, rest = spec.partition("=")
+    if not sep or not key or len(key) >= 128:
+        raise UsageError(f"--override-kv: expected KEY=TYPE:VALUE, got {spec!r}")
+    kind, sep, value = rest.partition(":")
+    if not sep:
+        raise UsageError(f"--override-kv: expected KEY=TYPE:VALUE, got {spec!r}")
+    try:
+        if kind == "int":
+            return key, GGUFValueType.UINT32, abs(int(value))  # llama-quant stores ints as u32(|v|)
+        if kind == "float":
+            return key, GGUFValueType.FLOAT32, float(value)
+        if kind == "bool":
+            if value not in ("true", "false"):
+                raise ValueError(value)
+            return key, GGUFValueType.BOOL, value == "true"
+        if kind == "str":
+            if len(value) > 127:
+                raise UsageError(f"--override-kv: string value longer than 127 bytes for key {key!r}")
+            return key, GGUFValueType.STRING, value
+    except ValueError:
+        raise UsageError(f"--override-kv: invalid {kind} value {value!r} for key {key!r}") from None
+    raise UsageError(f"--override-kv: type must be int, float, bool or str, got {kind!r} in {spec!r}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def quantize_file(
+    src: str | os.PathLike,
+    dst: str | os.PathLike | None = None,
+    type: str = "Q4_K_M",
+    *,
+    device: str | Device = "auto",
+    threads: int | None = None,
+    allow_requantize: bool = False,
+    pure: bool = False,
+    leave_output_tensor: bool = False,
+    output_tensor_type: str | None = None,
+    token_embedding_type: str | None = None,
+    tensor_types: list[tuple[str, str]] | None = None,
+    imatrix: str | os.PathLike | None = None,
+    include_weights: list[str] | None = None,
+    exclude_weights: list[str] | None = None,
+    override_kv: list[str] | None = None,
+    prune_layers: list[int] | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+    slab_bytes: int | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    on_plan: Callable[[list[TensorReport]], None] | None = None,
+) -> Report:
+    """Quantize a GGUF model file to ``type`` (an llama-quantize ftype name such as Q4_K_M or IQ4_NL).
+
+    Output is byte-identical to llama-quantize. It is written to a temporary file beside ``dst`` and renamed
+    on success; on any failure or interrupt the temporary file is removed and ``dst`` is untouched.
+    """
+    t0 = time.perf_counter()
+    src = Path(src)
+    try:
+        ftype = mixes.parse_ftype(type)
+    except (ValueError, KeyError) as e:
+        raise UsageError(f"--type: {e}") from None
+    ftype_name = mixes.ftype_name(ftype)
+    model = read_model(src)
+
+    out = None
+    if not dry_run:
+        out = Path(dst) if dst is not None else default_output(src, ftype_name)
+        if _same_file(src, out) or src.resolve() == out.resolve():
+            raise UsageError(f"output: input and output files are the same: {str(out)!r}")
+        if out.exists() and not force:
+            raise UsageError(f"output: {str(out)!r} already exists (use --force to overwrite)")
+        if not out.parent.is_dir():
+            raise UsageError(f"output: directory {str(out.parent)!r} does not exist")
+        if not os.access(out.parent, os.W_OK):
+            raise UsageError(f"output: directory {str(out.parent)!r} is not writable")
+
+    imat = None
+    if imatrix is not None:
+        from . import imatrix as imatrix_mod
+
+        imat = imatrix_mod.prepare(imatrix, include_weights or [], exclude_weights or [])
+
+    def parse_t(name: str | None, what: str) -> T | None:
+        if name is None:
+            return None
+        try:
+            return quants.parse_type(name)
+        except quants.UnsupportedType as e:
+            raise UsageError(f"{what}: {e}") from None
+
+    params = mixes.QuantizeParams(
+        ftype=ftype,
+        pure=pure,
+        quantize_output_tensor=not leave_output_tensor,
+        output_tensor_type=parse_t(output_tensor_type, "--output-tensor-type"),
+        token_embedding_type=parse_t(token_embedding_type, "--token-embedding-type"),
+        tensor_types=[(pat, parse_t(t, "--tensor-type")) for pat, t in (tensor_types or [])],
+        has_imatrix=imat is not None and bool(imat.entries),
+        prune_layers=list(prune_layers or []),
+        allow_requantize=allow_requantize,
+    )
+    infos = [mixes.TensorInfo(t.name, t.ne, t.type) for t in model.tensors]
+    plans = mixes.plan(model.arch, model.kv_dict, infos, params)
+    by_name = {t.name: t for t in model.tensors}
+
+    reports, works = [], []
+    for p in plans:
+        st = by_name[p.source_name]
+        reports.append(TensorReport(p.name, st.ne, st.type, p.target_type, st.nbytes,
+                                    OutTensor(p.name, st.ne, p.target_type).nbytes, st.n_elements))
+    if on_plan:
+        on_plan(reports)
+    report = Report(src, out, ftype_name, "dry-run" if dry_run else "", reports,
+                    n_fallback=sum(1 for p in plans if getattr(p, "fallback", False)))
+    if not imat and any(p.requires_imatrix and p.allows_quantization for p in plans):
+        bad = next(p for p in plans if p.requires_imatrix and p.allows_quantization)
+        msg = (f"this quantization requires an importance matrix: tensor {bad.name!r} -> "
+               f"{type_name(bad.target_type)} (pass --imatrix FILE)")
+        if not dry_run:
+            raise UsageError(msg)
+        report.notes.append(msg)
+    if dry_run:
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    for p in plans:
+        st = by_name[p.source_name]
+        if st.type == p.target_type:
+            works.append(TensorWork(st, p.name, p.target_type))
+            continue
+        if st.type not in (T.F32, T.F16, T.BF16) and not allow_requantize:
+            raise UsageError(f"tensor {st.name!r}: requantizing from type {type_name(st.type)} is disabled "
+                             f"(pass --allow-requantize)")
+        try:
+            quants.get(p.target_type)
+        except quants.UnsupportedType:
+            raise UsageError(f"tensor {p.name!r} needs type {type_name(p.target_type)}, which gpuquant does not "
+                             f"implement yet (ftype {ftype_name})") from None
+        qw = None
+        if imat is not None:
+            qw = imat.weights_for(p.imatrix_name, st)
+            if qw is None and p.requires_imatrix:
+                raise UsageError(f"missing importance matrix for tensor {st.name!r} in a very low-bit quantization")
+        works.append(TensorWork(st, p.name, p.target_type, qw))
+
+    kvs = KVList(model.kvs)
+    kvs.set("general.quantization_version", GGUFValueType.UINT32, GGML_QNT_VERSION)
+    kvs.set("general.file_type", GGUFValueType.UINT32, int(ftype))
+    for k in ("split.no", "split.count", "split.tensors.count"):
+        kvs.remove(k)
+    overrides = [parse_kv_override(s) for s in (override_kv or [])]
+    if imat is not None:
+        overrides += imat.metadata(str(imatrix))
+    for key, vt, val in overrides:
+        kvs.set(key, vt, val)
+    if prune_layers:
+        kvs.set(f"{model.arch}.block_count", GGUFValueType.UINT32, mixes.pruned_block_count(model.kv_dict, model.arch, prune_layers))
+    header = encode_header(kvs, [OutTensor(p.name, by_name[p.source_name].ne, p.target_type) for p in plans])
+
+    dev = device if isinstance(device, Device) else open_device(device, threads)
+    report.device = dev.name
+    for w in works:
+        if w.quantize and not dev.supports(w.src.type, w.dst_type):
+            raise UsageError(f"device {dev.name}: cannot quantize tensor {w.name!r} from "
+                             f"{type_name(w.src.type)} to {type_name(w.dst_type)}")
+    total = sum(w.src.nbytes for w in works)
+    done = [0]
+
+    def on_slab(index: int, nbytes: int) -> None:
+        done[0] += nbytes
+        if progress:
+            progress(works[index].name, done[0], total)
+
+    writer = StreamWriter(out, header)
+    try:
+        report.times = Pipeline(dev, works, writer, slab_bytes=slab_bytes, progress=on_slab).run()
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        if not isinstance(device, Device):
+            dev.close()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+__all__ = ["quantize", "quantize_file", "Report", "TensorReport", "UsageError", "GGUFError", "QuantizeError",
+           "DeviceError", "default_output", "temp_path_for"]
