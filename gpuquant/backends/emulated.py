@@ -1,0 +1,269 @@
+"""``EmulatedDevice``: the CUDA kernels of ``kernels/*.cu`` run on the host.
+
+Each kernel family is compiled, unchanged, by the system C++ compiler with ``kernels/host_shim.h``
+force-included and ``kernels/host_launch.cpp`` linked in, into a shared library cached on disk (keyed by
+a hash of the sources, the flags and the compiler). A launch runs the same grid and block geometry as on
+the GPU (``kernels.plan``), its thread blocks spread over ``threads`` host threads by the C++ launcher
+(ctypes releases the GIL for the call). Device memory is host memory; streams are ``HostStream``s.
+There is no separate CPU version of any kernel: this is both the GPU-less conformance check of the
+kernels and the fast CPU path.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..quants import GGMLQuantizationType
+from . import Device, DeviceError, Event, SlabJob, Stream
+from . import kernels as K
+from .host_streams import HostStream
+
+__all__ = ["EmulatedDevice", "HOST_CXX_FLAGS", "compile_family", "find_compiler", "cache_dir"]
+
+#: g++ flags: the CUDA float rules on the host (no FMA contraction, no fast math, no -march=native).
+#: -fno-math-errno only drops errno bookkeeping around sqrtf; it changes no value.
+HOST_CXX_FLAGS: tuple[str, ...] = (
+    "-std=c++17",
+    "-O2",
+    "-ffp-contract=off",
+    "-fno-fast-math",
+    "-fno-math-errno",
+    "-fPIC",
+    "-shared",
+    "-pthread",
+    "-w",
+)
+
+
+def find_compiler() -> str:
+    """The host C++ compiler: ``$CXX``, else g++, else c++; DeviceError if there is none."""
+    for cand in (os.environ.get("CXX"), "g++", "c++"):
+        if cand and shutil.which(cand):
+            return shutil.which(cand)  # type: ignore[return-value]
+    raise DeviceError("emulated device: no C++ compiler found (install g++ or set $CXX)")
+
+
+def cache_dir() -> Path:
+    """``$GPUQUANT_CACHE_DIR``, else ``$XDG_CACHE_HOME/gpuquant``, else ``~/.cache/gpuquant``."""
+    env = os.environ.get("GPUQUANT_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "gpuquant"
+
+
+_compiler_ids: dict[str, str] = {}
+
+
+def _compiler_id(cxx: str) -> str:
+    if cxx not in _compiler_ids:
+        try:
+            out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError) as e:
+            raise DeviceError(f"emulated device: cannot run {cxx}: {e}") from None
+        _compiler_ids[cxx] = out.splitlines()[0] if out else cxx
+    return _compiler_ids[cxx]
+
+
+def compile_family(family: str, cxx: str | None = None, kernel_dir: Path | None = None) -> Path:
+    """Compile ``<kernel_dir>/<family>.cu`` for the host (cached); returns the shared library's path.
+
+    ``kernel_dir`` defaults to the package's kernels (tests pass another folder for shim checks).
+    """
+    cxx = cxx or find_compiler()
+    kdir = kernel_dir or K.kernel_dir()
+    cu = kdir / f"{family}.cu"
+    if not cu.is_file():
+        raise DeviceError(f"emulated device: kernel source {cu} not found")
+    digest = _digest(kdir, family, cxx)
+    out_dir = cache_dir()
+    lib = out_dir / f"emulated-{family}-{digest}.so"
+    if lib.is_file():
+        return lib
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shim_dir = K.kernel_dir()
+    fd, tmp = tempfile.mkstemp(prefix=f".{family}-", suffix=".so", dir=out_dir)
+    os.close(fd)
+    cmd = [cxx, *HOST_CXX_FLAGS, f"-I{kdir}", f"-I{shim_dir}", "-include", str(shim_dir / "host_shim.h"),
+           "-x", "c++", str(cu), str(shim_dir / "host_launch.cpp"), "-o", tmp]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise DeviceError(f"emulated device: compiling {cu.name} failed:\n{' '.join(cmd)}\n{res.stderr[-4000:]}")
+        os.replace(tmp, lib)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return lib
+
+
+def _digest(kdir: Path, family: str, cxx: str) -> str:
+    import hashlib
+
+    shim = K.kernel_dir()
+    h = hashlib.sha256()
+    for p in [kdir / f"{family}.cu", *sorted(kdir.glob("*.cuh")), shim / "host_shim.h", shim / "host_launch.cpp",
+              *sorted(shim.glob("*.cuh"))]:
+        h.update(str(p.name).encode())
+        h.update(p.read_bytes())
+    h.update(" ".join(HOST_CXX_FLAGS).encode())
+    h.update(_compiler_id(cxx).encode())
+    return h.hexdigest()[:24]
+
+
+_GEOM = ctypes.c_longlong * 6
+
+
+class KernelLibrary:
+    """One compiled family: look kernels up by name and launch them with a CUDA geometry."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._lib = ctypes.CDLL(str(path))
+        except OSError as e:
+            raise DeviceError(f"emulated device: cannot load {path}: {e}") from None
+        self._lq = self._lib.gq_launch_quantize
+        self._lq.restype = ctypes.c_int
+        self._lq.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_longlong] * 3 + [_GEOM, ctypes.c_int, ctypes.c_int]
+        self._lc = self._lib.gq_launch_convert
+        self._lc.restype = ctypes.c_int
+        self._lc.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_longlong] * 2 + [_GEOM, ctypes.c_int, ctypes.c_int]
+        self._fns: dict[str, int] = {}
+
+    def kernel(self, name: str) -> int:
+        """Address of ``extern "C"`` kernel ``name``."""
+        fn = self._fns.get(name)
+        if fn is None:
+            try:
+                fn = ctypes.cast(getattr(self._lib, name), ctypes.c_void_p).value
+            except AttributeError:
+                raise DeviceError(f"emulated device: kernel {name} not found in {self.path.name}") from None
+            self._fns[name] = fn  # type: ignore[assignment]
+        return fn  # type: ignore[return-value]
+
+    def launch_quantize(self, name: str, grid, block, nthreads: int, sync: bool, src: int, dst: int, qw: int | None,
+                        rowstat: int | None, n_per_row: int, rows_per_expert: int, n_expert: int) -> None:
+        self._lq(self.kernel(name), src, dst, qw, rowstat, n_per_row, rows_per_expert, n_expert,
+                 _GEOM(*grid, *block), nthreads, int(sync))
+
+    def launch_convert(self, name: str, grid, block, nthreads: int, sync: bool, inp: int, out: int, n_per_row: int,
+                       nrows: int) -> None:
+        self._lc(self.kernel(name), inp, out, n_per_row, nrows, _GEOM(*grid, *block), nthreads, int(sync))
+
+
+def _ptr(a: np.ndarray) -> int:
+    return a.ctypes.data
+
+
+class EmulatedDevice(Device):
+    """The kernels on the host, ``threads`` host threads per launch."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = max(1, int(threads or os.cpu_count() or 1))
+        self.name = "emulated"
+        self._cxx = find_compiler()
+        _compiler_id(self._cxx)
+        self._families = K.available_families()
+        self._libs: dict[str, KernelLibrary] = {}
+        self._lock = threading.Lock()
+        self._streams: list[HostStream] = []
+
+    # -- kernels -----------------------------------------------------------------------------------------
+    def library(self, family: str) -> KernelLibrary:
+        """The compiled family (compiled on first use, then cached on disk and here)."""
+        with self._lock:
+            lib = self._libs.get(family)
+            if lib is None:
+                lib = KernelLibrary(compile_family(family, self._cxx))
+                self._libs[family] = lib
+            return lib
+
+    def supports(self, src_type: GGMLQuantizationType, dst_type: GGMLQuantizationType) -> bool:
+        return K.supports(src_type, dst_type, self._families)
+
+    def run_plan(self, job: SlabJob, src: np.ndarray, dst: np.ndarray, quant_weights: np.ndarray | None) -> None:
+        """Run a slab's launches now, on the calling thread (plus the launcher's worker threads)."""
+        if not self.supports(job.src_type, job.dst_type):
+            raise DeviceError(f"emulated device: no kernels for {job.src_type.name} -> {job.dst_type.name}")
+        p = K.plan(job.src_type, job.dst_type, job.n_per_row, job.rows_per_expert, job.n_expert,
+                   job.has_quant_weights and quant_weights is not None)
+        if src.nbytes < job.src_bytes or dst.nbytes < job.dst_bytes:
+            raise ValueError(f"buffers too small: src {src.nbytes} < {job.src_bytes} or dst {dst.nbytes} < {job.dst_bytes}")
+        qw_ptr = None
+        if quant_weights is not None and job.has_quant_weights:
+            if quant_weights.nbytes < job.quant_weight_bytes:
+                raise ValueError(f"quant_weights: {quant_weights.nbytes} bytes < {job.quant_weight_bytes}")
+            qw_ptr = _ptr(quant_weights)
+        bufs = {"src": _ptr(src), "dst": _ptr(dst)}
+        keep = []
+        if p.scratch_bytes:
+            scratch = np.empty(p.scratch_bytes, np.uint8)
+            keep.append(scratch)
+            bufs["scratch"] = _ptr(scratch)
+        if p.rowstat_bytes:
+            rowstat = np.empty(p.rowstat_bytes, np.uint8)
+            keep.append(rowstat)
+            bufs["rowstat"] = _ptr(rowstat)
+        nrows = job.nrows
+        for ln in p.launches:
+            lib = self.library(ln.family)
+            if ln.kind == "convert":
+                lib.launch_convert(ln.kernel, ln.grid, ln.block, self.threads, ln.sync, bufs[ln.inp], bufs[ln.out],
+                                   job.n_per_row, nrows)
+            else:
+                lib.launch_quantize(ln.kernel, ln.grid, ln.block, self.threads, ln.sync, bufs[ln.inp], bufs["dst"],
+                                    qw_ptr if ln.use_qw else None, bufs["rowstat"] if ln.use_rowstat else None,
+                                    job.n_per_row, job.rows_per_expert, job.n_expert)
+        del keep
+
+    # -- Device interface --------------------------------------------------------------------------------
+    def host_buffer(self, nbytes: int) -> np.ndarray:
+        return np.empty(int(nbytes), np.uint8)
+
+    def device_buffer(self, nbytes: int) -> np.ndarray:
+        return np.empty(int(nbytes), np.uint8)
+
+    def stream(self) -> Stream:
+        s = HostStream("emulated")
+        self._streams.append(s)
+        return s
+
+    def upload(self, dst: Any, src: np.ndarray, nbytes: int, stream: Stream) -> None:
+        n = int(nbytes)
+        _host(stream).enqueue(lambda: np.copyto(dst[:n], src.reshape(-1).view(np.uint8)[:n]))
+
+    def download(self, dst: np.ndarray, src: Any, nbytes: int, stream: Stream) -> None:
+        n = int(nbytes)
+        _host(stream).enqueue(lambda: np.copyto(dst.reshape(-1).view(np.uint8)[:n], src[:n]))
+
+    def quantize(self, job: SlabJob, src: Any, dst: Any, quant_weights: Any | None, stream: Stream) -> None:
+        _host(stream).enqueue(lambda: self.run_plan(job, src, dst, quant_weights))
+
+    def record(self, stream: Stream) -> Event:
+        return _host(stream).record()
+
+    def wait(self, stream: Stream, event: Event) -> None:
+        _host(stream).wait_event(event)
+
+    def memory_budget(self) -> int:
+        return 1 << 30
+
+    def close(self) -> None:
+        for s in self._streams:
+            s.close()
+        self._streams.clear()
+
+
+def _host(stream: Stream) -> HostStream:
+    if not isinstance(stream, HostStream):
+        raise TypeError(f"expected a stream of this device, got {type(stream).__name__}")
+    return stream

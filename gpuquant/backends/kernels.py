@@ -1,0 +1,199 @@
+"""The CUDA kernel sources, their one set of compile options, and the one launch table.
+
+Both kernel-running devices (``cuda.CudaDevice`` through NVRTC, ``emulated.EmulatedDevice`` through g++
+and ``kernels/host_shim.h``) use this module: they find the same ``kernels/*.cu`` files, and they run the
+same ``Plan`` of launches with the same grid and block geometry for a slab. Nothing here imports CuPy.
+
+Kernel ABI (``kernels/common.cuh``): ``quantize_<dst>_<src>`` with src ``f32``/``f16``/``bf16``; quantized
+sources go through ``dequantize_<type>`` into a float32 scratch buffer first; the legacy types with
+importance weights need a per-row pre-pass ``rowstat_sumsq_<src>``. ``gridDim.z`` is the expert.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from ..quants import GGMLQuantizationType as T
+from ..quants import QUANT_SIZES
+
+__all__ = [
+    "KERNELS",
+    "NVRTC_OPTIONS",
+    "SOURCE_TYPES",
+    "KernelSpec",
+    "Launch",
+    "Plan",
+    "available_families",
+    "kernel_dir",
+    "plan",
+    "source",
+    "supports",
+]
+
+#: The one tuple of NVRTC options: C++17, no contraction into FMA, IEEE division and square root, no
+#: flush-to-zero (i.e. no fast math). ``cuda.py`` adds ``-I<kernel_dir>`` and the target architecture.
+NVRTC_OPTIONS: tuple[str, ...] = (
+    "--std=c++17",
+    "--fmad=false",
+    "--prec-div=true",
+    "--prec-sqrt=true",
+    "--ftz=false",
+)
+
+#: Source types a quantize kernel reads directly (converted while loading), by kernel-name suffix.
+SOURCE_TYPES: dict[T, str] = {T.F32: "f32", T.F16: "f16", T.BF16: "bf16"}
+
+#: Threads per block of the rowstat pre-pass (one thread per row).
+ROWSTAT_THREADS = 128
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """How one destination type is computed.
+
+    ``family``: kernels/<family>.cu. ``name``: lowercase ggml name in the kernel names
+    (``quantize_<name>_<src>``, ``dequantize_<name>``). ``threads``: CUDA threads per block.
+    ``item_elems``: source elements per work item (one CUDA thread): the ggml block or super-block.
+    ``flat``: work items tile each expert's rows as one flat array (float conversions; the last item may
+    be partial) instead of whole blocks of rows. ``dequantize``: a ``dequantize_<name>`` kernel exists.
+    ``rowstat``: with importance weights, ``rowstat_sumsq_<src>`` runs first. ``sync``: the kernels use
+    ``__syncthreads`` (the emulator then runs a block's threads as fibers).
+    """
+
+    family: str
+    name: str
+    threads: int
+    item_elems: int
+    flat: bool = False
+    dequantize: bool = True
+    rowstat: bool = False
+    sync: bool = False
+
+
+#: The one table: destination type -> kernels. K-quants live in kernels/kquants.cu.
+KERNELS: dict[T, KernelSpec] = {
+    T.F32: KernelSpec("floats", "f32", 256, 32, flat=True, dequantize=False),
+    T.F16: KernelSpec("floats", "f16", 256, 32, flat=True, dequantize=False),
+    T.BF16: KernelSpec("floats", "bf16", 256, 32, flat=True, dequantize=False),
+    T.Q4_0: KernelSpec("legacy", "q4_0", 128, 32, rowstat=True),
+    T.Q4_1: KernelSpec("legacy", "q4_1", 128, 32, rowstat=True),
+    T.Q5_0: KernelSpec("legacy", "q5_0", 128, 32, rowstat=True),
+    T.Q5_1: KernelSpec("legacy", "q5_1", 128, 32, rowstat=True),
+    T.Q8_0: KernelSpec("legacy", "q8_0", 128, 32),
+    T.IQ4_NL: KernelSpec("iq4", "iq4_nl", 128, 32),
+    T.IQ4_XS: KernelSpec("iq4", "iq4_xs", 64, 256),
+    T.Q2_K: KernelSpec("kquants", "q2_k", 64, 256),
+    T.Q3_K: KernelSpec("kquants", "q3_k", 64, 256),
+    T.Q4_K: KernelSpec("kquants", "q4_k", 64, 256),
+    T.Q5_K: KernelSpec("kquants", "q5_k", 64, 256),
+    T.Q6_K: KernelSpec("kquants", "q6_k", 64, 256),
+}
+
+
+# ------------------------------------------------------------------------------------------------------
+# Sources
+# ------------------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def kernel_dir() -> Path:
+    """The folder holding ``common.cuh`` and the ``*.cu`` files: ``<repo>/kernels`` in a checkout, the
+    ``gpuquant.kernels`` package (pyproject's package-dir maps it to ``kernels/``) when installed."""
+    repo = Path(__file__).resolve().parents[2] / "kernels"
+    if (repo / "common.cuh").is_file():
+        return repo
+    pkg = Path(str(resources.files("gpuquant.kernels")))
+    if (pkg / "common.cuh").is_file():
+        return pkg
+    raise FileNotFoundError(f"kernels/common.cuh not found (looked in {repo} and {pkg})")
+
+
+def available_families() -> tuple[str, ...]:
+    """Families whose ``.cu`` file is present."""
+    d = kernel_dir()
+    return tuple(sorted(p.stem for p in d.glob("*.cu")))
+
+
+def source(family: str) -> str:
+    """The text of ``kernels/<family>.cu``."""
+    return (kernel_dir() / f"{family}.cu").read_text()
+
+
+# ------------------------------------------------------------------------------------------------------
+# Launch plans
+# ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch. ``kind`` ``"quantize"``: the quantize ABI on buffers (inp, "dst", qw, rowstat);
+    ``"convert"``: ``(inp, out, n_per_row, nrows)`` (dequantize and rowstat kernels). Buffer roles:
+    ``"src"`` (the job's source), ``"scratch"`` (float32 rows), ``"dst"``, ``"rowstat"`` (float per row)."""
+
+    family: str
+    kernel: str
+    kind: str
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+    sync: bool
+    inp: str
+    out: str
+    use_qw: bool = False
+    use_rowstat: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    launches: tuple[Launch, ...]
+    scratch_bytes: int  # float32 rows for a dequantized source (0: none)
+    rowstat_bytes: int  # one float per row (0: none)
+
+
+def supports(src: T, dst: T, families: tuple[str, ...] | None = None) -> bool:
+    """Whether a plan exists for ``src`` -> ``dst`` with the kernel files present."""
+    fam = available_families() if families is None else families
+    spec = KERNELS.get(dst)
+    if spec is None or spec.family not in fam:
+        return False
+    if src in SOURCE_TYPES:
+        return True
+    s = KERNELS.get(src)
+    return s is not None and s.dequantize and s.family in fam
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def plan(src: T, dst: T, n_per_row: int, rows_per_expert: int, n_expert: int, has_quant_weights: bool) -> Plan:
+    """The launches that turn one slab of ``src`` rows into ``dst`` rows, with their geometry."""
+    spec = KERNELS[dst]
+    nrows = rows_per_expert * n_expert
+    launches: list[Launch] = []
+    scratch_bytes = rowstat_bytes = 0
+    inp, src_name = "src", SOURCE_TYPES.get(src)
+    if src_name is None:  # requantize: dequantize into float32 scratch first
+        s = KERNELS[src]
+        if not s.dequantize:
+            raise ValueError(f"no dequantize kernel for source type {src.name}")
+        blocks = nrows * (n_per_row // QUANT_SIZES[src][0])
+        launches.append(Launch(s.family, f"dequantize_{s.name}", "convert", (_ceil_div(blocks, s.threads), 1, 1),
+                               (s.threads, 1, 1), s.sync, "src", "scratch"))
+        scratch_bytes = nrows * n_per_row * 4
+        inp, src_name = "scratch", "f32"
+    use_rowstat = spec.rowstat and has_quant_weights
+    if use_rowstat:
+        launches.append(Launch("legacy", f"rowstat_sumsq_{src_name}", "convert",
+                               (_ceil_div(nrows, ROWSTAT_THREADS), 1, 1), (ROWSTAT_THREADS, 1, 1), False,
+                               inp, "rowstat"))
+        rowstat_bytes = nrows * 4
+    if spec.flat:
+        items = _ceil_div(rows_per_expert * n_per_row, spec.item_elems)
+    else:
+        items = rows_per_expert * (n_per_row // spec.item_elems)
+    launches.append(Launch(spec.family, f"quantize_{spec.name}_{src_name}", "quantize",
+                           (max(1, _ceil_div(items, spec.threads)), 1, n_expert), (spec.threads, 1, 1), spec.sync,
+                           inp, "dst", use_qw=has_quant_weights, use_rowstat=use_rowstat))
+    return Plan(tuple(launches), scratch_bytes, rowstat_bytes)

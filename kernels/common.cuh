@@ -1,0 +1,380 @@
+// common.cuh: what every kernels/*.cu shares. Compiled by NVRTC for the GPU and by g++ for the host
+// (through host_shim.h, force-included before this file), so it uses only plain C++17 and the few CUDA
+// intrinsics the shim emulates.
+//
+// Conventions (read before writing a kernel file)
+// -----------------------------------------------
+// * Bit-exactness with ggml-quants.c (gcc -O3, x86-64 SSE, no FMA) is the bar. Every float op happens in
+//   float32 in the C order; keep `a*b + c` as written (NVRTC runs with --fmad=false, g++ with
+//   -ffp-contract=off). Use 1.0f/d where ggml does, x/d where ggml does. No fast-math intrinsics.
+// * Rounding helpers mirror ggml: gq_nearest_int (12582912 magic, ties to even), roundf (ties away),
+//   gq_trunc_i32 for every float->integer C cast (x86 cvttss2si: NaN/out of range -> INT_MIN), fp16/bf16
+//   through gq_fp32_to_fp16 / gq_fp32_to_bf16 (ggml's software conversions), never __float2half.
+// * ABI of a quantize entry point (see GQ_QUANTIZE_PARAMS): extern "C" __global__ quantize_<dst>_<src>,
+//   src in f32/f16/bf16. The slab is n_expert experts of rows_per_expert rows; expert = blockIdx.z, its
+//   rows start at blockIdx.z * rows_per_expert, its importance weights at qw + blockIdx.z * n_per_row
+//   (qw == nullptr: no imatrix). x covers rows_per_expert * blocks_per_row work items, one CUDA thread
+//   per ggml block (super-block for K/IQ4_XS); gq_work_item() decodes that. rowstat (or nullptr) is a
+//   per-row float from a pre-pass kernel (legacy types: sum of x*x in C loop order).
+// * Write one __device__ core per type that takes the block's floats (already converted from the
+//   source type by gq_load_block<Src>) and writes one block, then a templated item function
+//   `template <class Src> __device__ void quantize_<dst>_item(GQ_QUANTIZE_PARAMS)` and instantiate the
+//   three entry points with GQ_QUANTIZE_ENTRY_POINTS(<dst>).
+// * dequantize_<type>(GQ_DEQUANTIZE_PARAMS): one thread per block, float32 out (requantize path).
+// * Tables are `static __device__ const` arrays (global memory, not __constant__). Integer min/max via
+//   GQ_MIN/GQ_MAX. No <stdint.h> under NVRTC: the typedefs below stand in.
+// * If a kernel uses __shared__/__syncthreads, set sync=True for it in gpuquant/backends/kernels.py so the
+//   emulator runs the block's threads as fibers.
+#pragma once
+
+#if defined(__CUDACC_RTC__)
+typedef signed char int8_t;
+typedef unsigned char uint8_t;
+typedef short int16_t;
+typedef unsigned short uint16_t;
+typedef int int32_t;
+typedef unsigned int uint32_t;
+typedef long long int64_t;
+typedef unsigned long long uint64_t;
+#elif !defined(GQ_HOST_SHIM)
+#include <stdint.h>
+#endif
+
+#define GQ_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define GQ_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+// ---------------------------------------------------------------------------------------------------
+// Block sizes and block structs (ggml-common.h layouts; sizes asserted)
+// ---------------------------------------------------------------------------------------------------
+#define QK4_0 32
+#define QK4_1 32
+#define QK5_0 32
+#define QK5_1 32
+#define QK8_0 32
+#define QK4_NL 32
+#define QK_K 256
+#define K_SCALE_SIZE 12
+
+typedef uint16_t gq_half;  // raw IEEE binary16 bits
+
+struct block_q4_0 { gq_half d; uint8_t qs[QK4_0 / 2]; };
+struct block_q4_1 { gq_half d; gq_half m; uint8_t qs[QK4_1 / 2]; };
+struct block_q5_0 { gq_half d; uint8_t qh[4]; uint8_t qs[QK5_0 / 2]; };
+struct block_q5_1 { gq_half d; gq_half m; uint8_t qh[4]; uint8_t qs[QK5_1 / 2]; };
+struct block_q8_0 { gq_half d; int8_t qs[QK8_0]; };
+struct block_iq4_nl { gq_half d; uint8_t qs[QK4_NL / 2]; };
+struct block_iq4_xs { gq_half d; uint16_t scales_h; uint8_t scales_l[QK_K / 64]; uint8_t qs[QK_K / 2]; };
+struct block_q2_K { uint8_t scales[QK_K / 16]; uint8_t qs[QK_K / 4]; gq_half d; gq_half dmin; };
+struct block_q3_K { uint8_t hmask[QK_K / 8]; uint8_t qs[QK_K / 4]; uint8_t scales[12]; gq_half d; };
+struct block_q4_K { gq_half d; gq_half dmin; uint8_t scales[K_SCALE_SIZE]; uint8_t qs[QK_K / 2]; };
+struct block_q5_K { gq_half d; gq_half dmin; uint8_t scales[K_SCALE_SIZE]; uint8_t qh[QK_K / 8]; uint8_t qs[QK_K / 2]; };
+struct block_q6_K { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; gq_half d; };
+
+static_assert(sizeof(block_q4_0) == 18, "block_q4_0");
+static_assert(sizeof(block_q4_1) == 20, "block_q4_1");
+static_assert(sizeof(block_q5_0) == 22, "block_q5_0");
+static_assert(sizeof(block_q5_1) == 24, "block_q5_1");
+static_assert(sizeof(block_q8_0) == 34, "block_q8_0");
+static_assert(sizeof(block_iq4_nl) == 18, "block_iq4_nl");
+static_assert(sizeof(block_iq4_xs) == 136, "block_iq4_xs");
+static_assert(sizeof(block_q2_K) == 84, "block_q2_K");
+static_assert(sizeof(block_q3_K) == 110, "block_q3_K");
+static_assert(sizeof(block_q4_K) == 144, "block_q4_K");
+static_assert(sizeof(block_q5_K) == 176, "block_q5_K");
+static_assert(sizeof(block_q6_K) == 210, "block_q6_K");
+
+// kvalues_iq4nl (ggml-common.h); tests/test_conformance.py checks it against gguf.quants.IQ4_NL.kvalues
+static __device__ const int8_t gq_kvalues_iq4nl[16] = {
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+};
+
+// ggml-quants.c GROUP_MAX_EPS
+#define GQ_GROUP_MAX_EPS 1e-15f
+
+// ---------------------------------------------------------------------------------------------------
+// Scalar helpers (ggml-impl.h / ggml-quants.c)
+// ---------------------------------------------------------------------------------------------------
+
+// ggml_compute_fp32_to_fp16: software binary16 conversion, round to nearest even, NaN -> 0x7E00.
+__device__ __forceinline__ gq_half gq_fp32_to_fp16(float f) {
+    const float to_inf = __uint_as_float(0x77800000u);   // 2^112
+    const float to_zero = __uint_as_float(0x08800000u);  // 2^-110
+    float base = (fabsf(f) * to_inf) * to_zero;
+    const uint32_t w = __float_as_uint(f);
+    const uint32_t w2 = w + w;
+    const uint32_t sign = w & 0x80000000u;
+    uint32_t bias = w2 & 0xFF000000u;
+    if (bias < 0x71000000u) bias = 0x71000000u;
+    base = __uint_as_float((bias >> 1) + 0x07800000u) + base;
+    const uint32_t bits = __float_as_uint(base);
+    const uint32_t nonsign = ((bits >> 13) & 0x00007C00u) + (bits & 0x00000FFFu);
+    return (gq_half)((sign >> 16) | (w2 > 0xFF000000u ? 0x7E00u : nonsign));
+}
+
+// ggml_compute_fp16_to_fp32 (exact).
+__device__ __forceinline__ float gq_fp16_to_fp32(gq_half h) {
+    const uint32_t w = (uint32_t)h << 16;
+    const uint32_t sign = w & 0x80000000u;
+    const uint32_t w2 = w + w;
+    const float normalized = __uint_as_float((w2 >> 4) + (0xE0u << 23)) * __uint_as_float(0x07800000u);  // 2^-112
+    const float denormalized = __uint_as_float((w2 >> 17) | (126u << 23)) - 0.5f;
+    const uint32_t r = w2 < (1u << 27) ? __float_as_uint(denormalized) : __float_as_uint(normalized);
+    return __uint_as_float(sign | r);
+}
+
+// ggml_compute_fp32_to_bf16: round to nearest even, NaN forced quiet.
+__device__ __forceinline__ uint16_t gq_fp32_to_bf16(float f) {
+    const uint32_t u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 64u);
+    return (uint16_t)((u + (0x7fffu + ((u >> 16) & 1u))) >> 16);
+}
+
+__device__ __forceinline__ float gq_bf16_to_fp32(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }
+
+// nearest_int: add 1.5*2^23 and read the mantissa (round half to even for |x| < 2^22).
+__device__ __forceinline__ int gq_nearest_int(float fval) {
+    const float val = fval + 12582912.f;
+    const int i = (int)__float_as_uint(val);
+    return (i & 0x007fffff) - 0x00400000;
+}
+
+// A C float->int cast as gcc emits it on x86-64 (cvttss2si, then the low bits for narrower types):
+// truncation, with NaN and out-of-range values giving INT_MIN. Used for every (int8_t)/(uint8_t) cast of
+// a float so that denormal/huge blocks (1/d = inf) match the oracle byte for byte.
+__device__ __forceinline__ int gq_trunc_i32(float x) {
+    if (x >= -2147483648.0f && x < 2147483648.0f) return (int)x;
+    return (int)0x80000000u;
+}
+
+// best_index_int8: index of the table value nearest to x (table sorted ascending).
+__device__ __forceinline__ int gq_best_index_int8(int n, const int8_t* val, float x) {
+    if (x <= val[0]) return 0;
+    if (x >= val[n - 1]) return n - 1;
+    int ml = 0, mu = n - 1;
+    while (mu - ml > 1) {
+        const int mav = (ml + mu) / 2;
+        if (x < val[mav]) mu = mav; else ml = mav;
+    }
+    return x - val[mu - 1] < val[mu] - x ? mu - 1 : mu;
+}
+
+// make_qx_quants: symmetric quantization of n values to [-nmax, nmax-1] (+nmax offset in L), with an
+// RMSE search over 18 scales. Used by Q4_0/Q5_0 with importance weights and by Q3_K/Q6_K.
+__device__ static float gq_make_qx_quants(int n, int nmax, const float* x, int8_t* L, int rmse_type,
+                                          const float* qw) {
+    float max = 0;
+    float amax = 0;
+    for (int i = 0; i < n; ++i) {
+        const float ax = fabsf(x[i]);
+        if (ax > amax) { amax = ax; max = x[i]; }
+    }
+    if (amax < GQ_GROUP_MAX_EPS) {
+        for (int i = 0; i < n; ++i) L[i] = 0;
+        return 0.f;
+    }
+    float iscale = -nmax / max;
+    if (rmse_type == 0) {
+        for (int i = 0; i < n; ++i) {
+            const int l = gq_nearest_int(iscale * x[i]);
+            L[i] = (int8_t)(nmax + GQ_MAX(-nmax, GQ_MIN(nmax - 1, l)));
+        }
+        return 1 / iscale;
+    }
+    bool return_early = false;
+    if (rmse_type < 0) {
+        rmse_type = -rmse_type;
+        return_early = true;
+    }
+    float sumlx = 0;
+    float suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+        int l = gq_nearest_int(iscale * x[i]);
+        l = GQ_MAX(-nmax, GQ_MIN(nmax - 1, l));
+        L[i] = (int8_t)(l + nmax);
+        const float w = qw ? qw[i] : rmse_type == 1 ? x[i] * x[i] : rmse_type == 2 ? 1 : rmse_type == 3 ? fabsf(x[i]) : sqrtf(fabsf(x[i]));
+        sumlx += w * x[i] * l;
+        suml2 += w * l * l;
+    }
+    float scale = suml2 ? sumlx / suml2 : 0.0f;
+    if (return_early) return suml2 > 0 ? 0.5f * (scale + 1 / iscale) : 1 / iscale;
+    float best = scale * sumlx;
+    for (int is = -9; is <= 9; ++is) {
+        if (is == 0) continue;
+        iscale = -(nmax + 0.1f * is) / max;
+        sumlx = suml2 = 0;
+        for (int i = 0; i < n; ++i) {
+            int l = gq_nearest_int(iscale * x[i]);
+            l = GQ_MAX(-nmax, GQ_MIN(nmax - 1, l));
+            const float w = qw ? qw[i] : rmse_type == 1 ? x[i] * x[i] : rmse_type == 2 ? 1 : rmse_type == 3 ? fabsf(x[i]) : sqrtf(fabsf(x[i]));
+            sumlx += w * x[i] * l;
+            suml2 += w * l * l;
+        }
+        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+            for (int i = 0; i < n; ++i) {
+                const int l = gq_nearest_int(iscale * x[i]);
+                L[i] = (int8_t)(nmax + GQ_MAX(-nmax, GQ_MIN(nmax - 1, l)));
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    return scale;
+}
+
+// make_qkx3_quants: asymmetric (scale, min) quantization to [0, nmax] with a weighted least-squares
+// search over nstep+1 scales. weights == nullptr means x*x. Used by Q4_1/Q5_1 with importance weights
+// and by Q2_K/Q4_K/Q5_K.
+__device__ static float gq_make_qkx3_quants(int n, int nmax, const float* x, const float* weights, uint8_t* L,
+                                            float* the_min, uint8_t* Laux, float rmin, float rdelta, int nstep,
+                                            bool use_mad) {
+    float min = x[0];
+    float max = x[0];
+    float sum_w = weights ? weights[0] : x[0] * x[0];
+    float sum_x = sum_w * x[0];
+    for (int i = 1; i < n; ++i) {
+        if (x[i] < min) min = x[i];
+        if (x[i] > max) max = x[i];
+        const float w = weights ? weights[i] : x[i] * x[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if (min > 0) min = 0;
+    if (max <= min) {
+        for (int i = 0; i < n; ++i) L[i] = 0;
+        *the_min = -min;
+        return 0.f;
+    }
+    float iscale = nmax / (max - min);
+    float scale = 1 / iscale;
+    float best_mad = 0;
+    for (int i = 0; i < n; ++i) {
+        const int l = gq_nearest_int(iscale * (x[i] - min));
+        L[i] = (uint8_t)GQ_MAX(0, GQ_MIN(nmax, l));
+        float diff = scale * L[i] + min - x[i];
+        diff = use_mad ? fabsf(diff) : diff * diff;
+        const float w = weights ? weights[i] : x[i] * x[i];
+        best_mad += w * diff;
+    }
+    if (nstep < 1) {
+        *the_min = -min;
+        return scale;
+    }
+    for (int is = 0; is <= nstep; ++is) {
+        iscale = (rmin + rdelta * is + nmax) / (max - min);
+        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+        for (int i = 0; i < n; ++i) {
+            int l = gq_nearest_int(iscale * (x[i] - min));
+            l = GQ_MAX(0, GQ_MIN(nmax, l));
+            Laux[i] = (uint8_t)l;
+            const float w = weights ? weights[i] : x[i] * x[i];
+            sum_l += w * l;
+            sum_l2 += w * l * l;
+            sum_xl += w * l * x[i];
+        }
+        const float D = sum_w * sum_l2 - sum_l * sum_l;
+        if (D > 0) {
+            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+            float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+            if (this_min > 0) {
+                this_min = 0;
+                this_scale = sum_xl / sum_l2;
+            }
+            float mad = 0;
+            for (int i = 0; i < n; ++i) {
+                float diff = this_scale * Laux[i] + this_min - x[i];
+                diff = use_mad ? fabsf(diff) : diff * diff;
+                const float w = weights ? weights[i] : x[i] * x[i];
+                mad += w * diff;
+            }
+            if (mad < best_mad) {
+                for (int i = 0; i < n; ++i) L[i] = Laux[i];
+                best_mad = mad;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    *the_min = -min;
+    return scale;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Source types: raw source bytes are converted to float32 while loading (llama-quantize converts F16/BF16
+// tensors to float32 with ggml's to_float before quantizing).
+// ---------------------------------------------------------------------------------------------------
+struct GqSrcF32 {
+    static __device__ __forceinline__ float load(const void* p, long long i) { return ((const float*)p)[i]; }
+};
+struct GqSrcF16 {
+    static __device__ __forceinline__ float load(const void* p, long long i) {
+        return gq_fp16_to_fp32(((const uint16_t*)p)[i]);
+    }
+};
+struct GqSrcBF16 {
+    static __device__ __forceinline__ float load(const void* p, long long i) {
+        return gq_bf16_to_fp32(((const uint16_t*)p)[i]);
+    }
+};
+
+template <class Src>
+__device__ __forceinline__ void gq_load_block(const void* src, long long offset, int n, float* x) {
+    for (int j = 0; j < n; ++j) x[j] = Src::load(src, offset + j);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Kernel ABI and work-item decoding
+// ---------------------------------------------------------------------------------------------------
+#define GQ_QUANTIZE_PARAMS                                                                          \
+    const void* __restrict__ src, uint8_t* __restrict__ dst, const float* __restrict__ qw,          \
+        const float* __restrict__ rowstat, long long n_per_row, long long rows_per_expert,          \
+        long long n_expert
+#define GQ_QUANTIZE_ARGS src, dst, qw, rowstat, n_per_row, rows_per_expert, n_expert
+
+#define GQ_DEQUANTIZE_PARAMS const uint8_t* __restrict__ src, float* __restrict__ dst, long long n_per_row, long long nrows
+
+// quantize_<dst>_{f32,f16,bf16} from `template <class Src> __device__ void quantize_<dst>_item(...)`.
+#define GQ_QUANTIZE_ENTRY_POINTS(dst_name)                                                                     \
+    extern "C" __global__ void quantize_##dst_name##_f32(GQ_QUANTIZE_PARAMS) {                               \
+        quantize_##dst_name##_item<GqSrcF32>(GQ_QUANTIZE_ARGS);                                              \
+    }                                                                                                        \
+    extern "C" __global__ void quantize_##dst_name##_f16(GQ_QUANTIZE_PARAMS) {                               \
+        quantize_##dst_name##_item<GqSrcF16>(GQ_QUANTIZE_ARGS);                                              \
+    }                                                                                                        \
+    extern "C" __global__ void quantize_##dst_name##_bf16(GQ_QUANTIZE_PARAMS) {                              \
+        quantize_##dst_name##_item<GqSrcBF16>(GQ_QUANTIZE_ARGS);                                             \
+    }
+
+// One work item = one block `ib` of slab row `row` (of rows_per_expert * n_expert rows). `qw` is the
+// expert's importance-weight row (or nullptr); `src_offset` the element index of the block's first value.
+struct GqItem {
+    long long row;
+    long long ib;
+    long long src_offset;
+    const float* qw;
+};
+
+__device__ __forceinline__ bool gq_work_item(long long n_per_row, long long rows_per_expert, long long n_expert,
+                                             int block_elems, const float* qw, GqItem& it) {
+    const long long blocks_per_row = n_per_row / block_elems;
+    const long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= rows_per_expert * blocks_per_row || (long long)blockIdx.z >= n_expert) return false;
+    const long long r = item / blocks_per_row;
+    it.ib = item - r * blocks_per_row;
+    it.row = (long long)blockIdx.z * rows_per_expert + r;
+    it.src_offset = it.row * n_per_row + it.ib * block_elems;
+    it.qw = qw ? qw + (long long)blockIdx.z * n_per_row + it.ib * block_elems : nullptr;
+    return true;
+}
+
+// The destination block of an item: rows are blocks_per_row * sizeof(Block) bytes.
+template <class Block>
+__device__ __forceinline__ Block* gq_dst_block(uint8_t* dst, long long n_per_row, int block_elems, const GqItem& it) {
+    const long long blocks_per_row = n_per_row / block_elems;
+    return (Block*)(dst + (it.row * blocks_per_row + it.ib) * (long long)sizeof(Block));
+}
+
+// Dequantize kernels: one thread per block; returns false past the end.
+__device__ __forceinline__ bool gq_dequant_item(long long n_per_row, long long nrows, int block_elems, long long& block) {
+    block = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    return block < nrows * (n_per_row / block_elems);
+}
