@@ -13,10 +13,10 @@
 #include <thread>
 #include <vector>
 
-thread_local gq_dim3 threadIdx GQ_TLS_IE;
-thread_local gq_dim3 blockIdx GQ_TLS_IE;
-thread_local gq_dim3 blockDim GQ_TLS_IE;
-thread_local gq_dim3 gridDim GQ_TLS_IE;
+thread_local gq_dim3 threadIdx GQ_HIDDEN;
+thread_local gq_dim3 blockIdx GQ_HIDDEN;
+thread_local gq_dim3 blockDim GQ_HIDDEN;
+thread_local gq_dim3 gridDim GQ_HIDDEN;
 
 namespace {
 

@@ -37,11 +37,13 @@ struct gq_dim3 {
 typedef gq_dim3 dim3;
 typedef gq_dim3 uint3;
 
-#define GQ_TLS_IE __attribute__((tls_model("initial-exec")))
-extern thread_local gq_dim3 threadIdx GQ_TLS_IE;
-extern thread_local gq_dim3 blockIdx GQ_TLS_IE;
-extern thread_local gq_dim3 blockDim GQ_TLS_IE;
-extern thread_local gq_dim3 gridDim GQ_TLS_IE;
+// Hidden visibility lets g++ use the local-dynamic TLS model (one TLS base lookup per function). Not
+// initial-exec: a dlopen()ed library gets only a few hundred bytes of static TLS, shared by all of them.
+#define GQ_HIDDEN __attribute__((visibility("hidden")))
+extern thread_local gq_dim3 threadIdx GQ_HIDDEN;
+extern thread_local gq_dim3 blockIdx GQ_HIDDEN;
+extern thread_local gq_dim3 blockDim GQ_HIDDEN;
+extern thread_local gq_dim3 gridDim GQ_HIDDEN;
 
 // Defined in host_launch.cpp.
 void gq_host_syncthreads();

@@ -1,0 +1,339 @@
+// legacy.cu: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (ggml-quants.c quantize_q*_0/1 and their _ref/_impl paths),
+// their dequantize kernels, and the row pre-pass for the weighted (imatrix) path.
+//
+// One CUDA thread per 32-element block. Without importance weights (qw == nullptr) a block goes through
+// the quantize_row_*_ref code; with them through quantize_row_*_impl, whose weights use the row
+// statistic sigma2 = sum(x*x over the row) / n_per_row. That sum is sequential over the whole row in C,
+// so rowstat_sumsq_<src> computes it first (one thread per row, the same loop order) and the item reads
+// rowstat[row]. Q8_0 ignores importance weights, as ggml does.
+#include "common.cuh"
+
+// ---------------------------------------------------------------------------------------------------
+// Row pre-pass: sum_x2 of quantize_row_q*_impl, one thread per row.
+// ---------------------------------------------------------------------------------------------------
+template <class Src>
+__device__ void rowstat_sumsq_item(const void* __restrict__ src, float* __restrict__ rowstat, long long n_per_row,
+                                   long long nrows) {
+    const long long row = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (row >= nrows) return;
+    float sum_x2 = 0;
+    const long long base = row * n_per_row;
+    for (long long j = 0; j < n_per_row; ++j) {
+        const float v = Src::load(src, base + j);
+        sum_x2 += v * v;
+    }
+    rowstat[row] = sum_x2;
+}
+
+extern "C" __global__ void rowstat_sumsq_f32(const void* src, float* rowstat, long long n_per_row, long long nrows) {
+    rowstat_sumsq_item<GqSrcF32>(src, rowstat, n_per_row, nrows);
+}
+extern "C" __global__ void rowstat_sumsq_f16(const void* src, float* rowstat, long long n_per_row, long long nrows) {
+    rowstat_sumsq_item<GqSrcF16>(src, rowstat, n_per_row, nrows);
+}
+extern "C" __global__ void rowstat_sumsq_bf16(const void* src, float* rowstat, long long n_per_row, long long nrows) {
+    rowstat_sumsq_item<GqSrcBF16>(src, rowstat, n_per_row, nrows);
+}
+
+// The importance-weighted per-element weights of quantize_row_q*_impl: qw[j] * sqrt(sigma2 + x[j]^2).
+__device__ __forceinline__ void gq_legacy_weights(const float* x, const float* qw, float sigma2, float* weight) {
+    for (int j = 0; j < 32; ++j) weight[j] = qw[j] * sqrtf(sigma2 + x[j] * x[j]);
+}
+
+__device__ __forceinline__ float gq_row_sigma2(const float* rowstat, long long row, long long n_per_row) {
+    return rowstat[row] / n_per_row;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Q4_0: quantize_row_q4_0_ref / quantize_row_q4_0_impl
+// ---------------------------------------------------------------------------------------------------
+__device__ void gq_q4_0_ref(const float* x, block_q4_0* y) {
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < QK4_0; ++j) {
+        const float v = x[j];
+        if (amax < fabsf(v)) { amax = fabsf(v); max = v; }
+    }
+    const float d = max / -8;
+    const float id = d ? 1.0f / d : 0.0f;
+    y->d = gq_fp32_to_fp16(d);
+    for (int j = 0; j < QK4_0 / 2; ++j) {
+        const float x0 = x[j] * id;
+        const float x1 = x[QK4_0 / 2 + j] * id;
+        const uint8_t xi0 = (uint8_t)GQ_MIN(15, (int8_t)gq_trunc_i32(x0 + 8.5f));
+        const uint8_t xi1 = (uint8_t)GQ_MIN(15, (int8_t)gq_trunc_i32(x1 + 8.5f));
+        y->qs[j] = (uint8_t)(xi0 | (xi1 << 4));
+    }
+}
+
+__device__ void gq_q4_0_impl(const float* x, const float* qw, float sigma2, block_q4_0* y) {
+    float weight[QK4_0];
+    int8_t L[QK4_0];
+    gq_legacy_weights(x, qw, sigma2, weight);
+    const float d = gq_make_qx_quants(QK4_0, 8, x, L, 1, weight);
+    y->d = gq_fp32_to_fp16(d);
+    for (int j = 0; j < 16; ++j) y->qs[j] = (uint8_t)(L[j] | (L[j + 16] << 4));
+}
+
+template <class Src>
+__device__ void quantize_q4_0_item(GQ_QUANTIZE_PARAMS) {
+    GqItem it;
+    if (!gq_work_item(n_per_row, rows_per_expert, n_expert, QK4_0, qw, it)) return;
+    float x[QK4_0];
+    gq_load_block<Src>(src, it.src_offset, QK4_0, x);
+    block_q4_0* y = gq_dst_block<block_q4_0>(dst, n_per_row, QK4_0, it);
+    if (it.qw) gq_q4_0_impl(x, it.qw, gq_row_sigma2(rowstat, it.row, n_per_row), y);
+    else gq_q4_0_ref(x, y);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Q4_1: quantize_row_q4_1_ref / quantize_row_q4_1_impl
+// ---------------------------------------------------------------------------------------------------
+__device__ void gq_q4_1_ref(const float* x, block_q4_1* y) {
+    float min = 3.402823466e+38f, max = -3.402823466e+38f;  // FLT_MAX
+    for (int j = 0; j < QK4_1; ++j) {
+        const float v = x[j];
+        if (v < min) min = v;
+        if (v > max) max = v;
+    }
+    const float d = (max - min) / ((1 << 4) - 1);
+    const float id = d ? 1.0f / d : 0.0f;
+    y->d = gq_fp32_to_fp16(d);
+    y->m = gq_fp32_to_fp16(min);
+    for (int j = 0; j < QK4_1 / 2; ++j) {
+        const float x0 = (x[j] - min) * id;
+        const float x1 = (x[QK4_1 / 2 + j] - min) * id;
+        const uint8_t xi0 = (uint8_t)GQ_MIN(15, (int8_t)gq_trunc_i32(x0 + 0.5f));
+        const uint8_t xi1 = (uint8_t)GQ_MIN(15, (int8_t)gq_trunc_i32(x1 + 0.5f));
+        y->qs[j] = (uint8_t)(xi0 | (xi1 << 4));
+    }
+}
+
+__device__ void gq_q4_1_impl(const float* x, const float* qw, float sigma2, block_q4_1* y) {
+    float weight[QK4_1];
+    uint8_t L[QK4_1], Laux[QK4_1];
+    gq_legacy_weights(x, qw, sigma2, weight);
+    float min;
+    const float d = gq_make_qkx3_quants(QK4_1, 15, x, weight, L, &min, Laux, -0.9f, 0.05f, 36, false);
+    y->d = gq_fp32_to_fp16(d);
+    y->m = gq_fp32_to_fp16(-min);
+    for (int j = 0; j < 16; ++j) y->qs[j] = (uint8_t)(L[j] | (L[j + 16] << 4));
+}
+
+template <class Src>
+__device__ void quantize_q4_1_item(GQ_QUANTIZE_PARAMS) {
+    GqItem it;
+    if (!gq_work_item(n_per_row, rows_per_expert, n_expert, QK4_1, qw, it)) return;
+    float x[QK4_1];
+    gq_load_block<Src>(src, it.src_offset, QK4_1, x);
+    block_q4_1* y = gq_dst_block<block_q4_1>(dst, n_per_row, QK4_1, it);
+    if (it.qw) gq_q4_1_impl(x, it.qw, gq_row_sigma2(rowstat, it.row, n_per_row), y);
+    else gq_q4_1_ref(x, y);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Q5_0 / Q5_1: the 5th bits go to qh, element j at bit j, element j+16 at bit j+16.
+// ---------------------------------------------------------------------------------------------------
+__device__ __forceinline__ void gq_pack5(const uint8_t* L, uint8_t* qs, uint8_t* qh_bytes) {
+    uint32_t qh = 0;
+    for (int j = 0; j < 16; ++j) {
+        const uint8_t xi0 = L[j];
+        const uint8_t xi1 = L[j + 16];
+        qs[j] = (uint8_t)((xi0 & 0x0F) | ((xi1 & 0x0F) << 4));
+        qh |= ((xi0 & 0x10u) >> 4) << (j + 0);
+        qh |= ((xi1 & 0x10u) >> 4) << (j + 16);
+    }
+    for (int k = 0; k < 4; ++k) qh_bytes[k] = (uint8_t)(qh >> (8 * k));  // little-endian memcpy
+}
+
+// quantize_row_q5_0_ref
+__device__ void gq_q5_0_ref(const float* x, block_q5_0* y) {
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < QK5_0; ++j) {
+        const float v = x[j];
+        if (amax < fabsf(v)) { amax = fabsf(v); max = v; }
+    }
+    const float d = max / -16;
+    const float id = d ? 1.0f / d : 0.0f;
+    y->d = gq_fp32_to_fp16(d);
+    uint8_t L[QK5_0];
+    for (int j = 0; j < QK5_0 / 2; ++j) {
+        const float x0 = x[j] * id;
+        const float x1 = x[QK5_0 / 2 + j] * id;
+        L[j] = (uint8_t)GQ_MIN(31, (int8_t)gq_trunc_i32(x0 + 16.5f));
+        L[j + 16] = (uint8_t)GQ_MIN(31, (int8_t)gq_trunc_i32(x1 + 16.5f));
+    }
+    gq_pack5(L, y->qs, y->qh);
+}
+
+// quantize_row_q5_0_impl
+__device__ void gq_q5_0_impl(const float* x, const float* qw, float sigma2, block_q5_0* y) {
+    float weight[QK5_0];
+    int8_t L[QK5_0];
+    gq_legacy_weights(x, qw, sigma2, weight);
+    const float d = gq_make_qx_quants(QK5_0, 16, x, L, 1, weight);
+    y->d = gq_fp32_to_fp16(d);
+    gq_pack5((const uint8_t*)L, y->qs, y->qh);
+}
+
+template <class Src>
+__device__ void quantize_q5_0_item(GQ_QUANTIZE_PARAMS) {
+    GqItem it;
+    if (!gq_work_item(n_per_row, rows_per_expert, n_expert, QK5_0, qw, it)) return;
+    float x[QK5_0];
+    gq_load_block<Src>(src, it.src_offset, QK5_0, x);
+    block_q5_0* y = gq_dst_block<block_q5_0>(dst, n_per_row, QK5_0, it);
+    if (it.qw) gq_q5_0_impl(x, it.qw, gq_row_sigma2(rowstat, it.row, n_per_row), y);
+    else gq_q5_0_ref(x, y);
+}
+
+// quantize_row_q5_1_ref
+__device__ void gq_q5_1_ref(const float* x, block_q5_1* y) {
+    float min = 3.402823466e+38f, max = -3.402823466e+38f;
+    for (int j = 0; j < QK5_1; ++j) {
+        const float v = x[j];
+        if (v < min) min = v;
+        if (v > max) max = v;
+    }
+    const float d = (max - min) / ((1 << 5) - 1);
+    const float id = d ? 1.0f / d : 0.0f;
+    y->d = gq_fp32_to_fp16(d);
+    y->m = gq_fp32_to_fp16(min);
+    uint8_t L[QK5_1];
+    for (int j = 0; j < QK5_1 / 2; ++j) {
+        const float x0 = (x[j] - min) * id;
+        const float x1 = (x[QK5_1 / 2 + j] - min) * id;
+        L[j] = (uint8_t)gq_trunc_i32(x0 + 0.5f);
+        L[j + 16] = (uint8_t)gq_trunc_i32(x1 + 0.5f);
+    }
+    gq_pack5(L, y->qs, y->qh);
+}
+
+// quantize_row_q5_1_impl
+__device__ void gq_q5_1_impl(const float* x, const float* qw, float sigma2, block_q5_1* y) {
+    float weight[QK5_1];
+    uint8_t L[QK5_1], Laux[QK5_1];
+    gq_legacy_weights(x, qw, sigma2, weight);
+    float min;
+    const float d = gq_make_qkx3_quants(QK5_1, 31, x, weight, L, &min, Laux, -0.9f, 0.05f, 36, false);
+    y->d = gq_fp32_to_fp16(d);
+    y->m = gq_fp32_to_fp16(-min);
+    gq_pack5(L, y->qs, y->qh);
+}
+
+template <class Src>
+__device__ void quantize_q5_1_item(GQ_QUANTIZE_PARAMS) {
+    GqItem it;
+    if (!gq_work_item(n_per_row, rows_per_expert, n_expert, QK5_1, qw, it)) return;
+    float x[QK5_1];
+    gq_load_block<Src>(src, it.src_offset, QK5_1, x);
+    block_q5_1* y = gq_dst_block<block_q5_1>(dst, n_per_row, QK5_1, it);
+    if (it.qw) gq_q5_1_impl(x, it.qw, gq_row_sigma2(rowstat, it.row, n_per_row), y);
+    else gq_q5_1_ref(x, y);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Q8_0: quantize_row_q8_0_ref (quantize_q8_0 ignores importance weights)
+// ---------------------------------------------------------------------------------------------------
+__device__ void gq_q8_0_ref(const float* x, block_q8_0* y) {
+    float amax = 0.0f;
+    for (int j = 0; j < QK8_0; ++j) amax = GQ_MAX(amax, fabsf(x[j]));
+    const float d = amax / ((1 << 7) - 1);
+    const float id = d ? 1.0f / d : 0.0f;
+    y->d = gq_fp32_to_fp16(d);
+    for (int j = 0; j < QK8_0; ++j) y->qs[j] = (int8_t)gq_trunc_i32(roundf(x[j] * id));
+}
+
+template <class Src>
+__device__ void quantize_q8_0_item(GQ_QUANTIZE_PARAMS) {
+    GqItem it;
+    if (!gq_work_item(n_per_row, rows_per_expert, n_expert, QK8_0, nullptr, it)) return;
+    float x[QK8_0];
+    gq_load_block<Src>(src, it.src_offset, QK8_0, x);
+    gq_q8_0_ref(x, gq_dst_block<block_q8_0>(dst, n_per_row, QK8_0, it));
+}
+
+GQ_QUANTIZE_ENTRY_POINTS(q4_0)
+GQ_QUANTIZE_ENTRY_POINTS(q4_1)
+GQ_QUANTIZE_ENTRY_POINTS(q5_0)
+GQ_QUANTIZE_ENTRY_POINTS(q5_1)
+GQ_QUANTIZE_ENTRY_POINTS(q8_0)
+
+// ---------------------------------------------------------------------------------------------------
+// Dequantize (dequantize_row_q*): one thread per block, float32 rows out.
+// ---------------------------------------------------------------------------------------------------
+extern "C" __global__ void dequantize_q4_0(GQ_DEQUANTIZE_PARAMS) {
+    long long i;
+    if (!gq_dequant_item(n_per_row, nrows, QK4_0, i)) return;
+    const block_q4_0* b = (const block_q4_0*)src + i;
+    float* y = dst + i * QK4_0;
+    const float d = gq_fp16_to_fp32(b->d);
+    for (int j = 0; j < QK4_0 / 2; ++j) {
+        const int x0 = (b->qs[j] & 0x0F) - 8;
+        const int x1 = (b->qs[j] >> 4) - 8;
+        y[j] = x0 * d;
+        y[j + QK4_0 / 2] = x1 * d;
+    }
+}
+
+extern "C" __global__ void dequantize_q4_1(GQ_DEQUANTIZE_PARAMS) {
+    long long i;
+    if (!gq_dequant_item(n_per_row, nrows, QK4_1, i)) return;
+    const block_q4_1* b = (const block_q4_1*)src + i;
+    float* y = dst + i * QK4_1;
+    const float d = gq_fp16_to_fp32(b->d);
+    const float m = gq_fp16_to_fp32(b->m);
+    for (int j = 0; j < QK4_1 / 2; ++j) {
+        const int x0 = b->qs[j] & 0x0F;
+        const int x1 = b->qs[j] >> 4;
+        y[j] = x0 * d + m;
+        y[j + QK4_1 / 2] = x1 * d + m;
+    }
+}
+
+__device__ __forceinline__ uint32_t gq_load_qh(const uint8_t* qh) {
+    return (uint32_t)qh[0] | ((uint32_t)qh[1] << 8) | ((uint32_t)qh[2] << 16) | ((uint32_t)qh[3] << 24);
+}
+
+extern "C" __global__ void dequantize_q5_0(GQ_DEQUANTIZE_PARAMS) {
+    long long i;
+    if (!gq_dequant_item(n_per_row, nrows, QK5_0, i)) return;
+    const block_q5_0* b = (const block_q5_0*)src + i;
+    float* y = dst + i * QK5_0;
+    const float d = gq_fp16_to_fp32(b->d);
+    const uint32_t qh = gq_load_qh(b->qh);
+    for (int j = 0; j < QK5_0 / 2; ++j) {
+        const uint8_t xh_0 = (uint8_t)(((qh >> (j + 0)) << 4) & 0x10);
+        const uint8_t xh_1 = (uint8_t)((qh >> (j + 12)) & 0x10);
+        const int32_t x0 = ((b->qs[j] & 0x0F) | xh_0) - 16;
+        const int32_t x1 = ((b->qs[j] >> 4) | xh_1) - 16;
+        y[j] = x0 * d;
+        y[j + QK5_0 / 2] = x1 * d;
+    }
+}
+
+extern "C" __global__ void dequantize_q5_1(GQ_DEQUANTIZE_PARAMS) {
+    long long i;
+    if (!gq_dequant_item(n_per_row, nrows, QK5_1, i)) return;
+    const block_q5_1* b = (const block_q5_1*)src + i;
+    float* y = dst + i * QK5_1;
+    const float d = gq_fp16_to_fp32(b->d);
+    const float m = gq_fp16_to_fp32(b->m);
+    const uint32_t qh = gq_load_qh(b->qh);
+    for (int j = 0; j < QK5_1 / 2; ++j) {
+        const uint8_t xh_0 = (uint8_t)(((qh >> (j + 0)) << 4) & 0x10);
+        const uint8_t xh_1 = (uint8_t)((qh >> (j + 12)) & 0x10);
+        const int x0 = (b->qs[j] & 0x0F) | xh_0;
+        const int x1 = (b->qs[j] >> 4) | xh_1;
+        y[j] = x0 * d + m;
+        y[j + QK5_1 / 2] = x1 * d + m;
+    }
+}
+
+extern "C" __global__ void dequantize_q8_0(GQ_DEQUANTIZE_PARAMS) {
+    long long i;
+    if (!gq_dequant_item(n_per_row, nrows, QK8_0, i)) return;
+    const block_q8_0* b = (const block_q8_0*)src + i;
+    float* y = dst + i * QK8_0;
+    const float d = gq_fp16_to_fp32(b->d);
+    for (int j = 0; j < QK8_0; ++j) y[j] = b->qs[j] * d;
+}
