@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 ORACLE_SCRIPT = """
 import sys, llama_cpp as lc
-lc.llama_log_set(lc.llama_log_callback(lambda l, t, u: None), None)
+cb = lc.llama_log_callback(lambda l, t, u: None); lc.llama_log_set(cb, None)
 p = lc.llama_model_quantize_default_params()
 p.ftype = int(sys.argv[3]); p.nthread = int(sys.argv[4]); p.allow_requantize = True
 sys.exit(lc.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), p))

@@ -140,9 +140,9 @@ def quantize_file(
     src = Path(src)
     try:
         ftype = mixes.parse_ftype(type)
-    except (ValueError, KeyError) as e:
+    except ValueError as e:
         raise UsageError(f"--type: {e}") from None
-    ftype_name = mixes.ftype_name(ftype)
+    ftype_name = ftype.name
     model = read_model(src)
 
     out = None
@@ -163,12 +163,12 @@ def quantize_file(
 
         imat = imatrix_mod.prepare(imatrix, include_weights or [], exclude_weights or [])
 
-    def parse_t(name: str | None, what: str) -> T | None:
+    def parse_t(name: str | None, what: str):
         if name is None:
             return None
         try:
-            return quants.parse_type(name)
-        except quants.UnsupportedType as e:
+            return mixes.parse_ggml_type(name)
+        except ValueError as e:
             raise UsageError(f"{what}: {e}") from None
 
     params = mixes.QuantizeParams(
@@ -177,13 +177,16 @@ def quantize_file(
         quantize_output_tensor=not leave_output_tensor,
         output_tensor_type=parse_t(output_tensor_type, "--output-tensor-type"),
         token_embedding_type=parse_t(token_embedding_type, "--token-embedding-type"),
-        tensor_types=[(pat, parse_t(t, "--tensor-type")) for pat, t in (tensor_types or [])],
+        tensor_types=[(pat.lower(), parse_t(t, "--tensor-type")) for pat, t in (tensor_types or [])],
         has_imatrix=imat is not None and bool(imat.entries),
         prune_layers=list(prune_layers or []),
         allow_requantize=allow_requantize,
     )
     infos = [mixes.TensorInfo(t.name, t.ne, t.type) for t in model.tensors]
-    plans = mixes.plan(model.arch, model.kv_dict, infos, params)
+    try:
+        plans = mixes.plan(model.arch, model.kv_dict, infos, params)
+    except ValueError as e:
+        raise UsageError(f"{src}: {e}") from None
     by_name = {t.name: t for t in model.tensors}
 
     reports, works = [], []
@@ -194,7 +197,7 @@ def quantize_file(
     if on_plan:
         on_plan(reports)
     report = Report(src, out, ftype_name, "dry-run" if dry_run else "", reports,
-                    n_fallback=sum(1 for p in plans if getattr(p, "fallback", False)))
+                    n_fallback=plans.n_fallback)
     if not imat and any(p.requires_imatrix and p.allows_quantization for p in plans):
         bad = next(p for p in plans if p.requires_imatrix and p.allows_quantization)
         msg = (f"this quantization requires an importance matrix: tensor {bad.name!r} -> "
@@ -228,7 +231,7 @@ def quantize_file(
 
     kvs = KVList(model.kvs)
     kvs.set("general.quantization_version", GGUFValueType.UINT32, GGML_QNT_VERSION)
-    kvs.set("general.file_type", GGUFValueType.UINT32, int(ftype))
+    kvs.set("general.file_type", GGUFValueType.UINT32, int(plans.ftype))
     for k in ("split.no", "split.count", "split.tensors.count"):
         kvs.remove(k)
     overrides = [parse_kv_override(s) for s in (override_kv or [])]
@@ -236,8 +239,8 @@ def quantize_file(
         overrides += imat.metadata(str(imatrix))
     for key, vt, val in overrides:
         kvs.set(key, vt, val)
-    if prune_layers:
-        kvs.set(f"{model.arch}.block_count", GGUFValueType.UINT32, mixes.pruned_block_count(model.kv_dict, model.arch, prune_layers))
+    if plans.block_count is not None:
+        kvs.set(f"{model.arch}.block_count", GGUFValueType.UINT32, plans.block_count)
     header = encode_header(kvs, [OutTensor(p.name, by_name[p.source_name].ne, p.target_type) for p in plans])
 
     dev = device if isinstance(device, Device) else open_device(device, threads)

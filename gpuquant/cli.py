@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from . import api, report as rep
+from . import api, mixes, report as rep
 
 app = typer.Typer(
     add_completion=False,
@@ -61,9 +61,9 @@ def _parse_prune(spec: str | None) -> list[int]:
     if not spec:
         return []
     try:
-        return sorted({int(x) for x in spec.split(",") if x.strip()})
-    except ValueError:
-        _fail(f"--prune-layers: expected comma-separated layer numbers, got {spec!r}")
+        return mixes.parse_prune_layers(spec)
+    except ValueError as e:
+        _fail(f"--prune-layers: {e} in {spec!r}")
     return []
 
 
@@ -166,7 +166,7 @@ def types() -> None:
     """List the quantization types (ftypes) with their bits per weight, as llama-quantize prints them."""
     from rich.table import Table
 
-    from . import mixes, quants
+    from . import quants
 
     t = Table(title="quantization types")
     for col in ("id", "name", "description", "implemented"):

@@ -31,6 +31,17 @@ def first_difference(a: str | Path, b: str | Path) -> str:
     return f"sizes {len(da)} vs {len(db)}, first differing byte at offset {where}"
 
 
+_LOG_CALLBACK = None
+
+
+def _silence(lc) -> None:
+    """Route llama.cpp's log to nowhere (the callback must stay referenced for the process lifetime)."""
+    global _LOG_CALLBACK
+    if _LOG_CALLBACK is None:
+        _LOG_CALLBACK = lc.llama_log_callback(lambda level, text, user: None)
+        lc.llama_log_set(_LOG_CALLBACK, None)
+
+
 def oracle_quantize_file(src, dst, ftype: int, *, nthread: int = 2, allow_requantize: bool = False,
                          pure: bool = False, leave_output_tensor: bool = False,
                          output_tensor_type: int | None = None, token_embedding_type: int | None = None,
@@ -41,7 +52,7 @@ def oracle_quantize_file(src, dst, ftype: int, *, nthread: int = 2, allow_requan
     """Run llama_model_quantize; raises RuntimeError when it fails."""
     import llama_cpp as lc
 
-    lc.llama_log_set(lc.llama_log_callback(lambda level, text, user: None), None)
+    _silence(lc)
     p = lc.llama_model_quantize_default_params()
     p.nthread = nthread
     p.ftype = ftype
