@@ -1,0 +1,157 @@
+"""The oracle: llama.cpp's own quantizer from llama-cpp-python 0.3.36, reached through ctypes.
+
+``oracle_quantize`` calls ``ggml_quantize_chunk`` of the ``libggml-base.so`` shipped inside the
+``llama_cpp`` package, the exact code ``llama-quantize`` runs. Nothing heavy happens at import: the package
+is located with ``importlib.util.find_spec`` (the ``llama_cpp`` module itself is never imported here) and
+the library is loaded on first use.
+
+Tests that need it are marked ``@requires_oracle`` (a ``skipif`` plus ``pytest.mark.oracle``), so the
+default suite passes, skipping them, where llama-cpp-python is not installed.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+__all__ = [
+    "ORACLE_MARKS",
+    "available",
+    "lib_dir",
+    "oracle_quantize",
+    "oracle_row_size",
+    "requires_oracle",
+    "unavailable_reason",
+]
+
+_LIB_NAME = "libggml-base.so"
+
+
+@functools.lru_cache(maxsize=None)
+def lib_dir() -> Path | None:
+    """``site-packages/llama_cpp/lib`` of the installed llama-cpp-python, or None."""
+    override = os.environ.get("GPUQUANT_ORACLE_LIB_DIR")
+    if override:
+        return Path(override)
+    try:
+        spec = importlib.util.find_spec("llama_cpp")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        d = Path(loc) / "lib"
+        if (d / _LIB_NAME).is_file():
+            return d
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _lib() -> ctypes.CDLL:
+    d = lib_dir()
+    if d is None:
+        raise RuntimeError(unavailable_reason())
+    lib = ctypes.CDLL(str(d / _LIB_NAME))
+    lib.ggml_quantize_init.argtypes = [ctypes.c_int]
+    lib.ggml_quantize_init.restype = None
+    lib.ggml_quantize_chunk.argtypes = [
+        ctypes.c_int,  # enum ggml_type
+        ctypes.c_void_p,  # const float * src
+        ctypes.c_void_p,  # void * dst
+        ctypes.c_int64,  # start
+        ctypes.c_int64,  # nrows
+        ctypes.c_int64,  # n_per_row
+        ctypes.c_void_p,  # const float * imatrix
+    ]
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_row_size.argtypes = [ctypes.c_int, ctypes.c_int64]
+    lib.ggml_row_size.restype = ctypes.c_size_t
+    lib.ggml_quantize_requires_imatrix.argtypes = [ctypes.c_int]
+    lib.ggml_quantize_requires_imatrix.restype = ctypes.c_bool
+    return lib
+
+
+def unavailable_reason() -> str:
+    return (
+        "oracle unavailable: llama-cpp-python 0.3.36 is not installed "
+        f"(no llama_cpp/lib/{_LIB_NAME}; pip install 'gpuquant[oracle]')"
+    )
+
+
+def available() -> bool:
+    """True when llama-cpp-python's ``libggml-base.so`` is installed.
+
+    Only the file is looked for: a library that is there but fails to load makes the tests fail
+    loudly instead of skipping.
+    """
+    return lib_dir() is not None
+
+
+#: Marks for oracle tests: ``pytestmark = ORACLE_MARKS`` or ``pytest.param(..., marks=ORACLE_MARKS)``.
+ORACLE_MARKS = (
+    pytest.mark.oracle,
+    pytest.mark.skipif(not available(), reason=unavailable_reason()),
+)
+
+
+def requires_oracle(obj):
+    """Decorator for a test function or class that compares against llama.cpp."""
+    for mark in ORACLE_MARKS:
+        obj = mark(obj)
+    return obj
+
+
+def _type_id(qtype) -> int:
+    if isinstance(qtype, str):
+        from gguf import GGMLQuantizationType
+
+        return int(GGMLQuantizationType[qtype.upper()])
+    return int(qtype)
+
+
+def oracle_row_size(qtype, n_per_row: int) -> int:
+    """``ggml_row_size`` of the oracle."""
+    return int(_lib().ggml_row_size(_type_id(qtype), int(n_per_row)))
+
+
+def oracle_quantize(rows: np.ndarray, qtype, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """Quantize float32 ``rows`` ``(nrows, n_per_row)`` with llama.cpp's ``ggml_quantize_chunk``.
+
+    ``qtype``: a ``GGMLQuantizationType``, its id or its name. ``imatrix``: float32 ``(n_per_row,)``
+    importance weights or None. Returns uint8 ``(nrows, row_size)``.
+    """
+    lib = _lib()
+    t = _type_id(qtype)
+    src = np.ascontiguousarray(rows, dtype=np.float32)
+    if src.ndim != 2:
+        raise ValueError(f"rows: expected a 2-d array (nrows, n_per_row), got shape {src.shape}")
+    nrows, n_per_row = src.shape
+    qw = None
+    if imatrix is not None:
+        qw = np.ascontiguousarray(imatrix, dtype=np.float32)
+        if qw.shape != (n_per_row,):
+            raise ValueError(f"imatrix: expected shape ({n_per_row},), got {qw.shape}")
+    elif lib.ggml_quantize_requires_imatrix(t):
+        raise ValueError(f"ggml type {t} requires an importance matrix")
+    rs = int(lib.ggml_row_size(t, n_per_row))
+    dst = np.zeros((nrows, rs), dtype=np.uint8)
+    if nrows == 0:
+        return dst
+    lib.ggml_quantize_init(t)
+    n = lib.ggml_quantize_chunk(
+        t,
+        src.ctypes.data,
+        dst.ctypes.data,
+        0,
+        nrows,
+        n_per_row,
+        None if qw is None else qw.ctypes.data,
+    )
+    if n != nrows * rs:
+        raise RuntimeError(f"ggml_quantize_chunk wrote {n} bytes, expected {nrows * rs}")
+    return dst
