@@ -274,7 +274,6 @@ def make_qkx3_quants(nmax: int, x: np.ndarray, weights: np.ndarray | None, rmin:
     Returns ``(scale, the_min, L)``: float32 batch, float32 batch (``*the_min = -min``), int32 ``(n, *batch)``.
     """
     x = np.asarray(x, dtype=F32)
-    n = x.shape[0]
     w = weights if weights is not None else x * x
     # min/max and the weighted sums start from element 0, then run over 1..n-1; the first minimum
     # (strict <) is kept, which decides the sign of a zero minimum
@@ -287,42 +286,39 @@ def make_qkx3_quants(nmax: int, x: np.ndarray, weights: np.ndarray | None, rmin:
     mn = np.where(mn > 0, F32(0), mn).astype(F32)  # if (min > 0) min = 0
     flat = mx <= mn
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        rng = mx - mn
-        iscale = np.divide(F32(nmax), rng, dtype=F32)
+        iscale = np.divide(F32(nmax), mx - mn, dtype=F32)
         scale = np.divide(F32(1), iscale, dtype=F32)
-        xm = x - mn
 
         def diff_sum(sc, Lf, m):
             d = (sc * Lf + m) - x
             d = np.abs(d) if use_mad else d * d
             return seq_sum(w * d)
 
-        L = np.clip(nearest_int(iscale * xm), 0, nmax)
+        L = np.clip(nearest_int(iscale * (x - mn)), 0, nmax)
         best_mad = diff_sum(scale, L.astype(F32), mn)
-        the_min = mn
-        if nstep >= 1:
-            for is_ in range(nstep + 1):
-                isc = np.divide(F32(rmin) + F32(rdelta) * F32(is_) + F32(nmax), rng, dtype=F32)
-                la = np.clip(nearest_int(isc * xm), 0, nmax)
-                lf = la.astype(F32)
-                wl = w * lf
-                sum_l = seq_sum(wl)
-                sum_l2 = seq_sum(wl * lf)
-                sum_xl = seq_sum(wl * x)
-                D = sum_w * sum_l2 - sum_l * sum_l
-                ok = D > 0
-                this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
-                this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
-                pos = this_min > 0
-                this_min = np.where(pos, F32(0), this_min).astype(F32)
-                this_scale = np.where(pos, sum_xl / sum_l2, this_scale).astype(F32)
-                mad = diff_sum(this_scale, lf, this_min)
-                better = ok & (mad < best_mad)
-                if better.any():
-                    L = np.where(better, la, L)
-                    best_mad = np.where(better, mad, best_mad).astype(F32)
-                    scale = np.where(better, this_scale, scale).astype(F32)
-                    the_min = np.where(better, this_min, the_min).astype(F32)
+        the_min = mn  # C's `min`, which the search below updates (and then uses in later steps)
+        for is_ in range(nstep + 1) if nstep >= 1 else ():
+            isc = np.divide(F32(rmin) + F32(rdelta) * F32(is_) + F32(nmax), mx - the_min, dtype=F32)
+            la = np.clip(nearest_int(isc * (x - the_min)), 0, nmax)
+            lf = la.astype(F32)
+            wl = w * lf
+            sum_l = seq_sum(wl)
+            sum_l2 = seq_sum(wl * lf)
+            sum_xl = seq_sum(wl * x)
+            D = sum_w * sum_l2 - sum_l * sum_l
+            ok = D > 0
+            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+            pos = this_min > 0
+            this_min = np.where(pos, F32(0), this_min).astype(F32)
+            this_scale = np.where(pos, sum_xl / sum_l2, this_scale).astype(F32)
+            mad = diff_sum(this_scale, lf, this_min)
+            better = ok & (mad < best_mad)
+            if better.any():
+                L = np.where(better, la, L)
+                best_mad = np.where(better, mad, best_mad).astype(F32)
+                scale = np.where(better, this_scale, scale).astype(F32)
+                the_min = np.where(better, this_min, the_min).astype(F32)
     scale = np.where(flat, F32(0), scale).astype(F32)
     the_min = np.where(flat, mn, the_min).astype(F32)
     L = np.where(flat, 0, L)
