@@ -74,6 +74,15 @@ def default_output(src: Path, ftype_name: str) -> Path:
     return src.with_name(f"{src.stem}-{ftype_name}.gguf")
 
 
+def split_paths(out: Path, n_split: int) -> list[Path]:
+    """--keep-split names: llama_split_path(prefix, i, n) = ``<prefix>-%05d-of-%05d.gguf``; like
+    llama-quantize, a ``.gguf`` suffix given for the output is dropped from the prefix."""
+    prefix = str(out)
+    if ".gguf" in prefix:
+        prefix = prefix[: -len(".gguf")]
+    return [Path(f"{prefix}-{i + 1:05d}-of-{n_split:05d}.gguf") for i in range(n_split)]
+
+
 def parse_kv_override(spec: str) -> tuple[str, GGUFValueType, object]:
     """``KEY=TYPE:VALUE`` as llama.cpp's string_parse_kv_override (int, float, bool, str)."""
     key, sep, rest = spec.partition("=")
@@ -125,6 +134,7 @@ def quantize_file(
     exclude_weights: list[str] | None = None,
     override_kv: list[str] | None = None,
     prune_layers: list[int] | None = None,
+    keep_split: bool = False,
     dry_run: bool = False,
     force: bool = False,
     slab_bytes: int | None = None,
@@ -146,12 +156,16 @@ def quantize_file(
     model = read_model(src)
 
     out = None
+    n_split = 1 + max((t.split for t in model.tensors), default=0) if keep_split else 1
+    out_paths: list[Path] = []
     if not dry_run:
         out = Path(dst) if dst is not None else default_output(src, ftype_name)
-        if _same_file(src, out) or src.resolve() == out.resolve():
-            raise UsageError(f"output: input and output files are the same: {str(out)!r}")
-        if out.exists() and not force:
-            raise UsageError(f"output: {str(out)!r} already exists (use --force to overwrite)")
+        out_paths = split_paths(out, n_split) if keep_split else [out]
+        for o in out_paths:
+            if any(_same_file(i, o) or i.resolve() == o.resolve() for i in model.split_paths):
+                raise UsageError(f"output: input and output files are the same: {str(o)!r}")
+            if o.exists() and not force:
+                raise UsageError(f"output: {str(o)!r} already exists (use --force to overwrite)")
         if not out.parent.is_dir():
             raise UsageError(f"output: directory {str(out.parent)!r} does not exist")
         if not os.access(out.parent, os.W_OK):
@@ -196,7 +210,7 @@ def quantize_file(
                                     OutTensor(p.name, st.ne, p.target_type).nbytes, st.n_elements))
     if on_plan:
         on_plan(reports)
-    report = Report(src, out, ftype_name, "dry-run" if dry_run else "", reports,
+    report = Report(src, out_paths[0] if out_paths else None, ftype_name, "dry-run" if dry_run else "", reports,
                     n_fallback=plans.n_fallback)
     if not imat and any(p.requires_imatrix and p.allows_quantization for p in plans):
         bad = next(p for p in plans if p.requires_imatrix and p.allows_quantization)
@@ -212,7 +226,7 @@ def quantize_file(
     for p in plans:
         st = by_name[p.source_name]
         if st.type == p.target_type:
-            works.append(TensorWork(st, p.name, p.target_type))
+            works.append(TensorWork(st, p.name, p.target_type, None, st.split if keep_split else 0))
             continue
         if st.type not in (T.F32, T.F16, T.BF16) and not allow_requantize:
             raise UsageError(f"tensor {st.name!r}: requantizing from type {type_name(st.type)} is disabled "
@@ -227,7 +241,7 @@ def quantize_file(
             qw = imat.weights_for(p.imatrix_name, st)
             if qw is None and p.requires_imatrix:
                 raise UsageError(f"missing importance matrix for tensor {st.name!r} in a very low-bit quantization")
-        works.append(TensorWork(st, p.name, p.target_type, qw))
+        works.append(TensorWork(st, p.name, p.target_type, qw, st.split if keep_split else 0))
 
     kvs = KVList(model.kvs)
     kvs.set("general.quantization_version", GGUFValueType.UINT32, GGML_QNT_VERSION)
@@ -241,7 +255,15 @@ def quantize_file(
         kvs.set(key, vt, val)
     if plans.block_count is not None:
         kvs.set(f"{model.arch}.block_count", GGUFValueType.UINT32, plans.block_count)
-    header = encode_header(kvs, [OutTensor(p.name, by_name[p.source_name].ne, p.target_type) for p in plans])
+    headers = []
+    for i in range(n_split):
+        skv = kvs if i == 0 else KVList([])  # later splits carry only the split keys (gguf_init_empty)
+        if n_split > 1:
+            skv.set("split.no", GGUFValueType.UINT16, i)
+            skv.set("split.count", GGUFValueType.UINT16, n_split)
+            skv.set("split.tensors.count", GGUFValueType.INT32, len(plans))
+        headers.append(encode_header(skv, [OutTensor(p.name, by_name[p.source_name].ne, p.target_type)
+                                           for p, w in zip(plans, works) if w.split == i]))
 
     dev = device if isinstance(device, Device) else open_device(device, threads)
     report.device = dev.name
@@ -257,12 +279,16 @@ def quantize_file(
         if progress:
             progress(works[index].name, done[0], total)
 
-    writer = StreamWriter(out, header)
+    writers: list[StreamWriter] = []
     try:
-        report.times = Pipeline(dev, works, writer, slab_bytes=slab_bytes, progress=on_slab).run()
-        writer.commit()
+        for path, header in zip(out_paths, headers):
+            writers.append(StreamWriter(path, header))
+        report.times = Pipeline(dev, works, writers, slab_bytes=slab_bytes, progress=on_slab).run()
+        for w in writers:
+            w.commit()
     except BaseException:
-        writer.abort()
+        for w in writers:
+            w.abort()
         raise
     finally:
         if not isinstance(device, Device):

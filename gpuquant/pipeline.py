@@ -38,6 +38,7 @@ class TensorWork:
     name: str
     dst_type: T
     quant_weights: np.ndarray | None = None  # float32 (n_expert, n_per_row)
+    split: int = 0  # output file it goes to (--keep-split)
 
     @property
     def quantize(self) -> bool:
@@ -117,14 +118,14 @@ class _Stop(Exception):
 
 
 class Pipeline:
-    """Runs a list of TensorWork through a device into a StreamWriter."""
+    """Runs a list of TensorWork through a device into StreamWriters (one per output split)."""
 
-    def __init__(self, device: Device, works: list[TensorWork], writer: StreamWriter,
+    def __init__(self, device: Device, works: list[TensorWork], writer: StreamWriter | list[StreamWriter],
                  slab_bytes: int | None = None,
                  progress: Callable[[int, int], None] | None = None) -> None:
         self.device = device
         self.works = works
-        self.writer = writer
+        self.writers = writer if isinstance(writer, list) else [writer]
         budget = device.memory_budget()
         self.slab_bytes = int(slab_bytes or max(1 << 20, budget // SLOTS))
         self.progress = progress or (lambda index, nbytes: None)
@@ -199,9 +200,10 @@ class Pipeline:
                 else:
                     data = host_in[b_in][: slab.src_nbytes]
                 t0 = time.perf_counter()
-                self.writer.write(data)
+                out = self.writers[slab.work.split]
+                out.write(data)
                 if slab.last:
-                    self.writer.pad()
+                    out.pad()
                 self.times.write += time.perf_counter() - t0
                 self.times.bytes_written += len(data)
                 if ev is not None:
