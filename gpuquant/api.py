@@ -293,6 +293,8 @@ def quantize_file(
     finally:
         if not isinstance(device, Device):
             dev.close()
+    if imat is not None:
+        report.notes += imat.notes
     report.seconds = time.perf_counter() - t0
     return report
 
