@@ -8,15 +8,17 @@ padded to 32 bytes.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-from gguf import GGUFReader, GGUFValueType
+from gguf import GGUFValueType
 
 from .quants import QUANT_SIZES, GGMLQuantizationType
 
@@ -101,6 +103,7 @@ class GGUFModel:
     tensors: list[SourceTensor]
     split_paths: list[Path] = field(default_factory=list)
     version: int = GGUF_VERSION
+    files: list["FileInfo"] = field(default_factory=list)  # one per split
 
     def kv(self, key: str, default: Any = None) -> Any:
         for kv in self.kvs:
@@ -125,70 +128,290 @@ class GGUFModel:
         return sum(t.nbytes for t in self.tensors)
 
 
-def _decode(field) -> tuple[GGUFValueType, Any, GGUFValueType | None]:
-    vtype = field.types[0]
-    if vtype == GGUFValueType.ARRAY:
-        sub = field.types[-1] if len(field.types) > 1 else GGUFValueType.UINT8
-        if sub == GGUFValueType.STRING:
-            return vtype, [bytes(field.parts[i]).decode("utf-8", "replace") for i in field.data], sub
-        if not field.data:
-            return vtype, [], sub
-        return vtype, np.concatenate([field.parts[i] for i in field.data]).tolist(), sub
-    if vtype == GGUFValueType.STRING:
-        return vtype, bytes(field.parts[field.data[0]]).decode("utf-8", "replace"), None
-    return vtype, field.parts[field.data[0]][0].item(), None
+# ggml / gguf limits (ggml/include/ggml.h, ggml/src/gguf.cpp)
+GGML_MAX_DIMS = 4
+GGML_MAX_NAME = 64
+GGUF_MAX_STRING_LENGTH = 1 << 30
+GGUF_MAX_ARRAY_ELEMENTS = 1 << 30
+INT64_MAX = (1 << 63) - 1
+
+_SCALAR_FMT = {
+    GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
+    GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i", GGUFValueType.FLOAT32: "<f",
+    GGUFValueType.UINT64: "<Q", GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d", GGUFValueType.BOOL: "<?",
+}
+_NP_DTYPE = {
+    GGUFValueType.UINT8: "<u1", GGUFValueType.INT8: "<i1", GGUFValueType.UINT16: "<u2", GGUFValueType.INT16: "<i2",
+    GGUFValueType.UINT32: "<u4", GGUFValueType.INT32: "<i4", GGUFValueType.FLOAT32: "<f4",
+    GGUFValueType.BOOL: "<i1", GGUFValueType.UINT64: "<u8", GGUFValueType.INT64: "<i8",
+    GGUFValueType.FLOAT64: "<f8",
+}
+_INT_TYPES = frozenset(_NP_DTYPE) - {GGUFValueType.FLOAT32, GGUFValueType.FLOAT64, GGUFValueType.BOOL}
+_VALID_TYPE_IDS = {int(t): t for t in QUANT_SIZES}
 
 
-def _read_one(path: Path, split: int) -> tuple[list[KV], list[SourceTensor], int]:
-    if not path.exists():
-        raise GGUFError(f"{path}: no such file")
-    if path.is_dir():
-        raise GGUFError(f"{path}: is a directory, expected a .gguf file")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if head[:4] != GGUF_MAGIC:
-        raise GGUFError(f"{path}: not a GGUF file (magic {head[:4]!r}, expected b'GGUF')")
-    if len(head) < 8:
-        raise GGUFError(f"{path}: truncated GGUF header ({size} bytes)")
-    version = struct.unpack("<I", head[4:8])[0]
-    if version not in (2, 3):
-        raise GGUFError(f"{path}: unsupported GGUF version {version} (gpuquant reads versions 2 and 3)")
-    try:
-        reader = GGUFReader(path, "r")
-    except (ValueError, IndexError, KeyError, OverflowError, struct.error, TypeError, UnicodeDecodeError,
-            MemoryError, AssertionError, NotImplementedError, OSError) as e:
-        raise GGUFError(f"{path}: cannot parse GGUF metadata: {type(e).__name__}: {e}") from None
-    mm = reader.data
-    kvs: list[KV] = []
-    for fld in list(reader.fields.values())[3:]:  # the first three are the header (version, counts)
-        nbytes = sum(int(p.nbytes) for p in fld.parts)
-        raw = bytes(mm[fld.offset: fld.offset + nbytes])
-        vtype, value, sub = _decode(fld)
-        kvs.append(KV(fld.name, vtype, value, raw, sub))
-    tensors = []
-    for t in reader.tensors:
-        ne = tuple(int(d) for d in t.field.parts[3])
+class _Cursor:
+    """Sequential reads that never run past the end of the file (gguf.cpp's ``gguf_reader``)."""
+
+    def __init__(self, f, path: Path, size: int) -> None:
+        self.f, self.path, self.size, self.pos = f, path, size, 0
+
+    def fail(self, msg: str) -> GGUFError:
+        return GGUFError(f"{self.path}: {msg}")
+
+    def take(self, n: int, what: str) -> bytes:
+        if n > self.size - self.pos:
+            raise self.fail(f"truncated GGUF file: it ends at byte {self.size} inside the {what} "
+                            f"(byte {self.pos}, {n} bytes needed)")
+        b = self.f.read(n)
+        if len(b) != n:
+            raise self.fail(f"the file shrank while being read (at byte {self.pos})")
+        self.pos += n
+        return b
+
+    def unpack(self, fmt: str, what: str):
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))[0]
+
+    def string(self, what: str) -> bytes:
+        n = self.unpack("<Q", what)
+        if n > GGUF_MAX_STRING_LENGTH:
+            raise self.fail(f"corrupt {what}: string length {n} exceeds the GGUF maximum {GGUF_MAX_STRING_LENGTH}")
+        return self.take(n, what)
+
+    def strings(self, n: int, what: str) -> list[str]:
+        """``n`` length-prefixed strings, parsed from 1 MiB chunks (vocabularies hold ~10^5 of them)."""
+        out = []
+        buf, off = b"", 0
+        unpack = struct.Struct("<Q").unpack_from
+        for _ in range(n):
+            if len(buf) - off < 8:
+                buf, off = buf[off:] + self._chunk(8 - (len(buf) - off), what), 0
+            (ln,) = unpack(buf, off)
+            off += 8
+            if ln > GGUF_MAX_STRING_LENGTH:
+                raise self.fail(f"corrupt {what}: string length {ln} exceeds the GGUF maximum {GGUF_MAX_STRING_LENGTH}")
+            if len(buf) - off < ln:
+                buf, off = buf[off:] + self._chunk(ln - (len(buf) - off), what), 0
+            out.append(buf[off:off + ln].decode("utf-8", "replace"))
+            off += ln
+        self.pos -= len(buf) - off  # give back what was read ahead
+        self.f.seek(self.pos)
+        return out
+
+    def _chunk(self, need: int, what: str) -> bytes:
+        n = min(self.size - self.pos, max(need, 1 << 20))
+        if n < need:
+            raise self.fail(f"truncated GGUF file: it ends at byte {self.size} inside the {what}")
+        b = self.f.read(n)
+        if len(b) != n:
+            raise self.fail(f"the file shrank while being read (at byte {self.pos})")
+        self.pos += n
+        return b
+
+    def value_type(self, what: str) -> GGUFValueType:
+        raw = self.unpack("<i", what)
         try:
-            qtype = GGMLQuantizationType(int(t.tensor_type))
+            return GGUFValueType(raw)
         except ValueError:
-            raise GGUFError(f"{path}: tensor {t.name!r} has unknown ggml type id {int(t.tensor_type)}") from None
+            raise self.fail(f"corrupt {what}: invalid GGUF value type {raw}") from None
+
+
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", "replace")
+
+
+def _read_kv(cur: _Cursor, i: int) -> KV:
+    """One key/value pair (gguf_init_from_reader's KV loop), with its raw bytes for a byte-exact copy."""
+    start = cur.pos
+    key_b = cur.string(f"key of key/value pair {i}")
+    if not key_b:
+        raise cur.fail(f"corrupt metadata: key/value pair {i} has an empty key")
+    key = _text(key_b)
+    what = f"value of metadata key {key!r}"
+    vtype = cur.value_type(what)
+    sub = None
+    if vtype == GGUFValueType.ARRAY:
+        sub = cur.value_type(what)
+        if sub == GGUFValueType.ARRAY:
+            raise cur.fail(f"corrupt {what}: arrays of arrays are not valid GGUF")
+        n = cur.unpack("<Q", what)
+        if n > GGUF_MAX_ARRAY_ELEMENTS:
+            raise cur.fail(f"corrupt {what}: array of {n} elements exceeds the GGUF maximum {GGUF_MAX_ARRAY_ELEMENTS}")
+        if sub == GGUFValueType.STRING:
+            if n * 8 > cur.size - cur.pos:
+                raise cur.fail(f"truncated GGUF file: {what} claims {n} strings, more than the "
+                               f"{cur.size - cur.pos} bytes left can hold")
+            value: Any = cur.strings(n, what)
+        else:
+            dt = np.dtype(_NP_DTYPE[sub])
+            arr = np.frombuffer(cur.take(n * dt.itemsize, what), dt)
+            value = (arr != 0).tolist() if sub == GGUFValueType.BOOL else arr.tolist()
+    elif vtype == GGUFValueType.STRING:
+        value = _text(cur.string(what))
+    else:
+        value = cur.unpack(_SCALAR_FMT[vtype], what)
+        if vtype == GGUFValueType.BOOL:
+            value = bool(value)
+    end = cur.pos
+    cur.f.seek(start)
+    raw = cur.f.read(end - start)
+    cur.f.seek(end)
+    return KV(key, vtype, value, raw, sub)
+
+
+# keys gpuquant reads, and the kind of value llama.cpp's loader insists on for them
+_STRING_KEYS = ("general.architecture",)
+_INT_KEYS = ("general.file_type", "general.quantization_version", "split.no", "split.count")
+_INT_SUFFIXES = (".block_count", ".expert_count", ".nextn_predict_layers")
+_INT_OR_ARRAY_SUFFIXES = (".attention.head_count", ".attention.head_count_kv")
+
+
+def _check_known_keys(cur: _Cursor, kvs: list[KV]) -> None:
+    for kv in kvs:
+        k, vt = kv.key, kv.vtype
+        if k in _STRING_KEYS:
+            ok = vt == GGUFValueType.STRING
+            want = "a string"
+        elif k in _INT_KEYS or k.endswith(_INT_SUFFIXES):
+            ok = vt in _INT_TYPES
+            want = "an integer"
+        elif k.endswith(_INT_OR_ARRAY_SUFFIXES):
+            ok = vt in _INT_TYPES or (vt == GGUFValueType.ARRAY and kv.subtype in _INT_TYPES)
+            want = "an integer or an array of integers"
+        elif k == "general.alignment":
+            ok = vt == GGUFValueType.UINT32
+            want = "of type UINT32"
+        else:
+            continue
+        if not ok:
+            sub = f" of {kv.subtype.name}" if kv.subtype is not None else ""
+            raise cur.fail(f"metadata key {k!r} has type {vt.name}{sub}, but must be {want}")
+
+
+def _read_tensor_info(cur: _Cursor, i: int, names: set[str]) -> tuple[str, tuple[int, ...], GGMLQuantizationType, int]:
+    """One tensor info (name, ne, type, offset) with gguf.cpp's checks."""
+    name_b = cur.string(f"name of tensor info {i}")
+    name = _text(name_b)
+    if len(name_b) >= GGML_MAX_NAME:
+        raise cur.fail(f"corrupt tensor info {i}: name {name[:80]!r} is {len(name_b)} bytes long "
+                       f"(ggml allows at most {GGML_MAX_NAME - 1})")
+    if name in names:
+        raise cur.fail(f"corrupt tensor info {i}: duplicate tensor name {name!r}")
+    names.add(name)
+    what = f"tensor info of {name!r}"
+    nd = cur.unpack("<I", what)
+    if nd > GGML_MAX_DIMS:
+        raise cur.fail(f"corrupt {what}: {nd} dimensions (ggml allows at most {GGML_MAX_DIMS})")
+    ne = tuple(cur.unpack("<q", what) for _ in range(nd)) or (1,)
+    for j, d in enumerate(ne):
+        if d < 0:
+            raise cur.fail(f"corrupt {what}: dimension {j} has {d} elements")
+    count = 1
+    for d in ne:
+        count *= d
+    if count > INT64_MAX:
+        raise cur.fail(f"corrupt {what}: shape {list(ne)} has {count} elements, more than ggml can address")
+    tid = cur.unpack("<i", what)
+    qtype = _VALID_TYPE_IDS.get(tid)
+    if qtype is None:
+        raise cur.fail(f"tensor {name!r} has unknown ggml type id {tid} (gpuquant reads: "
+                       f"{', '.join(t.name for t in sorted(QUANT_SIZES))})")
+    block = QUANT_SIZES[qtype][0]
+    if ne[0] % block:
+        raise cur.fail(f"corrupt {what}: {ne[0]} elements per row is not a multiple of the "
+                       f"{qtype.name} block size {block}")
+    offset = cur.unpack("<Q", what)
+    return name, ne, qtype, offset
+
+
+@dataclass
+class FileInfo:
+    """Header facts of one GGUF file (one split)."""
+
+    path: Path
+    version: int
+    n_kv: int
+    n_tensors: int
+    size: int
+    data_offset: int
+    alignment: int
+
+
+def _read_one(path: Path, split: int) -> tuple[list[KV], list[SourceTensor], FileInfo]:
+    """Parse one GGUF file's metadata the way ``gguf_init_from_file`` does, refusing what it refuses."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise GGUFError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise GGUFError(f"{path}: is a directory, expected a .gguf file") from None
+    except OSError as e:
+        raise GGUFError(f"{path}: cannot open: {e.strerror}") from None
+    with f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise GGUFError(f"{path}: not a regular file")
+        size = os.fstat(f.fileno()).st_size
+        cur = _Cursor(f, path, size)
+        head = f.read(4)
+        if head != GGUF_MAGIC:
+            if len(head) < 4:
+                raise GGUFError(f"{path}: not a GGUF file ({size} bytes, too short to hold the GGUF magic)")
+            raise GGUFError(f"{path}: not a GGUF file (starts with {head!r}, expected b'GGUF')")
+        cur.pos = 4
+        version = cur.unpack("<I", "GGUF header")
+        if version == 0 or version & 0xFFFF == 0:
+            raise GGUFError(f"{path}: unsupported GGUF version {version} (a corrupt header, or a big-endian "
+                            f"file: gpuquant reads little-endian GGUF versions 2 and 3)")
+        if version not in (2, 3):
+            raise GGUFError(f"{path}: unsupported GGUF version {version} (gpuquant, like llama.cpp, reads "
+                            f"versions 2 and 3)")
+        n_tensors = cur.unpack("<q", "GGUF header")
+        n_kv = cur.unpack("<q", "GGUF header")
+        if n_tensors < 0 or n_kv < 0:
+            raise GGUFError(f"{path}: corrupt GGUF header: {n_tensors} tensors, {n_kv} key/value pairs")
+        kvs: list[KV] = []
+        seen: set[str] = set()
+        for i in range(n_kv):
+            kv = _read_kv(cur, i)
+            if kv.key in seen:
+                raise cur.fail(f"corrupt metadata: duplicate key {kv.key!r}")
+            seen.add(kv.key)
+            kvs.append(kv)
+        _check_known_keys(cur, kvs)
+        alignment = next((kv.value for kv in kvs if kv.key == "general.alignment"), ALIGNMENT)
+        if alignment == 0 or alignment & (alignment - 1):
+            raise cur.fail(f"general.alignment {alignment} is not a power of 2")
+        infos = []
+        names: set[str] = set()
+        for i in range(n_tensors):
+            infos.append(_read_tensor_info(cur, i, names))
+    data_offset = pad(cur.pos, alignment)
+    if n_tensors and data_offset > size:
+        raise GGUFError(f"{path}: truncated GGUF file: the tensor data should start at byte {data_offset} "
+                        f"but the file has {size} bytes")
+    tensors = []
+    expected = 0
+    for name, ne, qtype, offset in infos:
+        if offset != expected:
+            raise GGUFError(f"{path}: corrupt tensor info of {name!r}: data offset {offset}, expected {expected} "
+                            f"(tensors are stored in order, each padded to {alignment} bytes)")
         nbytes = tensor_nbytes(qtype, ne)
-        if t.data_offset + nbytes > size:
-            raise GGUFError(
-                f"{path}: truncated: tensor {t.name!r} needs bytes {t.data_offset}..{t.data_offset + nbytes} "
-                f"but the file has {size} bytes"
-            )
-        tensors.append(SourceTensor(t.name, ne, qtype, path, int(t.data_offset), nbytes, split))
-    del reader
-    return kvs, tensors, version
+        start = data_offset + offset
+        if start + nbytes > size:
+            shape = " x ".join(str(d) for d in ne)
+            raise GGUFError(f"{path}: truncated GGUF file or corrupt tensor info: tensor {name!r} "
+                            f"({shape}, {qtype.name}) needs bytes {start}..{start + nbytes} but the file has "
+                            f"{size} bytes")
+        tensors.append(SourceTensor(name, ne, qtype, path, start, nbytes, split))
+        expected = offset + pad(nbytes, alignment)
+    return kvs, tensors, FileInfo(path, version, n_kv, n_tensors, size, data_offset, alignment)
 
 
 def read_model(path: str | os.PathLike) -> GGUFModel:
     """Parse a GGUF file; a ``-00001-of-0000N.gguf`` first split pulls in all its splits."""
     path = Path(path)
-    kvs, tensors, version = _read_one(path, 0)
-    paths = [path]
+    kvs, tensors, info = _read_one(path, 0)
+    paths, files = [path], [info]
     count = next((kv.value for kv in kvs if kv.key == "split.count"), 0) or 0
     if count > 1:
         m = SPLIT_RE.match(path.name)
@@ -196,15 +419,21 @@ def read_model(path: str | os.PathLike) -> GGUFModel:
             raise GGUFError(f"{path}: is one split of {count}; pass the first split (-00001-of-{count:05d}.gguf)")
         for i in range(2, count + 1):
             p = path.with_name(f"{m.group('prefix')}-{i:05d}-of-{count:05d}.gguf")
-            _, more, _ = _read_one(p, i - 1)
+            if not p.exists():
+                raise GGUFError(f"{p}: split {i} of {count} is missing (the model is split over {count} files)")
+            skvs, more, sinfo = _read_one(p, i - 1)
+            no = next((kv.value for kv in skvs if kv.key == "split.no"), None)
+            if no is not None and no != i - 1:
+                raise GGUFError(f"{p}: split.no is {no}, expected {i - 1} for split {i} of {count}")
             tensors.extend(more)
             paths.append(p)
+            files.append(sinfo)
     names = set()
     for t in tensors:
         if t.name in names:
             raise GGUFError(f"{path}: duplicate tensor name {t.name!r}")
         names.add(t.name)
-    return GGUFModel(path, kvs, tensors, paths, version)
+    return GGUFModel(path, kvs, tensors, paths, info.version, files)
 
 
 def read_rows(t: SourceTensor, first_byte: int, buf: np.ndarray, nbytes: int, fd: int | None = None) -> None:
@@ -227,11 +456,6 @@ def read_rows(t: SourceTensor, first_byte: int, buf: np.ndarray, nbytes: int, fd
 
 # ---------------------------------------------------------------------------------------------- writing
 
-_SCALAR_FMT = {
-    GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
-    GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i", GGUFValueType.FLOAT32: "<f",
-    GGUFValueType.UINT64: "<Q", GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d", GGUFValueType.BOOL: "<?",
-}
 
 
 def _str(s: str | bytes) -> bytes:
@@ -303,33 +527,72 @@ def temp_path_for(dst: Path) -> Path:
     return dst.with_name(f".{dst.name}.gpuquant-partial-{os.getpid()}")
 
 
+class OutputError(OSError):
+    """The output file could not be created or written; the message names it and the reason."""
+
+
+def _why(e: OSError) -> str:
+    name = errno.errorcode.get(e.errno or 0, "")
+    return f"{e.strerror or e} ({name})" if name else str(e.strerror or e)
+
+
 class StreamWriter:
-    """Writes one output file sequentially into a temporary file beside the target, renamed on commit."""
+    """Writes one output file sequentially into a temporary file beside the target, renamed on commit.
+
+    The temporary file ``.NAME.gpuquant-partial-PID`` is the only thing that can be left behind (by a
+    SIGKILL); any failure raises :class:`OutputError` and :meth:`abort` removes it.
+    """
 
     def __init__(self, dst: Path, header: bytes) -> None:
         self.dst = dst
         self.tmp = temp_path_for(dst)
-        self._f = open(self.tmp, "wb")
+        try:
+            self._f = open(self.tmp, "wb")
+        except OSError as e:
+            raise OutputError(e.errno, f"output: cannot create a file in {str(dst.parent)!r}: {_why(e)}") from None
+        self.header_bytes = len(header)
         self.bytes_written = 0
         self.write(header)
 
     def write(self, data) -> None:
         mv = memoryview(data).cast("B")
-        self._f.write(mv)
+        try:
+            self._f.write(mv)
+        except OSError as e:
+            raise self._failed(e) from None
         self.bytes_written += mv.nbytes
+
+    def _failed(self, e: OSError) -> OutputError:
+        hint = " (disk full, quota or file size limit)" if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else ""
+        return OutputError(e.errno, f"output: writing {str(self.dst)!r} failed after {self.bytes_written} bytes: "
+                                    f"{_why(e)}{hint}; nothing was written at {str(self.dst)!r}")
 
     def pad(self) -> None:
         n = pad(self.bytes_written) - self.bytes_written
         if n:
             self.write(b"\0" * n)
 
+    def rewind(self) -> None:
+        """Back to just after the header (to write the tensor data again, e.g. with smaller slabs)."""
+        try:
+            self._f.seek(self.header_bytes)
+            self._f.truncate()
+        except OSError as e:
+            raise self._failed(e) from None
+        self.bytes_written = self.header_bytes
+
     def commit(self) -> None:
-        self._f.close()
-        os.replace(self.tmp, self.dst)
+        try:
+            self._f.close()
+            os.replace(self.tmp, self.dst)
+        except OSError as e:
+            raise self._failed(e) from None
 
     def abort(self) -> None:
         try:
             self._f.close()
+        except OSError:
+            pass  # the close flushes; a full disk fails it again
         finally:
             try:
                 self.tmp.unlink()
