@@ -11,12 +11,13 @@ import numpy as np
 from gguf import GGUFValueType
 
 from . import mixes, quants
-from .backends import Device, DeviceError, open_device
+from .backends import Device, DeviceError, DeviceOutOfMemory, open_device
 from .gguf_io import GGUFError, GGUFModel, KVList, OutTensor, StreamWriter, encode_header, read_model, temp_path_for
 from .pipeline import Pipeline, QuantizeError, StageTimes, TensorWork
 from .quants import GGMLQuantizationType as T, type_name
 
 GGML_QNT_VERSION = 2
+MIN_SLAB_BYTES = 64 << 10  # out-of-memory retries halve the slab size down to this
 
 
 class UsageError(ValueError):
@@ -114,6 +115,27 @@ def _same_file(a: Path, b: Path) -> bool:
         return b.exists() and os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def _run_pipeline(dev: Device, works: list[TensorWork], writers: list[StreamWriter], slab_bytes: int | None,
+                  on_slab: Callable[[int, int], None], done: list[int], notes: list[str]) -> StageTimes:
+    """``Pipeline.run``; when the device runs out of memory, write everything again with half the slab size,
+    down to ``MIN_SLAB_BYTES``, then give up with a clear error."""
+    while True:
+        pipe = Pipeline(dev, works, writers, slab_bytes=slab_bytes, progress=on_slab)
+        try:
+            return pipe.run()
+        except DeviceOutOfMemory as e:
+            mib = pipe.slab_bytes / (1 << 20)
+            if pipe.slab_bytes <= MIN_SLAB_BYTES:
+                raise DeviceOutOfMemory(f"device {dev.name}: out of memory even with {mib:.2f} MiB slabs ({e}); "
+                                        f"free device memory or choose another --device") from None
+            slab_bytes = max(MIN_SLAB_BYTES, pipe.slab_bytes // 2)
+            notes.append(f"device {dev.name} ran out of memory with {mib:.2f} MiB slabs; "
+                         f"retried with {slab_bytes / (1 << 20):.2f} MiB slabs")
+            for w in writers:
+                w.rewind()
+            done[0] = 0
 
 
 def quantize_file(
@@ -283,7 +305,7 @@ def quantize_file(
     try:
         for path, header in zip(out_paths, headers):
             writers.append(StreamWriter(path, header))
-        report.times = Pipeline(dev, works, writers, slab_bytes=slab_bytes, progress=on_slab).run()
+        report.times = _run_pipeline(dev, works, writers, slab_bytes, on_slab, done, report.notes)
         for w in writers:
             w.commit()
     except BaseException:
@@ -300,4 +322,4 @@ def quantize_file(
 
 
 __all__ = ["quantize", "quantize_file", "Report", "TensorReport", "UsageError", "GGUFError", "QuantizeError",
-           "DeviceError", "default_output", "temp_path_for"]
+           "DeviceError", "DeviceOutOfMemory", "default_output", "temp_path_for"]

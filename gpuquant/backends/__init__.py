@@ -26,6 +26,10 @@ class DeviceError(RuntimeError):
     """A device could not be opened or failed (no GPU, out of memory, compile error)."""
 
 
+class DeviceOutOfMemory(DeviceError):
+    """A device allocation or launch ran out of memory; ``quantize_file`` retries with smaller slabs."""
+
+
 @dataclass(frozen=True)
 class SlabJob:
     """One slab of rows of one tensor, quantized by one ``Device.quantize`` call.
