@@ -38,6 +38,7 @@ class TensorReport:
     src_bytes: int
     dst_bytes: int
     n_elements: int
+    source_name: str = ""  # the input tensor (differs from ``name`` when --prune-layers renumbers layers)
 
 
 @dataclass
@@ -229,7 +230,7 @@ def quantize_file(
     for p in plans:
         st = by_name[p.source_name]
         reports.append(TensorReport(p.name, st.ne, st.type, p.target_type, st.nbytes,
-                                    OutTensor(p.name, st.ne, p.target_type).nbytes, st.n_elements))
+                                    OutTensor(p.name, st.ne, p.target_type).nbytes, st.n_elements, st.name))
     if on_plan:
         on_plan(reports)
     report = Report(src, out_paths[0] if out_paths else None, ftype_name, "dry-run" if dry_run else "", reports,
