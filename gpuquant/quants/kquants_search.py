@@ -4,8 +4,17 @@ Every function takes a group of ``n`` values laid out as ``x[i, g]``: row ``i`` 
 group, column ``g`` one group (a 16- or 32-value sub-block, or the 8/16 scales of a super-block).
 The C code runs one group at a time; here all groups take the same number of steps and every branch
 becomes a mask.  Inside a group the operation order of the C loop is kept: sums run sequentially over
-``i`` (never ``np.sum``), every value is float32 (constants are ``np.float32``), and ``a*b + c`` is two
-roundings, as in gcc -O3 without FMA.  Integer results follow the C storage types (``uint8_t`` wraps).
+``i`` (``seq_sum``, never ``np.sum``), every value is float32 (constants are ``np.float32``), and
+``a*b + c`` is two roundings, as in gcc -O3 without FMA.  Integer results follow the C storage types
+(``uint8_t`` wraps).
+
+Two exact shortcuts keep the searches fast:
+
+* ``nearest_int`` followed by a clamp and a cast to float is done in float (``(t + 1.5*2**23) - 1.5*2**23``
+  and ``np.clip``), which is the same value whenever every ``|t| < 2**22``; that bound is checked per
+  call from the group extremes, and the integer trick runs otherwise.
+* A search remembers the best step's parameters, not its levels; the levels are recomputed once at the
+  end from those parameters (the same float operations give the same integers).
 """
 from __future__ import annotations
 
@@ -13,11 +22,15 @@ import numpy as np
 
 from .common import F32, GROUP_MAX_EPS, nearest_int, seq_sum
 
-__all__ = ["make_q3_quants", "make_qkx_quants", "make_qp_quants", "make_qx_quants"]
+__all__ = ["first_absmax", "make_q3_quants", "make_qkx_quants", "make_qp_quants", "make_qx_quants",
+           "running_max"]
+
+_MAGIC = F32(12582912.0)
+_EXACT = F32(4194304.0)  # 2**22: below this, the float rounding equals nearest_int
 
 
-def _first_absmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``if (fabsf(x[i]) > amax) { amax = fabsf(x[i]); max = x[i]; }`` from amax = max = 0."""
+def first_absmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``if (fabsf(x[i]) > amax) { amax = fabsf(x[i]); max = x[i]; }`` from amax = max = 0, over axis 0."""
     amax = np.zeros(x.shape[1:], F32)
     vmax = np.zeros(x.shape[1:], F32)
     for i in range(x.shape[0]):
@@ -28,84 +41,148 @@ def _first_absmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return amax, vmax
 
 
-def _clamped(l: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """``MAX(lo, MIN(hi, l))`` on ints, in place."""
-    np.minimum(l, hi, out=l)
-    np.maximum(l, lo, out=l)
-    return l
+def running_max(x: np.ndarray) -> np.ndarray:
+    """``float m = 0; for (i...) if (x[i] > m) m = x[i];`` over axis 0."""
+    m = np.zeros(x.shape[1:], F32)
+    for i in range(x.shape[0]):
+        m = np.where(x[i] > m, x[i], m)
+    return m
+
+
+def _levels_int(t: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """``MAX(lo, MIN(hi, nearest_int(t)))`` as int32."""
+    return np.clip(nearest_int(t), lo, hi, out=None)
+
+
+def _levels_f32(t: np.ndarray, lo: int, hi: int, exact: bool) -> np.ndarray:
+    """``(float)MAX(lo, MIN(hi, nearest_int(t)))``, in place in ``t`` when ``exact`` (all |t| < 2**22)."""
+    if not exact:
+        return _levels_int(t, lo, hi).astype(F32)
+    np.add(t, _MAGIC, out=t)
+    np.subtract(t, _MAGIC, out=t)
+    return np.clip(t, F32(lo), F32(hi), out=t)
+
+
+def _below_exact(*bounds: np.ndarray) -> bool:
+    """True when every bound is finite and |bound| < 2**22 (NaN fails)."""
+    return all(bool((np.abs(b) < _EXACT).all()) for b in bounds)
 
 
 def make_qx_quants(x: np.ndarray, nmax: int, qw: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """``make_qx_quants(n, nmax, x, L, rmse_type=1, qw)``: returns (scale, L as int32 in [0, 2*nmax))."""
+    lo, hi = -nmax, nmax - 1
     with np.errstate(all="ignore"):
-        amax, vmax = _first_absmax(x)
+        amax, vmax = first_absmax(x)
+        zero = amax < GROUP_MAX_EPS
         w = x * x if qw is None else qw
         wx = w * x
+        t = np.empty_like(x)
+        prod = np.empty_like(x)
 
-        def quant(iscale):
-            l = _clamped(nearest_int(iscale * x), -nmax, nmax - 1)
-            lf = l.astype(F32)
-            wl = w * lf
-            return l, seq_sum(wx * lf), seq_sum(wl * lf)
+        def sums(iscale):
+            # |iscale*x| <= |iscale*max| for every x of a group; all-zero groups are discarded at the end
+            iscale = np.where(zero, F32(0), iscale)
+            np.multiply(x, iscale, out=t)
+            lf = _levels_f32(t, lo, hi, _below_exact(iscale * vmax))
+            np.multiply(wx, lf, out=prod)
+            sumlx = seq_sum(prod)
+            np.multiply(w, lf, out=prod)
+            np.multiply(prod, lf, out=prod)
+            return iscale, sumlx, seq_sum(prod)
 
-        iscale = F32(-nmax) / vmax
-        L, sumlx, suml2 = quant(iscale)
+        best_iscale, sumlx, suml2 = sums(F32(-nmax) / vmax)
         scale = np.where(suml2 != 0, sumlx / suml2, F32(0))
         best = scale * sumlx
         for step in range(-9, 10):
             if step == 0:
                 continue
-            iscale = -(F32(nmax) + F32(0.1) * F32(step)) / vmax
-            l, sumlx, suml2 = quant(iscale)
+            iscale, sumlx, suml2 = sums(-(F32(nmax) + F32(0.1) * F32(step)) / vmax)
             upd = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-            np.copyto(L, l, where=upd)
             new_scale = sumlx / suml2
             scale = np.where(upd, new_scale, scale)
             best = np.where(upd, new_scale * sumlx, best)
-        L += nmax
-        zero = amax < GROUP_MAX_EPS
-        np.copyto(L, 0, where=zero)
+            best_iscale = np.where(upd, iscale, best_iscale)
+        L = _levels_int(x * best_iscale, lo, hi) + nmax
+        L[:, zero] = 0
         scale = np.where(zero, F32(0), scale)
     return scale, L
 
 
+def _refine(x, w, wx, L, Lf, sumlx, suml2, lo, hi, qp):
+    """The ``itry`` passes of make_q3_quants (qp=False) and make_qp_quants (qp=True), in place.
+
+    C walks the elements of a group one by one, up to 5 passes, and stops after a pass without change.
+    Here every round tries all remaining elements of a pass at once under the group's current state;
+    that is exact up to the first accepted change, which is applied, and the group continues after it.
+    A group whose pass has no further change either starts the next pass (if this one changed
+    something) or is done.  Returns the updated (sumlx, suml2).
+    """
+    rows = np.arange(x.shape[0])[:, None]
+    state = (x, w, wx, L, Lf)
+    cols = np.arange(x.shape[1])
+    pos = np.zeros(cols.size, np.intp)       # next element of the current pass
+    npass = np.zeros(cols.size, np.intp)     # passes finished
+    changed = np.zeros(cols.size, bool)      # the current pass changed something
+    full = True
+    while cols.size:
+        sx, sw, swx, sL, sLf = state if full else [np.take(a, cols, axis=-1) for a in state]
+        s1, s2 = (sumlx, suml2) if full else (sumlx[cols], suml2[cols])
+        full = False
+        # the body of the C loop for every element of every group, under the group's current state
+        slx = s1 - swx * sLf
+        sl2 = s2 - sw * sLf * sLf
+        ok = (slx > 0) & (sl2 > 0) if qp else slx > 0
+        new_l = nearest_int(sx * sl2 / slx)
+        new_l = np.minimum(new_l, hi) if qp else np.clip(new_l, lo, hi, out=new_l)
+        ok &= new_l != sL
+        ok &= rows >= pos
+        # the rest only where a level would change, as (group, element) pairs ordered by group, element
+        g, i = np.nonzero(ok.T)
+        nl = new_l[i, g]
+        nlf = nl.astype(F32)
+        slx_c = slx[i, g] + swx[i, g] * nlf
+        sl2_c = sl2[i, g] + sw[i, g] * nlf * nlf
+        acc = slx_c * slx_c * s2[g] > s1[g] * s1[g] * sl2_c
+        if not qp:
+            acc &= sl2_c > 0
+        # the first accepted change of each group
+        g, i, nl, slx_c, sl2_c = g[acc], i[acc], nl[acc], slx_c[acc], sl2_c[acc]
+        g, first = np.unique(g, return_index=True)
+        i, nl, slx_c, sl2_c = i[first], nl[first], slx_c[first], sl2_c[first]
+        cg = cols[g]
+        L[i, cg] = nl & 0xFF if qp else nl
+        Lf[i, cg] = L[i, cg].astype(F32)
+        sumlx[cg] = slx_c
+        suml2[cg] = sl2_c
+        pos[g] = i + 1
+        changed[g] = True
+        hit = np.zeros(cols.size, bool)
+        hit[g] = True
+        # groups with nothing more to change in this pass go on to the next one if it changed something
+        more = ~hit & changed & (npass < 4)
+        npass[more] += 1
+        pos[more] = 0
+        changed[more] = False
+        keep = hit | more
+        cols, pos, npass, changed = cols[keep], pos[keep], npass[keep], changed[keep]
+    return sumlx, suml2
+
+
 def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     """``make_q3_quants(n, nmax, x, L, do_rmse=true)``: returns (scale, L as int32 in [0, 2*nmax))."""
-    n = x.shape[0]
     with np.errstate(all="ignore"):
-        amax, vmax = _first_absmax(x)
-        iscale = F32(-nmax) / vmax
-        L = _clamped(nearest_int(iscale * x), -nmax, nmax - 1)
+        amax, vmax = first_absmax(x)
+        L = _levels_int((F32(-nmax) / vmax) * x, -nmax, nmax - 1)
         w = x * x
         wx = w * x
         Lf = L.astype(F32)
         sumlx = seq_sum(wx * Lf)
         suml2 = seq_sum(w * Lf * Lf)
-        for _ in range(5):
-            # A pass that changes nothing leaves the state as it was, so the C early exit is a no-op here.
-            any_changed = False
-            for i in range(n):
-                li = Lf[i]
-                slx = sumlx - wx[i] * li
-                ok = slx > 0
-                sl2 = suml2 - w[i] * li * li
-                new_l = _clamped(nearest_int(x[i] * sl2 / slx), -nmax, nmax - 1)
-                nl = new_l.astype(F32)
-                slx = slx + wx[i] * nl
-                sl2 = sl2 + w[i] * nl * nl
-                acc = ok & (new_l != L[i]) & (sl2 > 0) & (slx * slx * suml2 > sumlx * sumlx * sl2)
-                if acc.any():
-                    any_changed = True
-                    np.copyto(L[i], new_l, where=acc)
-                    np.copyto(Lf[i], nl, where=acc)
-                    sumlx = np.where(acc, slx, sumlx)
-                    suml2 = np.where(acc, sl2, suml2)
-            if not any_changed:
-                break
+        sumlx, suml2 = _refine(x, w, wx, L, Lf, sumlx, suml2, -nmax, nmax - 1, qp=False)
         L += nmax
         scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
         zero = amax < GROUP_MAX_EPS
-        np.copyto(L, 0, where=zero)
+        L[:, zero] = 0
         scale = np.where(zero, F32(0), scale)
     return scale, L
 
@@ -116,52 +193,71 @@ def make_qkx_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta
 
     Returns (scale, the_min, L as int32 in [0, nmax]).  The two C functions differ only in the
     flat-group test (``max == min`` vs ``max <= min``) and in the default weights (callers pass them).
+    Note ``min`` is updated inside the step loop in C, and later steps use the new one.
     """
     n = x.shape[0]
     with np.errstate(all="ignore"):
-        mn = x[0].copy()
-        mx = x[0].copy()
+        xmin = x[0].copy()
+        xmax = x[0].copy()
         sum_w = w[0].copy()
         sum_x = sum_w * x[0]
         for i in range(1, n):
-            mn = np.where(x[i] < mn, x[i], mn)
-            mx = np.where(x[i] > mx, x[i], mx)
+            xmin = np.where(x[i] < xmin, x[i], xmin)
+            xmax = np.where(x[i] > xmax, x[i], xmax)
             sum_w = sum_w + w[i]
             sum_x = sum_x + w[i] * x[i]
-        mn = np.where(mn > 0, F32(0), mn)
-        flat = (mx <= mn) if qkx3 else (mx == mn)
+        mn = np.where(xmin > 0, F32(0), xmin)
+        flat = (xmax <= mn) if qkx3 else (xmax == mn)
         flat_min = -mn
+        lf = np.empty_like(x)
+        prod = np.empty_like(x)
+
+        def levels(iscale, mn):
+            # iscale*(x - min) is monotonic in x, so its extremes bound every value of the group;
+            # flat groups (whose iscale is inf) are discarded at the end
+            iscale = np.where(flat, F32(0), iscale)
+            np.subtract(x, mn, out=lf)
+            np.multiply(lf, iscale, out=lf)
+            exact = _below_exact(iscale * (xmax - mn), iscale * (xmin - mn))
+            return iscale, _levels_f32(lf, 0, nmax, exact)
 
         def error(scale, lf, mn):
-            diff = scale * lf + mn - x
-            diff = np.abs(diff) if use_mad else diff * diff
-            return seq_sum(w * diff)
+            np.multiply(lf, scale, out=prod)
+            np.add(prod, mn, out=prod)
+            np.subtract(prod, x, out=prod)
+            if use_mad:
+                np.abs(prod, out=prod)
+            else:
+                np.multiply(prod, prod, out=prod)
+            np.multiply(w, prod, out=prod)
+            return seq_sum(prod)
 
-        iscale = F32(nmax) / (mx - mn)
+        iscale, l0 = levels(F32(nmax) / (xmax - mn), mn)
         scale = F32(1) / iscale
-        L = _clamped(nearest_int(iscale * (x - mn)), 0, nmax)
-        best = error(scale, L.astype(F32), mn)
+        best = error(scale, l0, mn)
+        best_iscale, best_mn = iscale, mn
         for step in range(nstep + 1):
-            iscale = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / (mx - mn)
-            l = _clamped(nearest_int(iscale * (x - mn)), 0, nmax)
-            lf = l.astype(F32)
-            wl = w * lf
-            sum_l = seq_sum(wl)
-            sum_l2 = seq_sum(wl * lf)
-            sum_xl = seq_sum(wl * x)
+            iscale, l = levels((F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / (xmax - mn), mn)
+            np.multiply(w, l, out=prod)
+            sum_l = seq_sum(prod)
+            sum_xl = seq_sum(prod * x)
+            np.multiply(prod, l, out=prod)
+            sum_l2 = seq_sum(prod)
             D = sum_w * sum_l2 - sum_l * sum_l
             this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
             this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
             pos = this_min > 0
             this_min = np.where(pos, F32(0), this_min)
             this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
-            cur = error(this_scale, lf, this_min)
+            cur = error(this_scale, l, this_min)
             upd = (D > 0) & (cur < best)
-            np.copyto(L, l, where=upd)
             best = np.where(upd, cur, best)
             scale = np.where(upd, this_scale, scale)
+            best_iscale = np.where(upd, iscale, best_iscale)
+            best_mn = np.where(upd, mn, best_mn)
             mn = np.where(upd, this_min, mn)
-        np.copyto(L, 0, where=flat)
+        L = _levels_int((x - best_mn) * best_iscale, 0, nmax)
+        L[:, flat] = 0
         scale = np.where(flat, F32(0), scale)
         the_min = np.where(flat, flat_min, -mn)
     return scale, the_min, L
@@ -169,10 +265,9 @@ def make_qkx_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta
 
 def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``make_qp_quants(n, nmax, x, L, quant_weights)``: returns (scale, L as the uint8_t values, int32)."""
-    n = x.shape[0]
     with np.errstate(all="ignore"):
         vmax = np.zeros(x.shape[1:], F32)
-        for i in range(n):
+        for i in range(x.shape[0]):
             vmax = np.where(vmax > x[i], vmax, x[i])  # MAX(max, x[i])
         iscale = F32(nmax) / vmax
         L = nearest_int(iscale * x) & 0xFF
@@ -196,29 +291,9 @@ def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[np.ndarray
         wx = qw * x
         sumlx = seq_sum(wx * lf)
         suml2 = seq_sum(qw * lf * lf)
-        Lf = L.astype(F32)
-        for _ in range(5):
-            any_changed = False
-            for i in range(n):
-                li = Lf[i]
-                slx = sumlx - wx[i] * li
-                sl2 = suml2 - qw[i] * li * li
-                ok = (slx > 0) & (sl2 > 0)
-                new_l = np.minimum(nearest_int(x[i] * sl2 / slx), nmax)
-                nl = new_l.astype(F32)
-                slx = slx + wx[i] * nl
-                sl2 = sl2 + qw[i] * nl * nl
-                acc = ok & (new_l != L[i]) & (slx * slx * suml2 > sumlx * sumlx * sl2)
-                if acc.any():
-                    any_changed = True
-                    np.copyto(L[i], new_l & 0xFF, where=acc)
-                    np.copyto(Lf[i], L[i].astype(F32), where=acc)
-                    sumlx = np.where(acc, slx, sumlx)
-                    suml2 = np.where(acc, sl2, suml2)
-            if not any_changed:
-                break
+        sumlx, suml2 = _refine(x, qw, wx, L, L.astype(F32), sumlx, suml2, 0, nmax, qp=True)
         scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
         zero = vmax < GROUP_MAX_EPS
-        np.copyto(L, 0, where=zero)
+        L[:, zero] = 0
         scale = np.where(zero, F32(0), scale)
     return scale, L
