@@ -497,7 +497,8 @@ def normalize(raw: RawImatrix, path: str | os.PathLike = "") -> ImatrixData:
         else:
             ncall = int(counts[0]) if counts.size else 0
             if ncall > 0:
-                e[:] = sums / np.float32(ncall)  # float / int64_t: the int64 becomes a float
+                with np.errstate(invalid="ignore", over="ignore"):
+                    e[:] = sums / np.float32(ncall)  # float / int64_t: the int64 becomes a float
             else:
                 e[:] = sums
         entries[name] = e
