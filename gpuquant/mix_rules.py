@@ -11,6 +11,9 @@ reproduces the chain exactly.
 Counters (``i_attention_wv``, ``i_ffn_down``, ...) advance exactly where upstream advances them; they live
 in :class:`MixState`, one per ``plan()`` call, like ``quantize_state_impl``.
 
+Also here, as the other per-tensor tables: ``tensor_allows_quantization``, ``tensor_type_fallback`` and
+``tensor_requires_imatrix``, and the ggml types the ``gguf`` package does not know yet.
+
 Bottom layer: imports gguf only.
 """
 from __future__ import annotations
@@ -20,10 +23,47 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Callable
 
+from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
-__all__ = ["Category", "LlamaFType", "MixState", "Ctx", "tensor_category", "is_attn_v", "get_type_impl",
-           "use_more_bits", "blk_layer"]
+__all__ = ["Category", "Ctx", "ExtraType", "LlamaFType", "MixState", "Q2_0", "allows_quantization", "blk_layer",
+           "block_size", "get_type_impl", "ggml_type", "is_attn_v", "is_quantized", "requires_imatrix",
+           "tensor_category", "type_fallback", "type_name", "use_more_bits"]
+
+
+class ExtraType(IntEnum):
+    """ggml types of the reference that the installed ``gguf`` package does not know (same ids as ggml)."""
+    Q2_0 = 42
+
+
+# (block size, type size) of the extra types, ggml-common.h
+_EXTRA_SIZES = {ExtraType.Q2_0: (64, 18)}
+
+
+def ggml_type(tid: int):
+    """A ggml type id as ``GGMLQuantizationType`` when gguf knows it, else as :class:`ExtraType`."""
+    try:
+        return T(int(tid))
+    except ValueError:
+        return ExtraType(int(tid))
+
+
+Q2_0 = ggml_type(ExtraType.Q2_0)
+
+
+def block_size(qtype) -> int:
+    """``ggml_blck_size``."""
+    sizes = GGML_QUANT_SIZES.get(qtype) or _EXTRA_SIZES[ExtraType(int(qtype))]
+    return sizes[0]
+
+
+def is_quantized(qtype) -> bool:
+    """``ggml_is_quantized``: every type but the plain float / integer ones."""
+    return qtype not in (T.F32, T.F16, T.BF16, T.F64, T.I8, T.I16, T.I32, T.I64)
+
+
+def type_name(qtype) -> str:
+    return qtype.name
 
 
 class LlamaFType(IntEnum):
@@ -369,6 +409,85 @@ def get_type_impl(s: MixState, new_type, name: str, ne: tuple[int, ...], ftype: 
         return new_type
 
     return new_type
+
+
+# --- which tensors are quantized at all, shape fallbacks, imatrix requirement ------------------------------
+
+# tensor_allows_quantization: substrings that keep a tensor as it is (norms, routers, tiny tensors, ...)
+_KEEP_SUBSTRINGS = (
+    "_norm.weight", "ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup", "laurel",
+    "per_layer_model_proj", "ssm_conv1d", "shortconv.conv.weight", "indexer.k_proj.weight",
+    "indexer.q_proj.weight",
+    # RWKV's small 2-D weights
+    "time_mix_first.weight", "time_mix_w0.weight", "time_mix_w1.weight", "time_mix_w2.weight",
+    "time_mix_v0.weight", "time_mix_v1.weight", "time_mix_v2.weight", "time_mix_a0.weight",
+    "time_mix_a1.weight", "time_mix_a2.weight", "time_mix_g1.weight", "time_mix_g2.weight",
+    "time_mix_decay_w1.weight", "time_mix_decay_w2.weight", "time_mix_lerp_fused.weight",
+    "attn_rel_b.weight",  # T5 relative position bias
+    # multimodal
+    ".position_embd", "sam.pos_embd", "sam.neck.", "sam.net_", ".rel_pos", ".patch_embd", ".patch_merger",
+    "a.rvq.codebook", "mm.a.code_embd",  # audio codebooks
+)
+_KEEP_NAMES = ("position_embd.weight", "token_types.weight")  # LLM_TN POS_EMBD / TOKEN_TYPES (BERT)
+_KEEP_GLM5_NEXT = (
+    "hc_", "indexer.attn_q_b", "indexer.attn_k", "indexer.proj", "indexer_compressor_gate",
+    "indexer_compressor_ape", "ssm_f_a.weight", "ssm_f_b.weight", "ssm_g_a.weight", "ssm_g_b.weight",
+    "ssm_beta.weight", "attn_kv_a_mqa.weight", "attn_k_b.weight", "attn_v_b.weight",
+)
+
+
+def allows_quantization(params, arch: str, name: str, n_dims: int) -> bool:
+    """``tensor_allows_quantization``: 2-D/3-D ``*weight`` tensors that are not on the keep lists.
+
+    ``params``: anything with ``only_copy`` and ``quantize_output_tensor``.
+    """
+    # upstream tests name.rfind("weight") == name.size() - 6, which also holds for any 5-character name
+    # (npos == size_t(5 - 6)); mirrored for exactness
+    if params.only_copy or n_dims < 2 or not (name.endswith("weight") or len(name) == 5):
+        return False
+    if not params.quantize_output_tensor and name == "output.weight":
+        return False
+    if name in _KEEP_NAMES or any(k in name for k in _KEEP_SUBSTRINGS):
+        return False
+    return not (arch == "glm5-next" and any(k in name for k in _KEEP_GLM5_NEXT))
+
+
+# tensor_type_fallback: a type whose block does not divide the row length -> one with 32-wide blocks
+_FALLBACK = {
+    T.IQ1_S: T.IQ4_NL, T.IQ1_M: T.IQ4_NL, T.IQ2_XXS: T.IQ4_NL, T.IQ2_XS: T.IQ4_NL, T.IQ2_S: T.IQ4_NL,
+    T.IQ3_XXS: T.IQ4_NL, T.IQ3_S: T.IQ4_NL, T.IQ4_XS: T.IQ4_NL,
+    Q2_0: T.Q4_0, T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.TQ1_0: T.Q4_0, T.TQ2_0: T.Q4_0,
+    T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0,
+}
+
+
+def type_fallback(name: str, ncols: int, target):
+    """``tensor_type_fallback`` -> (type, whether it fell back); F16 when even 32 does not divide."""
+    qk = block_size(target)
+    if ncols % qk == 0:
+        return target, False
+    if target in _FALLBACK:
+        ret = _FALLBACK[target]
+    elif qk <= 32:  # already a 32-block type: only F16 is left
+        ret = target
+    else:
+        raise ValueError(f"no tensor type fallback is defined for type {type_name(target).lower()} "
+                         f"(tensor {name}: ncols {ncols} not divisible by {qk})")
+    if ncols % block_size(ret):
+        ret = T.F16
+    return ret, True
+
+
+_IMATRIX_TYPES = (T.IQ3_XXS, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_M, T.IQ1_S)
+
+
+def requires_imatrix(name: str, target, ftype: int) -> bool:
+    """``tensor_requires_imatrix``: the lowest-bit IQ types, and Q2_K inside a Q2_K_S file."""
+    if name in ("token_embd.weight", "per_layer_token_embd.weight", "output.weight"):
+        return False
+    if target in _IMATRIX_TYPES:
+        return True
+    return target == T.Q2_K and ftype == F.Q2_K_S
 
 
 def _ne(ne: tuple[int, ...], i: int) -> int:

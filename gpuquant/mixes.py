@@ -16,58 +16,24 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field
-from enum import IntEnum
+from dataclasses import dataclass
 from typing import Any, Iterable, NamedTuple, Sequence
 
 from gguf import GGMLQuantizationType as T
 
 from . import quants
-from .mix_rules import Category, LlamaFType, MixState, blk_layer, get_type_impl, tensor_category
+from .mix_rules import (Q2_0, Category, ExtraType, LlamaFType, MixState, allows_quantization, blk_layer,
+                        block_size, get_type_impl, ggml_type, is_quantized, requires_imatrix, tensor_category,
+                        type_fallback, type_name)
 
 __all__ = [
     "Category", "ExtraType", "FType", "FTYPES", "LlamaFType", "Plan", "QuantizeParams", "TensorInfo",
     "TensorPlan", "block_size", "check_implemented", "check_imatrix", "check_requantize", "default_type",
-    "ftype_name", "model_info", "parse_ftype", "parse_ggml_type", "parse_prune_layers", "parse_tensor_type",
-    "plan",
+    "ftype_description", "ftype_name", "model_info", "parse_ftype", "parse_ggml_type", "parse_prune_layers", "parse_tensor_type",
+    "plan", "pruned_block_count",
 ]
 
 F = LlamaFType
-
-
-class ExtraType(IntEnum):
-    """ggml types of the reference that the installed ``gguf`` package does not know (same ids as ggml)."""
-    Q2_0 = 42
-
-
-# (block size, type size) of the extra types, ggml-common.h
-_EXTRA_SIZES = {ExtraType.Q2_0: (64, 18)}
-
-
-def _ggml_type(tid: int):
-    """A ggml type id as ``GGMLQuantizationType`` when gguf knows it, else as :class:`ExtraType`."""
-    try:
-        return T(int(tid))
-    except ValueError:
-        return ExtraType(int(tid))
-
-
-Q2_0 = _ggml_type(ExtraType.Q2_0)
-
-
-def block_size(qtype) -> int:
-    """``ggml_blck_size``."""
-    sizes = quants.QUANT_SIZES.get(qtype) or _EXTRA_SIZES[ExtraType(int(qtype))]
-    return sizes[0]
-
-
-def _is_quantized(qtype) -> bool:
-    """``ggml_is_quantized``: every type but the plain float / integer ones."""
-    return qtype not in (T.F32, T.F16, T.BF16, T.F64, T.I8, T.I16, T.I32, T.I64)
-
-
-def _type_name(qtype) -> str:
-    return qtype.name
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -75,10 +41,18 @@ def _type_name(qtype) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 class FType(NamedTuple):
-    """One entry of llama-quantize's ``QUANT_OPTIONS``: the name it accepts, the llama_ftype, the help text."""
+    """One entry of llama-quantize's ``QUANT_OPTIONS``: the name it accepts, the llama_ftype, the help text.
+
+    ``int(opt)`` is the llama_ftype id, so an entry can stand wherever an ftype id is expected.
+    """
     name: str
     ftype: LlamaFType
     desc: str
+
+    def __int__(self) -> int:
+        return int(self.ftype)
+
+    __index__ = __int__
 
 
 # QUANT_OPTIONS, in upstream order (parse_ftype of a number takes the first entry with that id)
@@ -188,8 +162,18 @@ def default_type(ftype: LlamaFType | int):
         raise ValueError(f"invalid output file type {int(ftype)}") from None
 
 
-def ftype_name(ftype: int) -> str:
-    """``llama_ftype_name``: ``"Q4_K - Medium"``, ``"(guessed) F16"``."""
+def ftype_name(ftype: FType | int) -> str:
+    """The QUANT_OPTIONS name of an ftype, as llama-quantize names its output (``Q4_K_M``, ``COPY``).
+
+    An id resolves like ``try_parse_ftype`` does (first entry: 15 -> ``Q4_K``).
+    """
+    if isinstance(ftype, FType):
+        return ftype.name
+    return parse_ftype(int(ftype)).name
+
+
+def ftype_description(ftype: int) -> str:
+    """``llama_ftype_name``: ``"Q4_K - Medium"``, ``"(guessed) F16"`` (what the loader prints)."""
     base = int(ftype) & ~F.GUESSED
     name = _FTYPE_NAMES.get(base, "unknown, may not work") if base in F._value2member_map_ else \
         "unknown, may not work"
@@ -202,7 +186,7 @@ def parse_ggml_type(name: str):
     if key in T.__members__:
         return T[key]
     if key in ExtraType.__members__:
-        return _ggml_type(ExtraType[key])
+        return ggml_type(ExtraType[key])
     raise ValueError(f"invalid ggml_type {name!r}")
 
 
@@ -272,11 +256,16 @@ class QuantizeParams:
     allow_requantize: bool = False
     only_copy: bool = False
 
+    def __post_init__(self):
+        # an FType entry named COPY means only_copy, as in the CLI
+        if isinstance(self.ftype, FType) and self.ftype.name == "COPY":
+            self.only_copy = True
+        self.ftype = F(int(self.ftype))
+
     @classmethod
     def for_ftype(cls, name: str | int, **kw) -> "QuantizeParams":
         """Like the CLI: parse the ftype name, and ``COPY`` sets ``only_copy``."""
-        opt = parse_ftype(name)
-        return cls(ftype=opt.ftype, only_copy=opt.name == "COPY", **kw)
+        return cls(ftype=parse_ftype(name), **kw)
 
 
 @dataclass(frozen=True)
@@ -286,7 +275,7 @@ class TensorPlan:
     source_name: str               # name in the input file
     shape_ne: tuple[int, ...]
     source_type: Any
-    type: Any                      # target type
+    target_type: Any
     category: Category
     allows_quantization: bool
     requires_imatrix: bool
@@ -296,7 +285,7 @@ class TensorPlan:
     @property
     def quantize(self) -> bool:
         """Whether data is converted; otherwise it is copied as is (``cur_type != new_type``)."""
-        return self.type != self.source_type
+        return self.target_type != self.source_type
 
 
 class Plan(list):
@@ -392,7 +381,7 @@ def _loader_ftype(kv: dict, tensors: Sequence[TensorInfo]) -> int:
 def model_info(reader) -> tuple[str, dict, list[TensorInfo]]:
     """(arch, metadata, tensors) of a ``gguf.GGUFReader``, in the form :func:`plan` takes."""
     kv = {name: f.contents() for name, f in reader.fields.items() if not name.startswith("GGUF.")}
-    tensors = [TensorInfo(t.name, tuple(int(x) for x in t.shape), _ggml_type(t.tensor_type))
+    tensors = [TensorInfo(t.name, tuple(int(x) for x in t.shape), ggml_type(t.tensor_type))
                for t in reader.tensors]
     return str(kv["general.architecture"]), kv, tensors
 
@@ -447,81 +436,8 @@ def _remap_imatrix(name: str, mapped: dict[int, str]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# per-tensor decisions
+# the plan
 # ---------------------------------------------------------------------------------------------------------
-
-# tensor_allows_quantization: substrings that keep a tensor as it is (norms, routers, tiny tensors, ...)
-_KEEP_SUBSTRINGS = (
-    "_norm.weight", "ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup", "laurel",
-    "per_layer_model_proj", "ssm_conv1d", "shortconv.conv.weight", "indexer.k_proj.weight",
-    "indexer.q_proj.weight",
-    # RWKV's small 2-D weights
-    "time_mix_first.weight", "time_mix_w0.weight", "time_mix_w1.weight", "time_mix_w2.weight",
-    "time_mix_v0.weight", "time_mix_v1.weight", "time_mix_v2.weight", "time_mix_a0.weight",
-    "time_mix_a1.weight", "time_mix_a2.weight", "time_mix_g1.weight", "time_mix_g2.weight",
-    "time_mix_decay_w1.weight", "time_mix_decay_w2.weight", "time_mix_lerp_fused.weight",
-    "attn_rel_b.weight",  # T5 relative position bias
-    # multimodal
-    ".position_embd", "sam.pos_embd", "sam.neck.", "sam.net_", ".rel_pos", ".patch_embd", ".patch_merger",
-    "a.rvq.codebook", "mm.a.code_embd",  # audio codebooks
-)
-_KEEP_NAMES = ("position_embd.weight", "token_types.weight")  # LLM_TN POS_EMBD / TOKEN_TYPES (BERT)
-_KEEP_GLM5_NEXT = (
-    "hc_", "indexer.attn_q_b", "indexer.attn_k", "indexer.proj", "indexer_compressor_gate",
-    "indexer_compressor_ape", "ssm_f_a.weight", "ssm_f_b.weight", "ssm_g_a.weight", "ssm_g_b.weight",
-    "ssm_beta.weight", "attn_kv_a_mqa.weight", "attn_k_b.weight", "attn_v_b.weight",
-)
-
-
-def _allows_quantization(params: QuantizeParams, arch: str, name: str, n_dims: int) -> bool:
-    """``tensor_allows_quantization``: 2-D/3-D ``*weight`` tensors that are not on the keep lists."""
-    # upstream tests name.rfind("weight") == name.size() - 6, which also holds for any 5-character name
-    # (npos == size_t(5 - 6)); mirrored for exactness
-    if params.only_copy or n_dims < 2 or not (name.endswith("weight") or len(name) == 5):
-        return False
-    if not params.quantize_output_tensor and name == "output.weight":
-        return False
-    if name in _KEEP_NAMES or any(k in name for k in _KEEP_SUBSTRINGS):
-        return False
-    return not (arch == "glm5-next" and any(k in name for k in _KEEP_GLM5_NEXT))
-
-
-# tensor_type_fallback: a type whose block does not divide the row length -> one with 32-wide blocks
-_FALLBACK = {
-    T.IQ1_S: T.IQ4_NL, T.IQ1_M: T.IQ4_NL, T.IQ2_XXS: T.IQ4_NL, T.IQ2_XS: T.IQ4_NL, T.IQ2_S: T.IQ4_NL,
-    T.IQ3_XXS: T.IQ4_NL, T.IQ3_S: T.IQ4_NL, T.IQ4_XS: T.IQ4_NL,
-    Q2_0: T.Q4_0, T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.TQ1_0: T.Q4_0, T.TQ2_0: T.Q4_0,
-    T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0,
-}
-
-
-def _fallback(ncols: int, target):
-    """``tensor_type_fallback`` -> (type, whether it fell back); F16 when even 32 does not divide."""
-    qk = block_size(target)
-    if ncols % qk == 0:
-        return target, False
-    if target in _FALLBACK:
-        ret = _FALLBACK[target]
-    elif qk <= 32:  # already a 32-block type: only F16 is left
-        ret = target
-    else:
-        raise ValueError(f"no tensor type fallback is defined for type {_type_name(target).lower()}")
-    if ncols % block_size(ret):
-        ret = T.F16
-    return ret, True
-
-
-_IMATRIX_TYPES = (T.IQ3_XXS, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_M, T.IQ1_S)
-
-
-def _requires_imatrix(name: str, target, ftype: int) -> bool:
-    """``tensor_requires_imatrix``: the lowest-bit IQ types, and Q2_K inside a Q2_K_S file."""
-    if name in ("token_embd.weight", "per_layer_token_embd.weight", "output.weight"):
-        return False
-    if target in _IMATRIX_TYPES:
-        return True
-    return target == T.Q2_K and ftype == F.Q2_K_S
-
 
 def _get_type(s: MixState, params: QuantizeParams, patterns, t: TensorInfo, name: str, dtype,
               cat: Category):
@@ -533,7 +449,7 @@ def _get_type(s: MixState, params: QuantizeParams, patterns, t: TensorInfo, name
             return params.token_embedding_type, False
     if params.output_tensor_type is not None and cat is Category.OUTPUT:
         return params.output_tensor_type, False
-    if not _is_quantized(dtype):
+    if not is_quantized(dtype):
         return dtype, False
     new_type = next((qt for p, qt in patterns if p.search(name)), None)
     if new_type is None:
@@ -541,14 +457,10 @@ def _get_type(s: MixState, params: QuantizeParams, patterns, t: TensorInfo, name
         if not params.pure:
             new_type = get_type_impl(s, dtype, name, t.shape_ne, F(params.ftype), cat,
                                      params.output_tensor_type, params.token_embedding_type, block_size)
-    new_type, fell_back = _fallback(t.ne(0), new_type)
+    new_type, fell_back = type_fallback(name, t.ne(0), new_type)
     s.n_fallback += fell_back
     return new_type, fell_back
 
-
-# ---------------------------------------------------------------------------------------------------------
-# the plan
-# ---------------------------------------------------------------------------------------------------------
 
 def plan(arch: str, kv: dict, tensors: Sequence[TensorInfo], params: QuantizeParams) -> Plan:
     """Every output tensor of llama-quantize, in output order, with its target type.
@@ -587,13 +499,13 @@ def plan(arch: str, kv: dict, tensors: Sequence[TensorInfo], params: QuantizePar
 
     out = []
     for t, name, cat in kept:
-        allows = _allows_quantization(params, arch, name, t.n_dims)
+        allows = allows_quantization(params, arch, name, t.n_dims)
         target, fell_back = (_get_type(state, params, patterns, t, name, dtype, cat) if allows
                              else (t.type, False))
         out.append(TensorPlan(
-            name=name, source_name=t.name, shape_ne=tuple(t.shape_ne), source_type=t.type, type=target,
+            name=name, source_name=t.name, shape_ne=tuple(t.shape_ne), source_type=t.type, target_type=target,
             category=cat, allows_quantization=allows,
-            requires_imatrix=_requires_imatrix(name, target, ftype),
+            requires_imatrix=requires_imatrix(name, target, ftype),
             imatrix_name=_remap_imatrix(name, mapped) if params.has_imatrix else None,
             fallback=fell_back))
     return Plan(out, ftype=ftype, block_count=next_id[0] if prune else None,
@@ -603,6 +515,20 @@ def plan(arch: str, kv: dict, tensors: Sequence[TensorInfo], params: QuantizePar
 _ATTN_V_CATS = (Category.ATTENTION_V, Category.ATTENTION_QKV, Category.ATTENTION_KV_B)
 
 
+def pruned_block_count(kv: dict, arch: str, prune_layers: Sequence[int]) -> int | None:
+    """``<arch>.block_count`` after ``remap_layer`` drops ``prune_layers`` (None when nothing is pruned).
+
+    Assumes every layer below ``block_count`` has tensors; ``plan(...).block_count`` is exact.
+    """
+    if not prune_layers:
+        return None
+    mapped: dict[int, str] = {}
+    next_id = [0]
+    for il in range(int(kv[f"{arch}.block_count"])):
+        _remap_layer(f"blk.{il}.", list(prune_layers), mapped, next_id)
+    return next_id[0]
+
+
 def check_imatrix(plans: Sequence[TensorPlan], params: QuantizeParams) -> None:
     """llama-quantize's refusal to run a very low-bit mix without an importance matrix."""
     if params.has_imatrix:
@@ -610,7 +536,7 @@ def check_imatrix(plans: Sequence[TensorPlan], params: QuantizeParams) -> None:
     for p in plans:
         if p.allows_quantization and p.requires_imatrix:
             raise ValueError(f"this quantization requires an importance matrix: tensor {p.name} "
-                             f"-> {_type_name(p.type)}")
+                             f"-> {type_name(p.target_type)}")
 
 
 def check_requantize(plans: Sequence[TensorPlan], params: QuantizeParams) -> None:
@@ -618,8 +544,8 @@ def check_requantize(plans: Sequence[TensorPlan], params: QuantizeParams) -> Non
     if params.allow_requantize:
         return
     for p in plans:
-        if p.quantize and _is_quantized(p.source_type):
-            raise ValueError(f"requantizing from type {_type_name(p.source_type)} is disabled "
+        if p.quantize and is_quantized(p.source_type):
+            raise ValueError(f"requantizing from type {type_name(p.source_type)} is disabled "
                              f"(tensor {p.source_name}); allow it with allow_requantize")
 
 
@@ -630,9 +556,9 @@ def check_implemented(plans: Sequence[TensorPlan]) -> None:
         if not p.quantize:
             continue
         try:
-            quants.get(p.type)
+            quants.get(p.target_type)
         except quants.UnsupportedType:
-            missing.append(f"{p.name} -> {_type_name(p.type)}")
+            missing.append(f"{p.name} -> {type_name(p.target_type)}")
     if missing:
         have = ", ".join(t.name for t in quants.registered())
         raise quants.UnsupportedType(
