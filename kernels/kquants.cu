@@ -5,15 +5,104 @@
 // (and so ggml_quantize_chunk) dispatches to. The k-quants' statistics (sigma2 of the _impl paths) are per
 // super-block, so no row pre-pass is needed and rowstat is unused.
 //
-// The scale searches: make_qx_quants and make_qkx3_quants come from common.cuh. make_qkx2_quants (the
-// _ref paths of Q2_K/Q4_K/Q5_K) is gq_make_qkx3_quants with the weights given: the two run the same float
-// operations and differ only in the degenerate-range test (max == min vs max <= min), which agree because
-// after `if (min > 0) min = 0` min <= max always holds. make_q3_quants and make_qp_quants live here.
+// The scale searches: make_qx_quants comes from common.cuh. make_qkx2_quants (the _ref paths of
+// Q2_K/Q4_K/Q5_K) and make_qkx3_quants (the _impl paths) are one function here, kq_make_qkx_quants: with
+// the weights given they run the same float operations and differ only in the degenerate-range test
+// (max == min vs max <= min), which agree because after `if (min > 0) min = 0` min <= max always holds.
+// make_q3_quants and make_qp_quants live here too.
+//
+// NaN (local helpers, candidates for common.cuh): ggml's nearest_int and fp16 conversion read float bits.
+// On x86 a NaN made by arithmetic is the default NaN 0xFFC00000 (mantissa 0x400000, sign set) and it
+// propagates unchanged; a GPU makes the canonical 0x7FFFFFFF instead. So for a NaN kq_nearest_int returns
+// what x86 computes, 0, and kq_fp32_to_fp16 returns 0xFE00. NaNs do occur: denormal sub-blocks make
+// nmax/(max - min) = inf and then inf*0 inside the qkx search; scales beyond the fp16 range make d = inf
+// and then inf*0 when requantizing; x*x overflows for |x| > 1.8e19. (That is also why the qkx search is
+// local: common.cuh's gq_make_qkx3_quants uses gq_nearest_int, which is not NaN-exact on a GPU.
+// gq_make_qx_quants is safe here: in the k-quants its nearest_int arguments are never NaN.)
 #include "common.cuh"
 
 // ---------------------------------------------------------------------------------------------------
-// Scale searches and packing helpers (ggml-quants.c)
+// NaN-exact rounding/conversion and the scale searches (ggml-quants.c)
 // ---------------------------------------------------------------------------------------------------
+
+// nearest_int, NaN-exact (see the top of the file)
+__device__ __forceinline__ int kq_nearest_int(float f) { return f != f ? 0 : gq_nearest_int(f); }
+
+// GGML_FP32_TO_FP16, NaN-exact (see the top of the file)
+__device__ __forceinline__ gq_half kq_fp32_to_fp16(float f) { return f != f ? (gq_half)0xFE00 : gq_fp32_to_fp16(f); }
+
+// make_qkx2_quants / make_qkx3_quants with weights: (scale, min) quantization of n values to [0, nmax],
+// a weighted least-squares search over nstep+1 candidate scales. Returns the scale, *the_min = -min.
+__device__ static float kq_make_qkx_quants(int n, int nmax, const float* x, const float* weights, uint8_t* L,
+                                           float* the_min, uint8_t* Laux, float rmin, float rdelta, int nstep,
+                                           bool use_mad) {
+    float min = x[0];
+    float max = x[0];
+    float sum_w = weights[0];
+    float sum_x = sum_w * x[0];
+    for (int i = 1; i < n; ++i) {
+        if (x[i] < min) min = x[i];
+        if (x[i] > max) max = x[i];
+        const float w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if (min > 0) min = 0;
+    if (max == min) {
+        for (int i = 0; i < n; ++i) L[i] = 0;
+        *the_min = -min;
+        return 0.f;
+    }
+    float iscale = nmax / (max - min);
+    float scale = 1 / iscale;
+    float best_error = 0;
+    for (int i = 0; i < n; ++i) {
+        const int l = kq_nearest_int(iscale * (x[i] - min));
+        L[i] = (uint8_t)GQ_MAX(0, GQ_MIN(nmax, l));
+        float diff = scale * L[i] + min - x[i];
+        diff = use_mad ? fabsf(diff) : diff * diff;
+        const float w = weights[i];
+        best_error += w * diff;
+    }
+    // (ggml returns here when nstep < 1; every k-quant call has nstep >= 15)
+    for (int is = 0; is <= nstep; ++is) {
+        iscale = (rmin + rdelta * is + nmax) / (max - min);
+        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+        for (int i = 0; i < n; ++i) {
+            int l = kq_nearest_int(iscale * (x[i] - min));
+            l = GQ_MAX(0, GQ_MIN(nmax, l));
+            Laux[i] = (uint8_t)l;
+            const float w = weights[i];
+            sum_l += w * l;
+            sum_l2 += w * l * l;
+            sum_xl += w * l * x[i];
+        }
+        const float D = sum_w * sum_l2 - sum_l * sum_l;
+        if (D > 0) {
+            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+            float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+            if (this_min > 0) {
+                this_min = 0;
+                this_scale = sum_xl / sum_l2;
+            }
+            float cur_error = 0;
+            for (int i = 0; i < n; ++i) {
+                float diff = this_scale * Laux[i] + this_min - x[i];
+                diff = use_mad ? fabsf(diff) : diff * diff;
+                const float w = weights[i];
+                cur_error += w * diff;
+            }
+            if (cur_error < best_error) {
+                for (int i = 0; i < n; ++i) L[i] = Laux[i];
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    *the_min = -min;
+    return scale;
+}
 
 // make_q3_quants with do_rmse == true (its only use, quantize_row_q3_K_ref): L in [0, 2*nmax).
 __device__ static float kq_make_q3_quants(int n, int nmax, const float* x, int8_t* L) {
@@ -31,7 +120,7 @@ __device__ static float kq_make_q3_quants(int n, int nmax, const float* x, int8_
     float sumlx = 0;
     float suml2 = 0;
     for (int i = 0; i < n; ++i) {
-        int l = gq_nearest_int(iscale * x[i]);
+        int l = kq_nearest_int(iscale * x[i]);
         l = GQ_MAX(-nmax, GQ_MIN(nmax - 1, l));
         L[i] = (int8_t)l;
         const float w = x[i] * x[i];
@@ -45,7 +134,7 @@ __device__ static float kq_make_q3_quants(int n, int nmax, const float* x, int8_
             float slx = sumlx - w * x[i] * L[i];
             if (slx > 0) {
                 float sl2 = suml2 - w * L[i] * L[i];
-                int new_l = gq_nearest_int(x[i] * sl2 / slx);
+                int new_l = kq_nearest_int(x[i] * sl2 / slx);
                 new_l = GQ_MAX(-nmax, GQ_MIN(nmax - 1, new_l));
                 if (new_l != L[i]) {
                     slx += w * x[i] * new_l;
@@ -73,7 +162,7 @@ __device__ static float kq_make_qp_quants(int n, int nmax, const float* x, uint8
         return 0.f;
     }
     float iscale = nmax / max;
-    for (int i = 0; i < n; ++i) L[i] = (uint8_t)gq_nearest_int(iscale * x[i]);
+    for (int i = 0; i < n; ++i) L[i] = (uint8_t)kq_nearest_int(iscale * x[i]);
     const float scale = 1 / iscale;
     float best_mse = 0;
     for (int i = 0; i < n; ++i) {
@@ -87,7 +176,7 @@ __device__ static float kq_make_qp_quants(int n, int nmax, const float* x, uint8
         const float scale_is = 1 / iscale_is;
         float mse = 0;
         for (int i = 0; i < n; ++i) {
-            int l = gq_nearest_int(iscale_is * x[i]);
+            int l = kq_nearest_int(iscale_is * x[i]);
             l = GQ_MIN(nmax, l);
             const float diff = x[i] - scale_is * l;
             const float w = quant_weights[i];
@@ -98,7 +187,7 @@ __device__ static float kq_make_qp_quants(int n, int nmax, const float* x, uint8
     float sumlx = 0;
     float suml2 = 0;
     for (int i = 0; i < n; ++i) {
-        int l = gq_nearest_int(iscale * x[i]);
+        int l = kq_nearest_int(iscale * x[i]);
         l = GQ_MIN(nmax, l);
         L[i] = (uint8_t)l;
         const float w = quant_weights[i];
@@ -112,7 +201,7 @@ __device__ static float kq_make_qp_quants(int n, int nmax, const float* x, uint8
             float slx = sumlx - w * x[i] * L[i];
             float sl2 = suml2 - w * L[i] * L[i];
             if (slx > 0 && sl2 > 0) {
-                int new_l = gq_nearest_int(x[i] * sl2 / slx);
+                int new_l = kq_nearest_int(x[i] * sl2 / slx);
                 new_l = GQ_MIN(nmax, new_l);
                 if (new_l != L[i]) {
                     slx += w * x[i] * new_l;
@@ -193,7 +282,7 @@ __device__ static void kq_q2_K(const float* x, const float* qw, block_q2_K* y) {
         for (int j = 0; j < QK_K / 16; ++j) {
             for (int l = 0; l < 16; ++l) weight[l] = fabsf(x[16 * j + l]);
             // make_qkx2_quants(16, 3, ..., -0.5f, 0.1f, 15, true)
-            scales[j] = gq_make_qkx3_quants(16, 3, x + 16 * j, weight, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15, true);
+            scales[j] = kq_make_qkx_quants(16, 3, x + 16 * j, weight, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15, true);
             const float scale = scales[j];
             if (scale > max_scale) max_scale = scale;
             const float min = mins[j];
@@ -201,21 +290,21 @@ __device__ static void kq_q2_K(const float* x, const float* qw, block_q2_K* y) {
         }
         if (max_scale > 0) {
             const float iscale = q4scale / max_scale;
-            for (int j = 0; j < QK_K / 16; ++j) y->scales[j] = (uint8_t)gq_nearest_int(iscale * scales[j]);
-            y->d = gq_fp32_to_fp16(max_scale / q4scale);
+            for (int j = 0; j < QK_K / 16; ++j) y->scales[j] = (uint8_t)kq_nearest_int(iscale * scales[j]);
+            y->d = kq_fp32_to_fp16(max_scale / q4scale);
         } else {
             for (int j = 0; j < QK_K / 16; ++j) y->scales[j] = 0;
-            y->d = gq_fp32_to_fp16(0.f);
+            y->d = kq_fp32_to_fp16(0.f);
         }
         if (max_min > 0) {
             const float iscale = q4scale / max_min;
             for (int j = 0; j < QK_K / 16; ++j) {
-                const int l = gq_nearest_int(iscale * mins[j]);
+                const int l = kq_nearest_int(iscale * mins[j]);
                 y->scales[j] |= (uint8_t)(l << 4);
             }
-            y->dmin = gq_fp32_to_fp16(max_min / q4scale);
+            y->dmin = kq_fp32_to_fp16(max_min / q4scale);
         } else {
-            y->dmin = gq_fp32_to_fp16(0.f);
+            y->dmin = kq_fp32_to_fp16(0.f);
         }
     } else {  // quantize_row_q2_K_impl
         float sw[QK_K / 16];
@@ -228,12 +317,12 @@ __device__ static void kq_q2_K(const float* x, const float* qw, block_q2_K* y) {
             for (int l = 0; l < 16; ++l) weight[l] = qwj[l] * sqrtf(sigma2 + x[16 * j + l] * x[16 * j + l]);
             sw[j] = 0;
             for (int l = 0; l < 16; ++l) sw[j] += weight[l];
-            scales[j] = gq_make_qkx3_quants(16, 3, x + 16 * j, weight, L + 16 * j, &mins[j], Laux, -0.9f, 0.05f, 36, false);
+            scales[j] = kq_make_qkx_quants(16, 3, x + 16 * j, weight, L + 16 * j, &mins[j], Laux, -0.9f, 0.05f, 36, false);
         }
         const float dm = kq_make_qp_quants(QK_K / 16, 15, scales, Ls, sw);
         const float mm = kq_make_qp_quants(QK_K / 16, 15, mins, Lm, sw);
-        y->d = gq_fp32_to_fp16(dm);
-        y->dmin = gq_fp32_to_fp16(mm);
+        y->d = kq_fp32_to_fp16(dm);
+        y->dmin = kq_fp32_to_fp16(mm);
         for (int j = 0; j < QK_K / 16; ++j) y->scales[j] = (uint8_t)(Ls[j] | (Lm[j] << 4));
     }
 
@@ -245,7 +334,7 @@ __device__ static void kq_q2_K(const float* x, const float* qw, block_q2_K* y) {
         if (!d) continue;
         const float dm = mall * (y->scales[j] >> 4);
         for (int ii = 0; ii < 16; ++ii) {
-            const int l = gq_nearest_int((x[16 * j + ii] + dm) / d);
+            const int l = kq_nearest_int((x[16 * j + ii] + dm) / d);
             L[16 * j + ii] = (uint8_t)GQ_MAX(0, GQ_MIN(3, l));
         }
     }
@@ -271,13 +360,13 @@ __device__ static void kq_q3_K(const float* x, const float* qw, block_q3_K* y) {
         if (max_scale) {
             const float iscale = -32.f / max_scale;
             for (int j = 0; j < QK_K / 16; ++j) {
-                int8_t l = (int8_t)gq_nearest_int(iscale * scales[j]);
+                int8_t l = (int8_t)kq_nearest_int(iscale * scales[j]);
                 l = (int8_t)(GQ_MAX(-32, GQ_MIN(31, l)) + 32);
                 kq_put_scale_q3_k(j, l, y->scales);
             }
-            y->d = gq_fp32_to_fp16(1 / iscale);
+            y->d = kq_fp32_to_fp16(1 / iscale);
         } else {
-            y->d = gq_fp32_to_fp16(0.f);
+            y->d = kq_fp32_to_fp16(0.f);
         }
     } else {  // quantize_row_q3_K_impl
         float weight[16];
@@ -296,7 +385,7 @@ __device__ static void kq_q3_K(const float* x, const float* qw, block_q3_K* y) {
         }
         const float d_block = gq_make_qx_quants(QK_K / 16, 32, scales, Ls, 1, sw);
         for (int j = 0; j < QK_K / 16; ++j) kq_put_scale_q3_k(j, Ls[j], y->scales);
-        y->d = gq_fp32_to_fp16(d_block);
+        y->d = kq_fp32_to_fp16(d_block);
     }
 
     // both paths: requantize with the rounded scales
@@ -306,7 +395,7 @@ __device__ static void kq_q3_K(const float* x, const float* qw, block_q3_K* y) {
         const float d = dall * sc;
         if (!d) continue;
         for (int ii = 0; ii < 16; ++ii) {
-            int l = gq_nearest_int(x[16 * j + ii] / d);
+            int l = kq_nearest_int(x[16 * j + ii] / d);
             l = GQ_MAX(-4, GQ_MIN(3, l));
             L[16 * j + ii] = (int8_t)(l + 4);
         }
@@ -349,8 +438,8 @@ __device__ static void kq_q45_K_scales(const float* x, const float* qw, int nmax
             for (int l = 0; l < 32; ++l) weights[l] = av_x + fabsf(x[32 * j + l]);
             // make_qkx2_quants(32, 15, ..., -1.f, 0.1f, 20, false) / (32, 31, ..., -0.5f, 0.1f, 15, false)
             scales[j] = nmax == 15
-                ? gq_make_qkx3_quants(32, 15, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -1.f, 0.1f, 20, false)
-                : gq_make_qkx3_quants(32, 31, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.5f, 0.1f, 15, false);
+                ? kq_make_qkx_quants(32, 15, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -1.f, 0.1f, 20, false)
+                : kq_make_qkx_quants(32, 31, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.5f, 0.1f, 15, false);
             const float scale = scales[j];
             if (scale > max_scale) max_scale = scale;
             const float min = mins[j];
@@ -359,14 +448,14 @@ __device__ static void kq_q45_K_scales(const float* x, const float* qw, int nmax
         const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
         const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
         for (int j = 0; j < QK_K / 32; ++j) {
-            uint8_t ls = (uint8_t)gq_nearest_int(inv_scale * scales[j]);
-            uint8_t lm = (uint8_t)gq_nearest_int(inv_min * mins[j]);
+            uint8_t ls = (uint8_t)kq_nearest_int(inv_scale * scales[j]);
+            uint8_t lm = (uint8_t)kq_nearest_int(inv_min * mins[j]);
             ls = GQ_MIN(63, ls);
             lm = GQ_MIN(63, lm);
             kq_put_scale_min_k4(j, ls, lm, ysc);
         }
-        *yd = gq_fp32_to_fp16(max_scale / 63.f);
-        *ydmin = gq_fp32_to_fp16(max_min / 63.f);
+        *yd = kq_fp32_to_fp16(max_scale / 63.f);
+        *ydmin = kq_fp32_to_fp16(max_min / 63.f);
     } else {  // quantize_row_q4_K_impl / quantize_row_q5_K_impl
         uint8_t Ls[QK_K / 32];
         uint8_t Lm[QK_K / 32];
@@ -380,7 +469,7 @@ __device__ static void kq_q45_K_scales(const float* x, const float* qw, int nmax
             float sumw = 0;
             for (int l = 0; l < 32; ++l) sumw += weights[l];
             sw[j] = sumw;
-            scales[j] = gq_make_qkx3_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.9f, 0.05f, 36, false);
+            scales[j] = kq_make_qkx_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.9f, 0.05f, 36, false);
         }
         const float d_block = kq_make_qp_quants(QK_K / 32, 63, scales, Ls, sw);
         const float m_block = kq_make_qp_quants(QK_K / 32, 63, mins, Lm, sw);
@@ -393,8 +482,8 @@ __device__ static void kq_q45_K_scales(const float* x, const float* qw, int nmax
             }
             kq_put_scale_min_k4(j, ls, lm, ysc);
         }
-        *yd = gq_fp32_to_fp16(d_block);
-        *ydmin = gq_fp32_to_fp16(m_block);
+        *yd = kq_fp32_to_fp16(d_block);
+        *ydmin = kq_fp32_to_fp16(m_block);
     }
 
     // both paths: requantize with the rounded scales
@@ -407,7 +496,7 @@ __device__ static void kq_q45_K_scales(const float* x, const float* qw, int nmax
         if (!d) continue;
         const float dm = mall * m;
         for (int ii = 0; ii < 32; ++ii) {
-            const int l = gq_nearest_int((x[32 * j + ii] + dm) / d);
+            const int l = kq_nearest_int((x[32 * j + ii] + dm) / d);
             L[32 * j + ii] = (uint8_t)GQ_MAX(0, GQ_MIN(nmax, l));
         }
     }
@@ -469,14 +558,14 @@ __device__ static void kq_q6_K(const float* x, const float* qw, block_q6_K* y) {
     }
 
     const float iscale = -128.f / max_scale;
-    y->d = gq_fp32_to_fp16(1 / iscale);
-    for (int ib = 0; ib < QK_K / 16; ++ib) y->scales[ib] = (int8_t)GQ_MIN(127, gq_nearest_int(iscale * scales[ib]));
+    y->d = kq_fp32_to_fp16(1 / iscale);
+    for (int ib = 0; ib < QK_K / 16; ++ib) y->scales[ib] = (int8_t)GQ_MIN(127, kq_nearest_int(iscale * scales[ib]));
     const float dall = gq_fp16_to_fp32(y->d);
     for (int j = 0; j < QK_K / 16; ++j) {
         const float d = dall * y->scales[j];
         if (!d) continue;
         for (int ii = 0; ii < 16; ++ii) {
-            int l = gq_nearest_int(x[16 * j + ii] / d);
+            int l = kq_nearest_int(x[16 * j + ii] / d);
             l = GQ_MAX(-32, GQ_MIN(31, l));
             L[16 * j + ii] = (int8_t)(l + 32);
         }
