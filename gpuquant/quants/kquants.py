@@ -62,17 +62,26 @@ def _requant(xt: np.ndarray, L: np.ndarray, d: np.ndarray, dm: np.ndarray | None
     """The final pass of every quantize_row_qN_K: ``if (!d) continue;``, else
     ``L = clamp(nearest_int((x + dm)/d))`` (``x/d`` without a min), offset so the result is >= 0."""
     d = d.reshape(-1)
-    with np.errstate(all="ignore"):
-        v = xt if dm is None else xt + dm.reshape(-1)
-        lq = np.clip(nearest_int(v / d), lo, hi) - lo
+    v = xt if dm is None else xt + dm.reshape(-1)
+    lq = np.clip(nearest_int(v / d), lo, hi) - lo
     return np.where(d != 0, lq, L)
+
+
+def _levels_u8(L: np.ndarray, S: int) -> np.ndarray:
+    """Grouped levels (n, S*nsub) -> uint8 (S, 256) in element order (the C array ``L[QK_K]``)."""
+    return np.ascontiguousarray(_ungroup(L, S), dtype=np.uint8)
+
+
+def _bitplane(bits: np.ndarray) -> np.ndarray:
+    """(S, 8, 32) of 0/1 -> (S, 32) bytes with ``bits[:, b, m]`` at bit b of byte m."""
+    return np.packbits(bits.transpose(0, 2, 1), axis=-1, bitorder="little")[..., 0]
 
 
 def _pack_2bit(L: np.ndarray) -> np.ndarray:
     """qs[j/4 + l] = L[j+l] | L[j+l+32] << 2 | L[j+l+64] << 4 | L[j+l+96] << 6 for j in (0, 128)."""
     Lr = L.reshape(-1, 2, 4, 32)
     q = Lr[:, :, 0] | (Lr[:, :, 1] << 2) | (Lr[:, :, 2] << 4) | (Lr[:, :, 3] << 6)
-    return q.reshape(-1, 64).astype(np.uint8)
+    return q.reshape(-1, 64)
 
 
 def _pack_k4(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
@@ -128,10 +137,12 @@ class _KQuant(QuantType):
         if quant_weights is not None:
             qw = np.ascontiguousarray(quant_weights, dtype=F32).reshape(nb, QK_K)
         out = np.empty((x.shape[0], cls.type_size), np.uint8)
-        for s0 in range(0, x.shape[0], CHUNK_SUPERBLOCKS):
-            s1 = min(s0 + CHUNK_SUPERBLOCKS, x.shape[0])
-            w = None if qw is None else qw[np.arange(s0, s1) % nb]
-            out[s0:s1] = cls._superblocks(x[s0:s1], w)
+        # C float arithmetic runs into inf/NaN silently on degenerate blocks (masked where C branches)
+        with np.errstate(all="ignore"):
+            for s0 in range(0, x.shape[0], CHUNK_SUPERBLOCKS):
+                s1 = min(s0 + CHUNK_SUPERBLOCKS, x.shape[0])
+                w = None if qw is None else qw[np.arange(s0, s1) % nb]
+                out[s0:s1] = cls._superblocks(x[s0:s1], w)
         return out.reshape(nrows, -1)
 
     @classmethod
@@ -150,12 +161,11 @@ class Q6_K(_KQuant, qtype=GGMLQuantizationType.Q6_K):
         scales, L = make_qx_quants(xt, 32, None if qw is None else _groups(qw, 16))
         sc = scales.reshape(S, 16)
         max_abs, max_scale = first_absmax(sc.T)
-        with np.errstate(all="ignore"):
-            iscale = F32(-128) / max_scale
-            d16 = fp32_to_fp16_bits(F32(1) / iscale)
-            qsc = np.minimum(127, nearest_int(iscale[:, None] * sc)).astype(np.int8)
+        iscale = F32(-128) / max_scale
+        d16 = fp32_to_fp16_bits(F32(1) / iscale)
+        qsc = np.minimum(127, nearest_int(iscale[:, None] * sc)).astype(np.int8)
         d = fp16_bits_to_fp32(d16)[:, None] * qsc.astype(F32)
-        L = _ungroup(_requant(xt, L, d, None, -32, 31), S)
+        L = _levels_u8(_requant(xt, L, d, None, -32, 31), S)
         Lr = L.reshape(S, 2, 4, 32)
         ql = (Lr[:, :, 0:2] & 0xF) | ((Lr[:, :, 2:4] & 0xF) << 4)
         qh = (Lr[:, :, 0] >> 4) | ((Lr[:, :, 1] >> 4) << 2) | ((Lr[:, :, 2] >> 4) << 4) | ((Lr[:, :, 3] >> 4) << 6)
@@ -181,23 +191,20 @@ class _Q45K(_KQuant):
         S = x.shape[0]
         xt = _groups(x, 32)
         if qw is None:  # quantize_row_qN_K_ref
-            with np.errstate(all="ignore"):
-                av_x = np.sqrt(seq_sum(xt * xt) / F32(32))
-                w = av_x + np.abs(xt)
+            av_x = np.sqrt(seq_sum(xt * xt) / F32(32))
+            w = av_x + np.abs(xt)
             rmin, rdelta, nstep = cls.ref_search
             scales, mins, L = make_qkx_quants(xt, w, cls.nmax, rmin, rdelta, nstep, False, False)
             sc, mi = scales.reshape(S, 8), mins.reshape(S, 8)
             max_scale, max_min = running_max(sc.T), running_max(mi.T)
-            with np.errstate(all="ignore"):
-                inv_scale = np.where(max_scale > 0, F32(63) / max_scale, F32(0))
-                inv_min = np.where(max_min > 0, F32(63) / max_min, F32(0))
-                ls = np.minimum(nearest_int(inv_scale[:, None] * sc) & 0xFF, 63)
-                lm = np.minimum(nearest_int(inv_min[:, None] * mi) & 0xFF, 63)
-                d_block, m_block = max_scale / F32(63), max_min / F32(63)
+            inv_scale = np.where(max_scale > 0, F32(63) / max_scale, F32(0))
+            inv_min = np.where(max_min > 0, F32(63) / max_min, F32(0))
+            ls = np.minimum(nearest_int(inv_scale[:, None] * sc) & 0xFF, 63)
+            lm = np.minimum(nearest_int(inv_min[:, None] * mi) & 0xFF, 63)
+            d_block, m_block = max_scale / F32(63), max_min / F32(63)
         else:  # quantize_row_qN_K_impl
-            with np.errstate(all="ignore"):
-                sigma2 = F32(2) * _sum_x2(x) / F32(QK_K)
-                w = _groups(qw, 32) * np.sqrt(_per_group(sigma2, 32) + xt * xt)
+            sigma2 = F32(2) * _sum_x2(x) / F32(QK_K)
+            w = _groups(qw, 32) * np.sqrt(_per_group(sigma2, 32) + xt * xt)
             sw = seq_sum(w)
             scales, mins, L = make_qkx_quants(xt, w, cls.nmax, -0.9, 0.05, 36, False, True)
             swt = np.ascontiguousarray(sw.reshape(S, 8).T)
@@ -211,7 +218,7 @@ class _Q45K(_KQuant):
         sc, m = _unpack_k4(packed)
         d = fp16_bits_to_fp32(d16)[:, None] * sc.astype(F32)
         dm = fp16_bits_to_fp32(dmin16)[:, None] * m.astype(F32)
-        L = _ungroup(_requant(xt, L, d, dm, 0, cls.nmax), S)
+        L = _levels_u8(_requant(xt, L, d, dm, 0, cls.nmax), S)
         return L, packed, d16, dmin16
 
 
@@ -228,10 +235,7 @@ class Q5_K(_Q45K, qtype=GGMLQuantizationType.Q5_K):
         L, packed, d16, dmin16 = cls._scales(x, qw)
         Lr = L.reshape(S, 4, 2, 32)
         ql = (Lr[:, :, 0] & 0xF) | ((Lr[:, :, 1] & 0xF) << 4)
-        hb = Lr >> 4
-        qh = np.zeros((S, 32), np.int32)
-        for p in range(4):
-            qh |= (hb[:, p, 0] << (2 * p)) | (hb[:, p, 1] << (2 * p + 1))
+        qh = _bitplane(L.reshape(S, 8, 32) >> 4)  # bit 2p+h of qh[j]: L[64p + 32h + j] > 15
         out = np.empty((S, cls.type_size), np.uint8)
         out[:, 0:2] = _fp16_bytes(d16)
         out[:, 2:4] = _fp16_bytes(dmin16)
@@ -274,16 +278,14 @@ class Q3_K(_KQuant, qtype=GGMLQuantizationType.Q3_K):
             sc = scales.reshape(S, 16)
             _, max_scale = first_absmax(sc.T)
             nz = max_scale != 0
-            with np.errstate(all="ignore"):
-                iscale = F32(-32) / max_scale
-                l = nearest_int(iscale[:, None] * sc).astype(np.int8).astype(np.int32)
-                d16 = np.where(nz, fp32_to_fp16_bits(F32(1) / iscale), np.uint16(0))
+            iscale = F32(-32) / max_scale
+            l = nearest_int(iscale[:, None] * sc).astype(np.int8).astype(np.int32)
+            d16 = np.where(nz, fp32_to_fp16_bits(F32(1) / iscale), np.uint16(0))
             packed = _pack_q3_scales(np.clip(l, -32, 31) + 32)
             packed[~nz] = 0
         else:  # quantize_row_q3_K_impl
-            with np.errstate(all="ignore"):
-                sigma2 = F32(2) * _sum_x2(x) / F32(QK_K)
-                w = _groups(qw, 16) * np.sqrt(_per_group(sigma2, 16) + xt * xt)
+            sigma2 = F32(2) * _sum_x2(x) / F32(QK_K)
+            w = _groups(qw, 16) * np.sqrt(_per_group(sigma2, 16) + xt * xt)
             sw = seq_sum(w)
             scales, L = make_qx_quants(xt, 4, w)
             d_block, Ls = make_qx_quants(np.ascontiguousarray(scales.reshape(S, 16).T), 32,
@@ -291,16 +293,10 @@ class Q3_K(_KQuant, qtype=GGMLQuantizationType.Q3_K):
             packed = _pack_q3_scales(Ls.T)
             d16 = fp32_to_fp16_bits(d_block)
         d = fp16_bits_to_fp32(d16)[:, None] * _unpack_q3_scales(packed).astype(F32)
-        L = _ungroup(_requant(xt, L, d, None, -4, 3), S)
-        high = L > 3
-        L = np.where(high, L - 4, L)
-        hb = high.reshape(S, 8, 32).astype(np.int32)
-        hmask = np.zeros((S, 32), np.int32)
-        for b in range(8):
-            hmask |= hb[:, b] << b
+        L = _levels_u8(_requant(xt, L, d, None, -4, 3), S)  # 0..7
         out = np.empty((S, cls.type_size), np.uint8)
-        out[:, 0:32] = hmask
-        out[:, 32:96] = _pack_2bit(L)
+        out[:, 0:32] = _bitplane(L.reshape(S, 8, 32) >> 2)  # L > 3: bit j/32 of hmask[j%32], L -= 4
+        out[:, 32:96] = _pack_2bit(L & 3)
         out[:, 96:108] = packed
         out[:, 108:110] = _fp16_bytes(d16)
         return out
@@ -317,15 +313,13 @@ class Q2_K(_KQuant, qtype=GGMLQuantizationType.Q2_K):
             scales, mins, L = make_qkx_quants(xt, np.abs(xt), 3, -0.5, 0.1, 15, True, False)
             sc, mi = scales.reshape(S, 16), mins.reshape(S, 16)
             max_scale, max_min = running_max(sc.T), running_max(mi.T)
-            with np.errstate(all="ignore"):
-                ls = np.where((max_scale > 0)[:, None], nearest_int((F32(15) / max_scale)[:, None] * sc), 0)
-                lm = np.where((max_min > 0)[:, None], nearest_int((F32(15) / max_min)[:, None] * mi), 0)
-                d16 = np.where(max_scale > 0, fp32_to_fp16_bits(max_scale / F32(15)), np.uint16(0))
-                dmin16 = np.where(max_min > 0, fp32_to_fp16_bits(max_min / F32(15)), np.uint16(0))
+            ls = np.where((max_scale > 0)[:, None], nearest_int((F32(15) / max_scale)[:, None] * sc), 0)
+            lm = np.where((max_min > 0)[:, None], nearest_int((F32(15) / max_min)[:, None] * mi), 0)
+            d16 = np.where(max_scale > 0, fp32_to_fp16_bits(max_scale / F32(15)), np.uint16(0))
+            dmin16 = np.where(max_min > 0, fp32_to_fp16_bits(max_min / F32(15)), np.uint16(0))
         else:  # quantize_row_q2_K_impl
-            with np.errstate(all="ignore"):
-                sigma2 = _sum_x2(x) / F32(QK_K)
-                w = _groups(qw, 16) * np.sqrt(_per_group(sigma2, 16) + xt * xt)
+            sigma2 = _sum_x2(x) / F32(QK_K)
+            w = _groups(qw, 16) * np.sqrt(_per_group(sigma2, 16) + xt * xt)
             sw = np.ascontiguousarray(seq_sum(w).reshape(S, 16).T)
             scales, mins, L = make_qkx_quants(xt, w, 3, -0.9, 0.05, 36, False, True)
             dm, ls = make_qp_quants(np.ascontiguousarray(scales.reshape(S, 16).T), 15, sw)
@@ -335,7 +329,7 @@ class Q2_K(_KQuant, qtype=GGMLQuantizationType.Q2_K):
         packed = ((ls & 0xFF) | (lm << 4)) & 0xFF
         d = fp16_bits_to_fp32(d16)[:, None] * (packed & 0xF).astype(F32)
         dm_ = fp16_bits_to_fp32(dmin16)[:, None] * (packed >> 4).astype(F32)
-        L = _ungroup(_requant(xt, L, d, dm_, 0, 3), S)
+        L = _levels_u8(_requant(xt, L, d, dm_, 0, 3), S)
         out = np.empty((S, cls.type_size), np.uint8)
         out[:, 0:16] = packed
         out[:, 16:80] = _pack_2bit(L)

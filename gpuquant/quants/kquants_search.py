@@ -11,8 +11,8 @@ becomes a mask.  Inside a group the operation order of the C loop is kept: sums 
 Two exact shortcuts keep the searches fast:
 
 * ``nearest_int`` followed by a clamp and a cast to float is done in float (``(t + 1.5*2**23) - 1.5*2**23``
-  and ``np.clip``), which is the same value whenever every ``|t| < 2**22``; that bound is checked per
-  call from the group extremes, and the integer trick runs otherwise.
+  and ``np.clip``), which is the same value whenever every ``|t| < 2**22 - 1``; that bound is checked
+  per call from the group extremes, and the integer trick runs otherwise.
 * A search remembers the best step's parameters, not its levels; the levels are recomputed once at the
   end from those parameters (the same float operations give the same integers).
 """
@@ -26,7 +26,7 @@ __all__ = ["first_absmax", "make_q3_quants", "make_qkx_quants", "make_qp_quants"
            "running_max"]
 
 _MAGIC = F32(12582912.0)
-_EXACT = F32(4194304.0)  # 2**22: below this, the float rounding equals nearest_int
+_EXACT = F32(4194303.0)  # below this, round(t) < 2**22 and the float rounding equals nearest_int
 
 
 def first_absmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -55,7 +55,7 @@ def _levels_int(t: np.ndarray, lo: int, hi: int) -> np.ndarray:
 
 
 def _levels_f32(t: np.ndarray, lo: int, hi: int, exact: bool) -> np.ndarray:
-    """``(float)MAX(lo, MIN(hi, nearest_int(t)))``, in place in ``t`` when ``exact`` (all |t| < 2**22)."""
+    """``(float)MAX(lo, MIN(hi, nearest_int(t)))``, in place in ``t`` when ``exact`` (``_below_exact``)."""
     if not exact:
         return _levels_int(t, lo, hi).astype(F32)
     np.add(t, _MAGIC, out=t)
@@ -64,7 +64,7 @@ def _levels_f32(t: np.ndarray, lo: int, hi: int, exact: bool) -> np.ndarray:
 
 
 def _below_exact(*bounds: np.ndarray) -> bool:
-    """True when every bound is finite and |bound| < 2**22 (NaN fails)."""
+    """True when every |bound| < 4194303 (NaN and inf fail)."""
     return all(bool((np.abs(b) < _EXACT).all()) for b in bounds)
 
 
