@@ -108,6 +108,7 @@ class RawImatrix:
     chunk_size: int  # int32
     is_legacy: bool
     has_metadata: bool
+    missing_keys: tuple[str, ...] = ()  # which of the three metadata keys a GGUF file lacks
 
 
 class _Short(Exception):
@@ -289,7 +290,7 @@ def _load_gguf(path: str, kvs: list, tensors: list) -> RawImatrix:
             raise ImatrixError(f"{path}: metadata key {key!r} must be a u32 scalar (llama.cpp aborts on this file)")
         value = 0 if kv is None else int(kv[3][0] if kv[2] else kv[3])
         ints[key] = value - (1 << 32) if value >= 1 << 31 else value  # uint32 stored in an int32_t
-    has_metadata = all(_find_key(kvs, k.encode()) is not None for k in (KV_DATASETS, KV_CHUNK_COUNT, KV_CHUNK_SIZE))
+    missing = tuple(k for k in (KV_DATASETS, KV_CHUNK_COUNT, KV_CHUNK_SIZE) if _find_key(kvs, k.encode()) is None)
 
     pairs: dict[bytes, list] = {}
     for name, gtype, ne, blob in tensors:
@@ -310,7 +311,7 @@ def _load_gguf(path: str, kvs: list, tensors: list) -> RawImatrix:
                                f"(ggml types {s[0]} and {c[0]})")
         sums[_s(name)] = np.frombuffer(s[1], "<f4").astype(np.float32)
         counts[_s(name)] = _lround(np.frombuffer(c[1], "<f4"))
-    return RawImatrix(sums, counts, datasets, ints[KV_CHUNK_COUNT], ints[KV_CHUNK_SIZE], False, has_metadata)
+    return RawImatrix(sums, counts, datasets, ints[KV_CHUNK_COUNT], ints[KV_CHUNK_SIZE], False, not missing, missing)
 
 
 def _load_legacy(path: str, data: bytes) -> RawImatrix:
@@ -477,8 +478,8 @@ def normalize(raw: RawImatrix, path: str | os.PathLike = "") -> ImatrixData:
     """quantize.cpp load_imatrix: per-entry float32 weights from raw sums and counts."""
     spath = os.fsdecode(path)
     if not raw.is_legacy and not raw.has_metadata:
-        missing = [k for k in (KV_DATASETS, KV_CHUNK_COUNT, KV_CHUNK_SIZE)]
-        raise ImatrixError(f"{spath}: missing imatrix metadata (a GGUF imatrix needs the keys {', '.join(missing)})")
+        raise ImatrixError(f"{spath}: missing imatrix metadata: a GGUF imatrix needs the keys {KV_DATASETS}, "
+                           f"{KV_CHUNK_COUNT} and {KV_CHUNK_SIZE}; this file lacks {', '.join(raw.missing_keys)}")
     entries: dict[str, np.ndarray] = {}
     for name, sums in raw.sums.items():
         counts = raw.counts[name]
