@@ -102,6 +102,14 @@ def _params(ftype: M.FType, opts: dict) -> M.QuantizeParams:
 _LOG_LINE = re.compile(r"\[\s*\d+/\s*\d+\]\s+(\S+)\s+- \[[^\]]*\], type =\s*(\w+), size =\s*[\d.]+ MiB"
                        r"(?: ->\s*[\d.]+ MiB \((\w+)\))?")
 _COUNT = 43  # GGML_TYPE_COUNT: "not set" / array terminator
+_SILENT = None  # the log callback left installed; module level so that ctypes never calls a freed one
+
+
+def _silence(lc) -> None:
+    global _SILENT
+    if _SILENT is None:
+        _SILENT = lc.llama_log_callback(lambda level, text, user: None)
+    lc.llama_log_set(_SILENT, None)
 
 
 def run_oracle(src: Path, dst: Path, ftype: M.FType, opts: dict, *, dry_run: bool) -> tuple[int, str]:
@@ -146,7 +154,7 @@ def run_oracle(src: Path, dst: Path, ftype: M.FType, opts: dict, *, dry_run: boo
     try:
         rc = lc.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p))
     finally:
-        lc.llama_log_set(lc.llama_log_callback(lambda level, text, user: None), None)
+        _silence(lc)
     return rc, "".join(chunks)
 
 
@@ -277,6 +285,29 @@ def test_imatrix_names_after_pruning(unused, model_path, tmp_path):
         outputs.append(dst.read_bytes())
     assert outputs[0] == outputs[1]
     assert outputs[0] != outputs[2]
+
+
+@pytest.mark.parametrize("model", [pytest.param(m, marks=ORACLE_MARKS) for m in MODELS if m != "llama-70b"])
+def test_synthetic_models_load_and_decode(model, model_path):
+    """The synthetic models are real models: llama.cpp loads all tensors and evaluates a few tokens."""
+    import llama_cpp as lc
+
+    lc.llama_backend_init()
+    _silence(lc)
+    m = lc.llama_model_load_from_file(str(model_path(model)).encode(), lc.llama_model_default_params())
+    assert m, f"llama.cpp cannot load {model}"
+    try:
+        cp = lc.llama_context_default_params()
+        cp.n_ctx, cp.n_batch, cp.n_ubatch = 64, 8, 8
+        ctx = lc.llama_init_from_model(m, cp)
+        assert ctx
+        try:
+            tokens = (lc.llama_token * 4)(1, 270, 5, 7)
+            assert lc.llama_decode(ctx, lc.llama_batch_get_one(tokens, 4)) == 0
+        finally:
+            lc.llama_free(ctx)
+    finally:
+        lc.llama_model_free(m)
 
 
 # ------------------------------------------------------------------------------------------------------
