@@ -230,7 +230,8 @@ class Pipeline:
         dev_in = [dev.device_buffer(max_in) for _ in range(SLOTS)] if any_quant else []
         dev_out = [dev.device_buffer(max_out) for _ in range(SLOTS)] if any_quant else []
         dev_qw = [dev.device_buffer(max_qw) for _ in range(SLOTS)] if max_qw else []
-        host_qw = [dev.host_buffer(max_qw) for _ in range(SLOTS)] if max_qw else []
+        # staged weights share the life of the slab's host_in buffer (free again once its download is done)
+        host_qw = [dev.host_buffer(max_qw) for _ in range(HOST_IN)] if max_qw else []
         h2d, compute, d2h = dev.stream(), dev.stream(), dev.stream()
         compute_done: list[Event | None] = [None] * SLOTS
         d2h_done: list[Event | None] = [None] * SLOTS
@@ -269,7 +270,7 @@ class Pipeline:
                 dev.upload(dev_in[s], host_in[b_in], job.src_bytes, h2d)
                 qw = None
                 if slab.quant_weights is not None:
-                    hq = host_qw[s]
+                    hq = host_qw[b_in]
                     hq[: job.quant_weight_bytes] = slab.quant_weights.astype(np.float32).reshape(-1).view(np.uint8)
                     dev.upload(dev_qw[s], hq, job.quant_weight_bytes, h2d)
                     qw = dev_qw[s]

@@ -150,3 +150,19 @@ def test_stages_overlap_and_output_unchanged(tmp_path):
     # some upload ran while some kernel was running: the streams really overlap
     overlaps = sum(1 for ua, ub in ups for ka, kb in kernels if ua < kb and ka < ub)
     assert overlaps >= 10
+
+
+def test_slow_uploads_never_see_weights_of_a_later_slab(tmp_path):
+    """The issuer runs ahead of a slow upload stream: staged importance weights must not be overwritten
+    by a later slab before their upload ran (each slab's weights differ here)."""
+    rng = np.random.default_rng(4)
+    arr = rng.standard_normal((8, 2, 64)).astype(np.float32)
+    qw = (rng.random((8, 64)) * 10 + 0.01).astype(np.float32)
+    src = make_source(tmp_path, arr)
+    dev = SlowDevice()
+    try:
+        got = run(dev, [TensorWork(src, "t", T.Q4_0, qw)], 2 * (64 * 4 + 18 + 256))  # one expert per slab
+    finally:
+        dev.close()
+    want = expected(arr, T.Q4_0, qw)
+    assert got[: len(want)] == want
