@@ -1,4 +1,9 @@
-"""``gpuquant`` command line: llama-quantize's options, on a GPU, with rich progress and tables."""
+"""``gpuquant`` command line: llama-quantize's usage and options, on a GPU, with rich progress and tables.
+
+Every expected failure (bad input, bad arguments, a full disk, a missing device, an interrupt) ends with one
+``error:`` paragraph on stderr, a non-zero exit code, no traceback, nothing at the destination path and the
+input untouched.
+"""
 from __future__ import annotations
 
 import signal
@@ -8,38 +13,62 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from . import api, mixes, report as rep
+from . import __version__
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
     help=(
-        "GPU-first GGUF quantizer, byte-identical to llama.cpp's llama-quantize.\n\n"
-        "Examples:\n\n"
-        "  gpuquant run model-f16.gguf --type Q4_K_M\n\n"
-        "  gpuquant run model-f16.gguf --type IQ4_NL --device 0 --profile\n\n"
-        "  gpuquant run model-f16.gguf -t Q4_K_M --imatrix imatrix.gguf -o model-Q4_K_M.gguf\n\n"
-        "  gpuquant types"
+        "GPU-first GGUF quantizer: files byte-identical to llama.cpp's llama-quantize, from a GPU.\n\n"
+        "usage: gpuquant run \\[options] model-f32.gguf \\[model-quant.gguf] type \\[nthreads]\n\n"
+        "       gpuquant inspect model.gguf      gpuquant types      gpuquant bench\n\n"
+        "[bold]Examples[/]\n\n"
+        "  gpuquant run model-f16.gguf Q4_K_M                       [dim]# -> model-f16-Q4_K_M.gguf[/]\n"
+        "  gpuquant run model-f16.gguf out/model-IQ4_NL.gguf IQ4_NL --device 0 --stats\n"
+        "  gpuquant run model-f16.gguf Q4_K_M --imatrix imatrix.gguf --json report.json\n"
+        "  gpuquant run model-f16.gguf Q4_K_M --dry-run             [dim]# sizes only, writes nothing[/]\n"
+        "  gpuquant inspect model-Q4_K_M.gguf\n"
+        "  gpuquant types\n"
+        "  gpuquant bench --types Q4_0,Q4_K,IQ4_NL"
     ),
 )
 err = Console(stderr=True, highlight=False)
 
+EXIT_ERROR = 1
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
 
 class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so every cleanup path runs."""
+    """SIGTERM, raised in the main thread so that every cleanup path runs."""
 
 
 def _on_sigterm(signum, frame):  # noqa: ARG001
     raise Terminated()
 
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, OSError)
-
-
-def _fail(msg: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {msg}", soft_wrap=True)
+def _fail(msg: str, code: int = EXIT_ERROR) -> None:
+    err.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"gpuquant {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    pass
+
+
+# ---------------------------------------------------------------------------------------------- run
 
 
 def _read_tensor_type_file(path: Path) -> list[str]:
@@ -58,6 +87,8 @@ def _split_tensor_type(spec: str) -> tuple[str, str]:
 
 
 def _parse_prune(spec: str | None) -> list[int]:
+    from . import mixes
+
     if not spec:
         return []
     try:
@@ -67,118 +98,337 @@ def _parse_prune(spec: str | None) -> list[int]:
     return []
 
 
-@app.command()
+def parse_positional(args: list[str], type_opt: str | None) -> tuple[Optional[str], str, Optional[int]]:
+    """llama-quantize's ``model [model-quant.gguf] type [nthreads]`` after the model: (output, type, threads).
+
+    As in quantize.cpp, the word after the model is the type if it parses as one, else the output file.
+    """
+    from . import mixes
+
+    def is_type(s: str) -> bool:
+        try:
+            mixes.parse_ftype(s)
+            return True
+        except ValueError:
+            return False
+
+    rest = list(args)
+    out = None
+    if type_opt is not None:
+        t = type_opt
+        if rest and not rest[0].isdigit():
+            out = rest.pop(0)
+    elif not rest:
+        _fail("missing the quantization type: gpuquant run MODEL [OUTPUT] TYPE [NTHREADS] (or --type TYPE); "
+              "`gpuquant types` lists them")
+    elif is_type(rest[0]):
+        t = rest.pop(0)
+    elif len(rest) >= 2:
+        out, t = rest.pop(0), rest.pop(0)
+    else:
+        _fail(f"invalid quantization type {rest[0]!r}; `gpuquant types` lists them")
+    threads = None
+    if rest:
+        n = rest.pop(0)
+        if not n.isdigit() or int(n) <= 0:
+            _fail(f"nthreads: expected a positive number, got {n!r}")
+        threads = int(n)
+    if rest:
+        _fail(f"unexpected arguments {' '.join(rest)!r}: usage is MODEL [OUTPUT] TYPE [NTHREADS]")
+    return out, t, threads
+
+
+RUN_HELP = """Quantize MODEL, like [bold]llama-quantize[/] with the same arguments and options.
+
+usage: gpuquant run \\[options] model-f32.gguf \\[model-quant.gguf] type \\[nthreads]
+
+The output is byte-identical to llama-quantize's. It is written to a hidden temporary file beside the
+destination (.NAME.gpuquant-partial-PID) and renamed when complete: an error, Ctrl-C or SIGTERM leaves
+nothing behind, and the input is never modified. Progress goes to stderr (plain lines when it is not a
+terminal); the closing tables go to stdout.
+
+[bold]Examples[/]
+
+  gpuquant run model-f16.gguf Q4_K_M
+  gpuquant run model-f16.gguf model-Q4_K_M.gguf Q4_K_M 8
+  gpuquant run model-f16.gguf -t IQ4_NL -o model-IQ4_NL.gguf --device 0 --stats --json report.json
+  gpuquant run model-f16.gguf Q4_K_M --imatrix imatrix.gguf --tensor-type attn_v=q8_0
+  gpuquant run model-00001-of-00003.gguf Q4_K_M --keep-split
+  gpuquant run model-f16.gguf Q4_K --dry-run
+
+[bold]Allowed quantization types[/] (ids and descriptions: gpuquant types)
+
+  {types}
+"""
+
+
+def _type_list() -> str:
+    from . import mixes
+
+    names = [f.name for f in mixes.FTYPES]
+    return "\n  ".join(", ".join(names[i:i + 10]) for i in range(0, len(names), 10))
+
+
+@app.command(help=RUN_HELP.format(types=_type_list()), no_args_is_help=True)
 def run(
-    model: Path = typer.Argument(..., help="input GGUF model (F32/F16/BF16, or quantized with --allow-requantize)"),
-    type: str = typer.Option(..., "--type", "-t", help="llama-quantize ftype: Q4_K_M, IQ4_NL, Q8_0, ... (see `gpuquant types`)"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="output file [default: <input-stem>-<TYPE>.gguf beside the input]"),
+    model: Path = typer.Argument(..., metavar="MODEL", help="input GGUF model (F32/F16/BF16; quantized with "
+                                 "--allow-requantize); the first file of a split model"),
+    args: Optional[List[str]] = typer.Argument(None, metavar="[OUTPUT] TYPE [NTHREADS]",
+                                               help="as llama-quantize: output file, ftype (see `gpuquant types`), threads"),
+    type: Optional[str] = typer.Option(None, "--type", "-t", help="ftype: Q4_K_M, IQ4_NL, Q8_0, ... (instead of the positional TYPE)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="output file \\[default: <input-stem>-<TYPE>.gguf beside the input]"),
     device: str = typer.Option("auto", "--device", "-d", help="auto, cpu (numpy), emulated (kernels on the CPU), or a GPU index"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads [default: all cores]"),
-    allow_requantize: bool = typer.Option(False, "--allow-requantize", help="allow requantizing tensors that are already quantized"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads \\[default: all cores]"),
+    allow_requantize: bool = typer.Option(False, "--allow-requantize", help="allow requantizing tensors that have already been quantized (WARNING: can severely reduce quality compared to quantizing from 16 or 32 bit)"),
     leave_output_tensor: bool = typer.Option(False, "--leave-output-tensor", help="leave output.weight un(re)quantized"),
     pure: bool = typer.Option(False, "--pure", help="disable k-quant mixtures and quantize all tensors to the same type"),
-    imatrix: Optional[Path] = typer.Option(None, "--imatrix", help="importance matrix file (GGUF or legacy .dat)"),
+    imatrix: Optional[Path] = typer.Option(None, "--imatrix", help="importance matrix file (GGUF or legacy .dat) for quant optimizations"),
     include_weights: List[str] = typer.Option([], "--include-weights", help="use the importance matrix for this/these tensor(s)"),
     exclude_weights: List[str] = typer.Option([], "--exclude-weights", help="do not use the importance matrix for this/these tensor(s)"),
     output_tensor_type: Optional[str] = typer.Option(None, "--output-tensor-type", help="ggml type for output.weight"),
     token_embedding_type: Optional[str] = typer.Option(None, "--token-embedding-type", help="ggml type for the token embeddings"),
     tensor_type: List[str] = typer.Option([], "--tensor-type", help="TENSOR_PATTERN=TYPE, repeatable (e.g. attn_q=q8_0)"),
     tensor_type_file: Optional[Path] = typer.Option(None, "--tensor-type-file", help="file of TENSOR_PATTERN=TYPE entries"),
-    prune_layers: Optional[str] = typer.Option(None, "--prune-layers", help="comma-separated layer numbers to prune"),
+    prune_layers: Optional[str] = typer.Option(None, "--prune-layers", help="comma-separated layer numbers to prune (WARNING: advanced)"),
+    keep_split: bool = typer.Option(False, "--keep-split", help="write the output in the same shards as the input"),
     override_kv: List[str] = typer.Option([], "--override-kv", help="KEY=TYPE:VALUE metadata override, repeatable"),
-    max_buffer_size: Optional[int] = typer.Option(None, "--max-buffer-size", help="MiB of rows per slab (default: from device memory)"),
+    max_buffer_size: Optional[int] = typer.Option(None, "--max-buffer-size", help="MiB of rows per slab \\[default: from device memory]"),
     dry_run: bool = typer.Option(False, "--dry-run", help="show every tensor's type and the final size, write nothing"),
     force: bool = typer.Option(False, "--force", "-f", help="overwrite an existing output file"),
-    profile: bool = typer.Option(False, "--profile", help="print per-stage times and throughput"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress, only errors and the summary line"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the report as JSON to this file ('-' for stdout)"),
+    stats: bool = typer.Option(False, "--stats", help="measure each tensor's error vs the source (RMSE, max abs, cosine), worst first"),
+    profile: bool = typer.Option(False, "--profile", help="print the pipeline stage table even with --quiet"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress and no tables, only errors and the summary line"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the report as JSON to this file ('-': stdout, tables go to stderr)"),
 ) -> None:
-    """Quantize MODEL to --type, like `llama-quantize MODEL [OUT] TYPE [N_THREADS]`."""
+    from . import api, report as rep
+    from .gguf_io import OutputError
+
+    out_pos, qtype, pos_threads = parse_positional(args or [], type)
+    if out_pos is not None and output is not None:
+        _fail(f"output given twice: {out_pos!r} and --output {str(output)!r}")
+    if pos_threads is not None and threads is not None:
+        _fail("nthreads given twice: positional and --threads")
+    output = Path(out_pos) if out_pos is not None else output
+    threads = pos_threads or threads
     if include_weights and exclude_weights:
         _fail("--include-weights and --exclude-weights cannot be used together")
     if threads is not None and threads <= 0:
         _fail(f"--threads: must be a positive number, got {threads}")
     if max_buffer_size is not None and max_buffer_size <= 0:
         _fail(f"--max-buffer-size: must be a positive number of MiB, got {max_buffer_size}")
+    if stats and dry_run:
+        _fail("--stats measures the written file: it cannot be used with --dry-run")
     specs = list(tensor_type) + (_read_tensor_type_file(tensor_type_file) if tensor_type_file else [])
-    out = Console(highlight=False)
-    interactive = out.is_terminal and not quiet
+    tensor_types = [_split_tensor_type(s) for s in specs]
+    prune = _parse_prune(prune_layers)
+    json_stdout = json_out is not None and str(json_out) == "-"
+    out = err if json_stdout else Console(highlight=False)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    progress = rep.make_progress(err) if interactive else None
-    task = None
-
-    def on_progress(name: str, done: int, total: int) -> None:
-        nonlocal task
-        if progress is None:
-            return
-        if task is None:
-            task = progress.add_task("quantizing", total=total, tensor="")
-        progress.update(task, completed=done, tensor=name)
-
+    view = rep.make_progress(err, quiet)
+    result = None
     try:
-        if progress:
-            progress.start()
-        result = api.quantize_file(
-            model, output, type, device=device, threads=threads, allow_requantize=allow_requantize, pure=pure,
-            leave_output_tensor=leave_output_tensor, output_tensor_type=output_tensor_type,
-            token_embedding_type=token_embedding_type, tensor_types=[_split_tensor_type(s) for s in specs],
-            imatrix=imatrix, include_weights=include_weights, exclude_weights=exclude_weights,
-            override_kv=override_kv, prune_layers=_parse_prune(prune_layers), dry_run=dry_run, force=force,
-            slab_bytes=None if max_buffer_size is None else max_buffer_size << 20, progress=on_progress,
-        )
-    except typer.Exit:
-        raise
-    except (KeyboardInterrupt, Terminated):
-        if progress:
-            progress.stop()
-        err.print("[bold red]interrupted:[/] no output was written (temporary file removed)")
-        raise typer.Exit(130)
-    except EXPECTED_ERRORS as e:
-        if progress:
-            progress.stop()
+        view.start()
+        try:
+            result = api.quantize_file(
+                model, output, qtype, device=device, threads=threads, allow_requantize=allow_requantize,
+                pure=pure, leave_output_tensor=leave_output_tensor, output_tensor_type=output_tensor_type,
+                token_embedding_type=token_embedding_type, tensor_types=tensor_types, imatrix=imatrix,
+                include_weights=include_weights, exclude_weights=exclude_weights, override_kv=override_kv,
+                prune_layers=prune, keep_split=keep_split, dry_run=dry_run, force=force,
+                slab_bytes=None if max_buffer_size is None else max_buffer_size << 20, progress=view,
+                on_plan=view.plan,
+            )
+            view.finish()
+        finally:
+            view.stop()
+        measured = None
+        if stats and result.output is not None:
+            measured = _measure(result, quiet)
+    except (KeyboardInterrupt, Terminated) as e:
+        code = EXIT_SIGINT if isinstance(e, KeyboardInterrupt) else EXIT_SIGTERM
+        what = "interrupted" if code == EXIT_SIGINT else "terminated"
+        if result is None:
+            err.print(f"[bold red]{what}:[/] no output was written (the temporary file was removed)")
+        else:
+            err.print(f"[bold red]{what}:[/] while measuring --stats; {escape(str(result.output))} is complete")
+        raise typer.Exit(code)
+    except (api.UsageError, api.GGUFError, api.QuantizeError, api.DeviceError, OutputError) as e:
         _fail(str(e))
-    finally:
-        if progress:
-            progress.stop()
+    except ImportError as e:  # a backend whose module or library is missing
+        _fail(f"--device {device}: backend unavailable: {e}")
+    except OSError as e:
+        _fail(f"{e.filename or model}: {e.strerror or e}")
+    except (ValueError, RuntimeError) as e:
+        _fail(str(e))
+
     if dry_run:
         out.print(rep.plan_table(result.tensors))
     for note in result.notes:
-        err.print(f"[yellow]note:[/] {note}")
+        err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     if not quiet:
         out.print(rep.type_table(result))
-    if profile and result.times is not None:
+    if (profile or not quiet) and result.times is not None:
         out.print(rep.stage_table(result))
+        out.print(rep.overlap_line(result), soft_wrap=True)
+    if measured is not None and not quiet:
+        out.print(rep.stats_table(measured))
     if result.n_fallback:
         err.print(f"[yellow]warning:[/] {result.n_fallback} of {len(result.tensors)} tensor(s) required fallback quantization")
     dest = "dry run" if result.output is None else str(result.output)
-    out.print(f"{dest}: {rep.summary_line(result)}")
+    out.print(f"{escape(dest)}: {rep.summary_line(result)}", soft_wrap=True)
     if json_out is not None:
-        text = rep.to_json(result)
-        if str(json_out) == "-":
-            sys.stdout.write(text + "\n")
+        text = rep.to_json(result, measured) + "\n"
+        if json_stdout:
+            sys.stdout.write(text)
         else:
-            json_out.write_text(text + "\n")
+            try:
+                json_out.write_text(text)
+            except OSError as e:
+                _fail(f"--json: cannot write {str(json_out)!r}: {e.strerror}")
 
 
-@app.command()
+def _measure(result, quiet: bool):
+    from . import report as rep, stats as st
+
+    view = rep.make_progress(err, quiet)
+    if isinstance(view, rep.RichProgress):
+        view.progress.update(view.task, description="measuring error")
+    rename = {r.name: r.source_name for r in result.tensors if r.source_name and r.source_name != r.name}
+    view.start()
+    try:
+        return st.compute_stats(result.input, result.output, rename=rename,
+                                progress=view if isinstance(view, rep.RichProgress) else None)
+    finally:
+        view.stop()
+
+
+# ---------------------------------------------------------------------------------------------- types
+
+
+@app.command(help="""List the quantization types (ftypes) with their bits per weight, as llama-quantize lists them.
+
+[bold]bpw[/] is the base tensor type's bits per weight (8 x block bytes / block size); the k-quant mixes
+(_S, _M, _L) keep some tensors at higher precision, so whole files come out a little larger.
+
+[bold]Example[/]
+
+  gpuquant types
+""")
 def types() -> None:
-    """List the quantization types (ftypes) with their bits per weight, as llama-quantize prints them."""
     from rich.table import Table
 
-    from . import quants
+    from . import mixes, quants
+    from .quants import QUANT_SIZES
 
     t = Table(title="quantization types")
-    for col in ("id", "name", "description", "implemented"):
-        t.add_column(col)
+    for col in ("id", "name", "base type", "bpw", "description", "implemented"):
+        t.add_column(col, justify="right" if col in ("id", "bpw") else "left")
     for f in mixes.FTYPES:
         try:
-            quants.get(mixes.default_type(f.ftype))
+            base = mixes.default_type(f.ftype)
+        except ValueError:
+            base = None
+        sizes = QUANT_SIZES.get(base) if base is not None else None
+        bpw = f"{8.0 * sizes[1] / sizes[0]:.4g}" if sizes else "?"
+        try:
+            quants.get(base)
             ok = "yes"
-        except (quants.UnsupportedType, KeyError, ValueError):
+        except (quants.UnsupportedType, KeyError, ValueError, TypeError):
             ok = "no"
-        t.add_row("" if f.name == "COPY" else str(int(f.ftype)), f.name, f.desc, ok)
+        if f.name == "COPY":
+            bpw, ok = "-", "yes"
+        t.add_row("" if f.name == "COPY" else str(int(f.ftype)), f.name, getattr(base, "name", "-"), bpw,
+                  f.desc.strip(), ok)
     Console().print(t)
+
+
+# ---------------------------------------------------------------------------------------------- inspect
+
+
+@app.command(help="""Show a GGUF model: metadata summary, tensor table (name, shape, type, size) and totals.
+
+Works on split models (pass any -0000N-of-0000M.gguf file of a split model: all splits are read) and on
+gpuquant's and llama-quantize's outputs alike.
+
+[bold]Examples[/]
+
+  gpuquant inspect model-Q4_K_M.gguf
+  gpuquant inspect model-00001-of-00003.gguf --no-tensors
+  gpuquant inspect model.gguf --json - | jq .totals
+""", no_args_is_help=True)
+def inspect(
+    model: Path = typer.Argument(..., metavar="MODEL", help="GGUF file (any split of a split model)"),
+    tensors: bool = typer.Option(True, "--tensors/--no-tensors", help="list every tensor"),
+    all_metadata: bool = typer.Option(False, "--all", "-a", help="show every metadata key (long arrays summarized)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the summary as JSON to this file ('-': stdout)"),
+) -> None:
+    from . import inspect_cmd
+    from .gguf_io import GGUFError
+
+    try:
+        info = inspect_cmd.inspect_model(model)
+    except GGUFError as e:
+        _fail(str(e))
+    if json_out is not None:
+        text = inspect_cmd.to_json(info) + "\n"
+        if str(json_out) == "-":
+            sys.stdout.write(text)
+            return
+        try:
+            json_out.write_text(text)
+        except OSError as e:
+            _fail(f"--json: cannot write {str(json_out)!r}: {e.strerror}")
+    inspect_cmd.show(info, Console(highlight=False), tensors=tensors, all_metadata=all_metadata)
+
+
+# ---------------------------------------------------------------------------------------------- bench
+
+
+@app.command(help="""Throughput of every quant type on every available backend, on synthetic tensors.
+
+Each backend's output is first checked byte for byte against the numpy reference (and against llama.cpp's
+ggml_quantize_chunk when llama-cpp-python is installed: the [bold]llama.cpp[/] column); then the median of
+warm runs is reported in GB/s of float32 input. Types a backend cannot do show '-'.
+
+[bold]Examples[/]
+
+  gpuquant bench
+  gpuquant bench --types Q4_0,Q4_K,IQ4_NL --rows 4096 --cols 4096 --json bench.json
+  gpuquant bench --devices cpu,emulated,0
+""")
+def bench(
+    types_: Optional[str] = typer.Option(None, "--types", help="comma-separated ggml types \\[default: all implemented]"),
+    devices: Optional[str] = typer.Option(None, "--devices", help="comma-separated backends \\[default: every one available]"),
+    rows: int = typer.Option(1024, "--rows", help="rows of the synthetic tensor"),
+    cols: int = typer.Option(4096, "--cols", help="row length (a multiple of 256 for the k-quants)"),
+    repeat: int = typer.Option(3, "--repeat", help="timed runs per cell (the median is shown)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the CPU backends"),
+    imatrix: bool = typer.Option(False, "--imatrix", help="quantize with (synthetic) importance weights"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the results as JSON to this file ('-': stdout)"),
+) -> None:
+    from . import bench_cmd
+
+    if rows <= 0 or cols <= 0 or repeat <= 0:
+        _fail(f"--rows, --cols and --repeat must be positive, got {rows}, {cols}, {repeat}")
+    try:
+        result = bench_cmd.run_bench(types_, devices, rows, cols, repeat, threads, imatrix,
+                                     log=lambda m: err.print(f"[dim]{escape(m)}[/]", soft_wrap=True))
+    except ValueError as e:
+        _fail(str(e))
+    if json_out is not None:
+        text = bench_cmd.to_json(result) + "\n"
+        if str(json_out) == "-":
+            sys.stdout.write(text)
+            return
+        try:
+            json_out.write_text(text)
+        except OSError as e:
+            _fail(f"--json: cannot write {str(json_out)!r}: {e.strerror}")
+    Console(highlight=False).print(bench_cmd.table(result))
+    if result.mismatches:
+        _fail("; ".join(result.mismatches))
 
 
 def main() -> None:
@@ -186,7 +436,7 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         err.print("[bold red]interrupted[/]")
-        sys.exit(130)
+        sys.exit(EXIT_SIGINT)
 
 
 if __name__ == "__main__":

@@ -1,25 +1,156 @@
-"""What users see: progress while running, closing tables (per type, per stage), JSON for scripts."""
+"""What users see: progress while running, closing tables (per type, per stage, per-tensor error), JSON.
+
+Progress comes in three forms, picked by :func:`make_progress`: a rich live bar on a terminal, one plain
+line per finished tensor (like llama-quantize's log) when stderr is a file or a pipe, nothing with
+``--quiet``. All three take ``quantize_file``'s ``on_plan`` and ``progress`` callbacks.
+"""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections import defaultdict
-from typing import Any
+from typing import IO, Any, Sequence
 
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import (BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn,
+                           TransferSpeedColumn)
 from rich.table import Table
 
 from .api import Report, TensorReport
-from .quants import type_name
+from .quants import QUANT_SIZES, type_name
 
 MiB = 1024.0 * 1024.0
+STATS_ROWS = 15  # worst tensors listed by the --stats table (the JSON has them all)
 
 
-def make_progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        TimeRemainingColumn(), TextColumn("{task.fields[tensor]}"), console=console, transient=True,
-    )
+def _shape(ne: Sequence[int]) -> str:
+    return " x ".join(str(d) for d in ne)
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds + 0.5)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+# ---------------------------------------------------------------------------------------------- progress
+
+
+class RunProgress:
+    """Counts finished tensors from ``progress(name, done_bytes, total_bytes)`` calls (one per slab written;
+    a tensor is finished when the next one starts, or at :meth:`finish`). Subclasses show it."""
+
+    def __init__(self) -> None:
+        self.reports: list[TensorReport] = []
+        self.by_name: dict[str, TensorReport] = {}
+        self.n_done = 0
+        self.current: str | None = None
+        self.done_bytes = 0
+        self.total_bytes = 0
+        self.t0 = time.perf_counter()
+        self._lock = threading.Lock()
+
+    # quantize_file callbacks
+    def plan(self, reports: list[TensorReport]) -> None:
+        self.reports = list(reports)
+        self.by_name = {r.name: r for r in reports}
+        self.t0 = time.perf_counter()
+
+    def __call__(self, name: str, done: int, total: int) -> None:
+        with self._lock:
+            if done < self.done_bytes:  # written again from the start (out-of-memory retry)
+                self.n_done, self.current = 0, None
+            if name != self.current:
+                if self.current is not None:
+                    self.n_done += 1
+                    self.tensor_done(self.current)
+                self.current = name
+            self.done_bytes, self.total_bytes = done, total
+            self.update()
+
+    def finish(self) -> None:
+        with self._lock:
+            if self.current is not None:
+                self.n_done += 1
+                self.tensor_done(self.current)
+                self.current = None
+            self.update()
+
+    @property
+    def rate(self) -> float:
+        dt = time.perf_counter() - self.t0
+        return self.done_bytes / dt if dt > 0 else 0.0
+
+    # to override
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def update(self) -> None:
+        pass
+
+    def tensor_done(self, name: str) -> None:
+        pass
+
+
+class RichProgress(RunProgress):
+    """A live bar: bytes and tensors done, throughput, ETA, the tensor being written."""
+
+    def __init__(self, console: Console, description: str = "quantizing") -> None:
+        super().__init__()
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), DownloadColumn(binary_units=True),
+            TransferSpeedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[tensors]}"),
+            TextColumn("[cyan]{task.fields[tensor]}"), console=console, transient=True,
+        )
+        self.task = self.progress.add_task(description, total=None, tensors="", tensor="")
+
+    def start(self) -> None:
+        self.progress.start()
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+    def update(self) -> None:
+        n = len(self.reports)
+        self.progress.update(self.task, completed=self.done_bytes, total=self.total_bytes or None,
+                             tensors=f"{self.n_done}/{n} tensors" if n else "", tensor=self.current or "")
+
+
+class PlainProgress(RunProgress):
+    """One line per finished tensor, as llama-quantize logs them, for logs and pipes."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def tensor_done(self, name: str) -> None:
+        r = self.by_name.get(name)
+        n = len(self.reports)
+        rate = self.rate
+        eta = (self.total_bytes - self.done_bytes) / rate if rate > 0 else 0.0
+        what = ""
+        if r is not None:
+            what = (f" [{_shape(r.shape)}] {type_name(r.src_type)} -> {type_name(r.dst_type)}, "
+                    f"{r.src_bytes / MiB:.2f} MiB -> {r.dst_bytes / MiB:.2f} MiB")
+        width = len(str(n))
+        self.stream.write(f"[{self.n_done:{width}d}/{n}] {name}{what} | {self.done_bytes / MiB:.1f}/"
+                          f"{self.total_bytes / MiB:.1f} MiB, {rate / MiB:.1f} MiB/s, ETA {_duration(eta)}\n")
+        self.stream.flush()
+
+
+def make_progress(console: Console, quiet: bool) -> RunProgress:
+    """Rich bar on a terminal, plain lines otherwise, nothing when quiet."""
+    if quiet:
+        return RunProgress()
+    if console.is_terminal:
+        return RichProgress(console)
+    return PlainProgress(console.file)
+
+
+# ---------------------------------------------------------------------------------------------- tables
 
 
 def plan_table(tensors: list[TensorReport]) -> Table:
@@ -28,30 +159,39 @@ def plan_table(tensors: list[TensorReport]) -> Table:
     for col in ("#", "tensor", "shape", "from", "to", "MiB in", "MiB out"):
         t.add_column(col, justify="right" if col in ("#", "MiB in", "MiB out") else "left")
     for i, r in enumerate(tensors, 1):
-        t.add_row(str(i), r.name, "x".join(str(d) for d in r.shape), type_name(r.src_type), type_name(r.dst_type),
+        t.add_row(str(i), r.name, _shape(r.shape), type_name(r.src_type), type_name(r.dst_type),
                   f"{r.src_bytes / MiB:.2f}", f"{r.dst_bytes / MiB:.2f}")
     return t
 
 
-def type_table(report: Report) -> Table:
+def type_rows(report: Report) -> list[dict[str, Any]]:
+    """Per output type: tensor count, source and output bytes, bits per weight."""
     groups: dict[str, list[TensorReport]] = defaultdict(list)
     for r in report.tensors:
         groups[type_name(r.dst_type)].append(r)
-    t = Table(title="by output type")
-    for col in ("type", "tensors", "source MiB", "output MiB", "bits/weight"):
-        t.add_column(col, justify="left" if col == "type" else "right")
+    rows = []
     for name, rs in sorted(groups.items()):
         n_el = sum(r.n_elements for r in rs)
         out = sum(r.dst_bytes for r in rs)
-        t.add_row(name, str(len(rs)), f"{sum(r.src_bytes for r in rs) / MiB:.2f}", f"{out / MiB:.2f}",
-                  f"{out * 8 / max(1, n_el):.3f}")
+        rows.append({"type": name, "tensors": len(rs), "source_bytes": sum(r.src_bytes for r in rs),
+                     "output_bytes": out, "n_elements": n_el, "bpw": out * 8 / max(1, n_el)})
+    return rows
+
+
+def type_table(report: Report) -> Table:
+    t = Table(title="by output type")
+    for col in ("type", "tensors", "source MiB", "output MiB", "bits/weight"):
+        t.add_column(col, justify="left" if col == "type" else "right")
+    for r in type_rows(report):
+        t.add_row(r["type"], str(r["tensors"]), f"{r['source_bytes'] / MiB:.2f}", f"{r['output_bytes'] / MiB:.2f}",
+                  f"{r['bpw']:.3f}")
     t.add_row("[bold]total", str(len(report.tensors)), f"{report.src_bytes / MiB:.2f}",
               f"{report.dst_bytes / MiB:.2f}", f"{report.bpw(report.dst_bytes):.3f}")
     return t
 
 
 def stage_rows(report: Report) -> list[dict[str, Any]]:
-    """Per pipeline stage: seconds, GB/s of the bytes it moved, share of wall time."""
+    """Per pipeline stage: seconds busy, GB/s of the bytes it moved, share of wall time."""
     tm = report.times
     if tm is None or tm.wall <= 0:
         return []
@@ -63,9 +203,23 @@ def stage_rows(report: Report) -> list[dict[str, Any]]:
     for name, sec, nbytes in stages:
         if sec is None:
             continue
-        rows.append({"stage": name, "seconds": sec, "GB/s": (nbytes / sec / 1e9) if sec > 0 else None,
-                     "share": sec / tm.wall})
+        rows.append({"stage": name, "seconds": sec, "bytes": nbytes,
+                     "GB/s": (nbytes / sec / 1e9) if sec > 0 else None, "share": sec / tm.wall})
     return rows
+
+
+def overlap(report: Report) -> dict[str, Any] | None:
+    """How well the stages overlapped: ``concurrency`` = busy seconds of all stages / wall (how many ran at
+    once on average); ``efficiency`` = slowest stage / wall (1.0: the run took no longer than its slowest
+    stage, i.e. everything else was hidden behind it)."""
+    rows = stage_rows(report)
+    if not rows:
+        return None
+    wall = report.times.wall
+    busiest = max(rows, key=lambda r: r["seconds"])
+    total = sum(r["seconds"] for r in rows)
+    return {"wall": wall, "busy_seconds": total, "concurrency": total / wall, "bottleneck": busiest["stage"],
+            "efficiency": busiest["seconds"] / wall}
 
 
 def stage_table(report: Report) -> Table:
@@ -77,15 +231,33 @@ def stage_table(report: Report) -> Table:
     for r in rows:
         t.add_row(r["stage"], f"{r['seconds']:.3f}", "-" if r["GB/s"] is None else f"{r['GB/s']:.2f}",
                   f"{100 * r['share']:.0f}%")
-    if rows and tm:
-        busiest = max(r["seconds"] for r in rows)
-        total = sum(r["seconds"] for r in rows)
-        t.caption = (f"overlap: stages add up to {total:.2f} s in {tm.wall:.2f} s wall "
-                     f"({total / tm.wall:.2f}x); slowest stage {busiest:.2f} s = {100 * busiest / tm.wall:.0f}% of wall")
     return t
 
 
-def to_json(report: Report) -> str:
+def overlap_line(report: Report) -> str:
+    """One sentence on the overlap achieved (empty when there are no stage times)."""
+    ov = overlap(report)
+    if not ov:
+        return ""
+    return (f"overlap achieved: the stages were busy {ov['busy_seconds']:.2f} s in {ov['wall']:.2f} s of wall time "
+            f"({ov['concurrency']:.2f} at once on average); the bottleneck, {ov['bottleneck']}, took "
+            f"{100 * ov['efficiency']:.0f}% of the wall time (100% = every other stage hidden behind it)")
+
+
+def stats_table(stats: Sequence, limit: int = STATS_ROWS) -> Table:
+    """The worst tensors first (lowest cosine similarity)."""
+    shown = list(stats)[:limit]
+    more = f", {len(stats) - len(shown)} more in --json" if len(stats) > len(shown) else ""
+    t = Table(title=f"quantization error vs source (worst first{more})")
+    for col in ("tensor", "from", "to", "RMSE", "max |err|", "cosine", "RMSE / RMS"):
+        t.add_column(col, justify="left" if col in ("tensor", "from", "to") else "right")
+    for s in shown:
+        t.add_row(s.name, s.src_type, s.dst_type, f"{s.rmse:.3e}", f"{s.max_abs_error:.3e}", f"{s.cosine:.6f}",
+                  f"{s.rel_rmse:.4f}")
+    return t
+
+
+def to_json(report: Report, stats: Sequence | None = None) -> str:
     tm = report.times
     doc = {
         "input": str(report.input), "output": None if report.output is None else str(report.output),
@@ -93,11 +265,14 @@ def to_json(report: Report) -> str:
         "source_bytes": report.src_bytes, "output_bytes": report.dst_bytes,
         "source_bpw": report.bpw(report.src_bytes), "output_bpw": report.bpw(report.dst_bytes),
         "n_fallback": report.n_fallback, "notes": report.notes,
+        "types": type_rows(report),
         "tensors": [{"name": r.name, "shape": list(r.shape), "from": type_name(r.src_type),
                      "to": type_name(r.dst_type), "source_bytes": r.src_bytes, "output_bytes": r.dst_bytes}
                     for r in report.tensors],
         "stages": stage_rows(report),
+        "overlap": overlap(report),
         "wall": None if tm is None else tm.wall,
+        "stats": None if stats is None else [s.as_dict() for s in stats],
     }
     return json.dumps(doc, indent=2)
 
@@ -106,3 +281,9 @@ def summary_line(report: Report) -> str:
     return (f"{report.src_bytes / MiB:.2f} MiB ({report.bpw(report.src_bytes):.2f} BPW) -> "
             f"{report.dst_bytes / MiB:.2f} MiB ({report.bpw(report.dst_bytes):.2f} BPW) "
             f"as {report.ftype} in {report.seconds:.2f} s on {report.device}")
+
+
+def bpw_of_type(qtype) -> float:
+    """Bits per weight of one ggml type: 8 * type_size / block_size."""
+    block, size = QUANT_SIZES[qtype]
+    return 8.0 * size / block
