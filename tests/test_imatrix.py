@@ -295,6 +295,24 @@ def test_every_truncation_is_clean(tmp_path, make):
     assert "error" in outcomes
 
 
+@pytest.mark.parametrize("make", [good_gguf, good_legacy])
+def test_every_corruption_is_clean(tmp_path, make):
+    """Seeded byte corruptions load or raise ImatrixError (checked against llama.cpp in the oracle tests)."""
+    data, rng, p = make(), np.random.default_rng(11), tmp_path / "c"
+    outcomes = set()
+    for _ in range(300):
+        b = bytearray(data)
+        for pos in rng.integers(0, len(b), rng.integers(1, 4)):
+            b[pos] = int(rng.integers(256))
+        p.write_bytes(bytes(b))
+        try:
+            im.prepare(p, check_finite=False)
+            outcomes.add("ok")
+        except ImatrixError:
+            outcomes.add("error")
+    assert outcomes == {"ok", "error"}
+
+
 def test_legacy_partial_trailer(tmp_path):
     # istream::read keeps the bytes of a short read: 2 trailer bytes still set the chunk count
     body = struct.pack("<i", 1) + struct.pack("<i", 1) + b"a" + struct.pack("<ii", 2, 1) + f32(4)
