@@ -1,0 +1,71 @@
+"""Committed golden vectors: llama.cpp's bytes for edge-case inputs, so the default suite needs no oracle.
+
+    from tests.golden import iter_cases
+    for case_id, rows, imatrix, expected in iter_cases("Q4_K"):
+        assert np.array_equal(quantize(rows, "Q4_K", imatrix), expected)
+
+Every case comes twice: ``"<group>:<kind>/n<len>/<imatrix kind>"`` without weights (``imatrix`` None) and
+the same id + ``"+imat"`` with its importance weights. Regenerate with ``tests/golden/make_golden.py``.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["GOLDEN_DIR", "TYPES", "first_difference", "iter_cases", "load_inputs"]
+
+GOLDEN_DIR = Path(__file__).resolve().parent
+TYPES = ("F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS",
+         "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+
+
+@functools.lru_cache(maxsize=None)
+def load_inputs(group: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``case id -> (rows float32 (nrows, n), imatrix float32 (n,))`` of one group (``b32``, ``b256``)."""
+    with np.load(GOLDEN_DIR / f"inputs_{group}.npz") as z:
+        ids = [str(s) for s in z["ids"]]
+        return {cid: (z[f"r{i}"], z[f"w{i}"]) for i, cid in enumerate(ids)}
+
+
+def iter_cases(type_name: str) -> Iterator[tuple[str, np.ndarray, np.ndarray | None, np.ndarray]]:
+    """``(case_id, rows, imatrix or None, expected uint8 (nrows, row_size))`` for every golden case."""
+    path = GOLDEN_DIR / f"{type_name.upper()}.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"no golden vectors for {type_name}: {path} (run tests/golden/make_golden.py)")
+    with np.load(path) as z:
+        ids = [str(s) for s in z["ids"]]
+        keys = set(z.files)
+        for i, gid in enumerate(ids):
+            group, cid = gid.split(":", 1)
+            rows, imatrix = load_inputs(group)[cid]
+            none = z[f"e{i}_none"]
+            yield gid, rows, None, none
+            yield gid + "+imat", rows, imatrix, z[f"e{i}_imat"] if f"e{i}_imat" in keys else none
+
+
+def first_difference(got: np.ndarray, want: np.ndarray, type_size: int, block_size: int,
+                     rows: np.ndarray | None = None) -> str | None:
+    """None when equal; else a message naming the first differing block, its bytes and its input."""
+    if got.shape != want.shape:
+        return f"shape {got.shape}, expected {want.shape}"
+    if np.array_equal(got, want):
+        return None
+    g = got.reshape(-1, type_size)
+    w = want.reshape(-1, type_size)
+    bad = np.flatnonzero((g != w).any(axis=1))
+    b = int(bad[0])
+    msg = [f"{bad.size}/{g.shape[0]} blocks differ; first block {b}"]
+    if rows is not None:
+        nb = rows.shape[-1] // block_size
+        msg[0] += f" (row {b // nb}, block {b % nb} of the row)"
+    cols = np.flatnonzero(g[b] != w[b])
+    msg.append(f"  differing bytes at {cols.tolist()}")
+    msg.append(f"  got  {g[b].tolist()}")
+    msg.append(f"  want {w[b].tolist()}")
+    if rows is not None:
+        x = rows.reshape(-1, block_size)[b]
+        msg.append(f"  input {np.array2string(x, max_line_width=120, threshold=64)}")
+    return "\n".join(msg)
