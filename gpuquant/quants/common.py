@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 F32 = np.float32
+U32 = np.uint32
 
 __all__ = [
     "F32",
@@ -85,19 +86,39 @@ def safe_recip(d: np.ndarray) -> np.ndarray:
 
 
 def fp16_bits(x: np.ndarray) -> np.ndarray:
-    """``GGML_FP32_TO_FP16`` (ggml_compute_fp32_to_fp16) as uint16 bits.
+    """``GGML_FP32_TO_FP16`` (ggml_compute_fp32_to_fp16) as uint16 bits, same shape as ``x``.
 
-    ggml's software conversion rounds to nearest even, keeps fp16 subnormals, overflows to inf and maps
-    every NaN to 0x7E00 with the sign kept; numpy's float32->float16 cast does the same except for the
-    NaN payload, which is fixed here.
+    A port of ggml's branch-free software conversion (round to nearest even, fp16 subnormals kept,
+    overflow to inf, every NaN -> 0x7E00 with its sign): scale ``|f|`` to push the result into place,
+    add a power of two chosen from the exponent so the float addition itself rounds, read the bits.
+    In-place uint32/float32 steps; numpy's own float16 cast is slower (and much slower off the normal
+    range).
     """
-    x = np.asarray(x, dtype=F32)
+    f = np.ascontiguousarray(x, dtype=F32)
+    w = f.view(U32)
+    base = np.abs(f)
     with np.errstate(over="ignore", invalid="ignore"):
-        h = x.astype(np.float16).view(np.uint16)
-    nan = np.isnan(x)
+        base *= F32(2.0**112)  # scale_to_inf
+    base *= F32(2.0**-110)  # scale_to_zero
+    shl1 = w << U32(1)
+    bias = shl1 & U32(0xFF000000)
+    np.maximum(bias, U32(0x71000000), out=bias)
+    bias >>= U32(1)
+    bias += U32(0x07800000)
+    rounded = bias.view(F32)
+    rounded += base
+    bits = rounded.view(U32)
+    exp_bits = bits >> U32(13)
+    exp_bits &= U32(0x00007C00)
+    bits &= U32(0x00000FFF)
+    bits += exp_bits  # nonsign
+    sign = w >> U32(16)
+    sign &= U32(0x8000)
+    bits |= sign
+    h = bits.astype(np.uint16)
+    nan = shl1 > U32(0xFF000000)
     if nan.any():
-        h = h.copy()
-        h[nan] = (x.view(np.uint32)[nan] >> 16).astype(np.uint16) & 0x8000 | 0x7E00
+        h[nan] = (sign[nan] | U32(0x7E00)).astype(np.uint16)
     return h
 
 
@@ -108,12 +129,17 @@ def fp16_to_fp32(h: np.ndarray) -> np.ndarray:
 
 def bf16_bits(x: np.ndarray) -> np.ndarray:
     """``GGML_FP32_TO_BF16`` (ggml_compute_fp32_to_bf16): round to nearest even, NaN forced quiet."""
-    u = np.ascontiguousarray(x, dtype=F32).view(np.uint32)
-    r = ((u + (((u >> 16) & 1) + np.uint32(0x7FFF))) >> 16).astype(np.uint16)
-    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    u = np.ascontiguousarray(x, dtype=F32).view(U32)
+    r = u >> U32(16)
+    r &= U32(1)
+    r += u
+    r += U32(0x7FFF)
+    r >>= U32(16)
+    h = r.astype(np.uint16)
+    nan = np.isnan(u.view(F32))
     if nan.any():
-        r[nan] = ((u[nan] >> 16) | 64).astype(np.uint16)
-    return r
+        h[nan] = ((u[nan] >> U32(16)) | U32(64)).astype(np.uint16)
+    return h
 
 
 # ----------------------------------------------------------------------------- layout and sums

@@ -3,7 +3,12 @@
 Without importance weights ``ggml_quantize_chunk`` runs the ``quantize_row_*_ref`` functions; with weights
 (Q4_0, Q4_1, Q5_0, Q5_1) it runs ``quantize_row_*_impl``, which weights every element by
 ``qw[j] * sqrtf(sigma2 + x[j]*x[j])`` with ``sigma2`` the mean square of the *whole row*. Q8_0 ignores the
-weights. Blocks are processed element-major (see ``common``), a few rows at a time.
+weights. The weighted searches run element-major (see ``common``), a few rows at a time.
+
+The ``_ref`` paths run block-major on a ``(nblk, 32)`` view of the rows (``_fast``), which is exact as long
+as the inverse scale ``id`` is finite; the rare blocks where it is not (a scale so small that ``1.0f/d``
+overflows, or an overflowing range) are redone by the element-major ``_ref`` that emulates C's
+float->int conversions of inf/NaN.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from .common import (
 )
 
 QK = 32
+_HALF_DOWN = F32(0.49999997)  # nextafterf(0.5f, 0): trunc(v + copysign(this, v)) == roundf(v)
 
 
 def _int8(x: np.ndarray) -> np.ndarray:
@@ -41,6 +47,82 @@ def _first_min_max(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mn = np.take_along_axis(xt, np.argmin(xt, axis=0)[None], axis=0)[0]
     mx = np.take_along_axis(xt, np.argmax(xt, axis=0)[None], axis=0)[0]
     return mn, mx
+
+
+def _take_bm(xb: np.ndarray, i: np.ndarray) -> np.ndarray:
+    """``xb[b, i[b]]`` for every block ``b`` of a contiguous ``(nblk, 32)`` array."""
+    return xb.reshape(-1)[i + np.arange(0, xb.size, QK)]
+
+
+def _first_absmax_bm(xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Block-major ``absmax_first``: ``(amax, max)``, the first element of largest magnitude (max = +0.0
+    if all zero)."""
+    a = np.abs(xb)
+    i = np.argmax(a, axis=1)
+    mx = _take_bm(xb, i)
+    return _take_bm(a, i), np.where(mx == 0, F32(0), mx).astype(F32, copy=False)
+
+
+def _first_min_max_bm(xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Block-major ``_first_min_max``."""
+    return _take_bm(xb, np.argmin(xb, axis=1)), _take_bm(xb, np.argmax(xb, axis=1))
+
+
+def _fill(ts: int, *fields: np.ndarray) -> np.ndarray:
+    """Per-block fields side by side into ``(nblk, ts)`` uint8; each field is ``(nblk, k)`` of any
+    dtype whose item size divides its offset (uint16 fp16 scales, uint64 packed nibbles...)."""
+    out = np.empty((fields[0].shape[0], ts), dtype=np.uint8)
+    o = 0
+    for f in fields:
+        width = f.shape[1] * f.itemsize
+        assert o % f.itemsize == 0 and ts % f.itemsize == 0
+        out.view(f.dtype)[:, o // f.itemsize:(o + width) // f.itemsize] = f
+        o += width
+    assert o == ts
+    return out
+
+
+def _scaled(xb: np.ndarray, id_: np.ndarray, offset: np.ndarray | None, add: F32) -> np.ndarray:
+    """``(uint8)((x - offset)*id + add)`` block-major, for finite ``id`` (values in [0, 256))."""
+    v = np.repeat(id_, QK).reshape(-1, QK)  # a full-size factor: long inner loops, no broadcasting
+    if offset is not None:
+        v *= xb - np.repeat(offset, QK).reshape(-1, QK)
+    else:
+        v *= xb
+    v += add
+    return v.astype(np.uint8)
+
+
+_U64 = np.uint64
+
+
+def _nibbles_bm(u: np.ndarray, mask: bool) -> np.ndarray:
+    """``qs[j] = lo[j] | (hi[j] << 4)`` on ``(nblk, 32)`` uint8 with values <= 15 (after ``& 0x0F`` if
+    ``mask``), eight bytes at a time: returns the 16 bytes of each block as ``(nblk, 8)`` uint16."""
+    w = u.view(_U64)  # (nblk, 4)
+    lo, hi = w[:, :2], w[:, 2:]
+    if mask:
+        m = _U64(0x0F0F0F0F0F0F0F0F)
+        lo = lo & m
+        hi = hi & m
+    return (lo | (hi << _U64(4))).view(np.uint16)
+
+
+def _qh_bm(u: np.ndarray) -> np.ndarray:
+    """Bit 4 of each of the 32 values -> 4 little-endian bytes (``qh``)."""
+    return np.packbits((u >> 4) & 1, axis=1, bitorder="little").view(np.uint16)
+
+
+def _bad(*v: np.ndarray) -> np.ndarray:
+    bad = ~np.isfinite(v[0])
+    for a in v[1:]:
+        bad |= ~np.isfinite(a)
+    return bad
+
+
+def _h16(v: np.ndarray) -> np.ndarray:
+    """fp16 bits of per-block values as an ``(nblk, 1)`` uint16 field."""
+    return fp16_bits(v)[:, None]
 
 
 def _h(v: np.ndarray) -> np.ndarray:
@@ -73,22 +155,33 @@ class _Legacy(QuantType):
         if use_w:
             qw_t = np.ascontiguousarray(np.asarray(quant_weights, dtype=F32).reshape(nb, QK).T)[:, None, :]
         with np.errstate(divide="ignore", over="ignore", invalid="ignore", under="ignore"):
-            for sl in row_chunks(nrows, n):
+            for sl in row_chunks(nrows, n, 1 << 18 if not use_w else 1 << 16):
                 x = rows[sl]
                 nr = x.shape[0]
-                xt = blocks_t(x, QK)
                 if use_w:
+                    xt = blocks_t(x, QK)
                     sigma2 = row_sum_sq(x) / F32(n)
                     x3 = xt.reshape(QK, nr, nb)
                     w = qw_t * np.sqrt(sigma2[None, :, None] + x3 * x3)
                     blk = cls._impl(xt, w.reshape(QK, nr * nb))
                 else:
-                    blk = cls._ref(xt)
+                    blk, bad = cls._fast(np.ascontiguousarray(x).reshape(-1, QK))
+                    if bad.any():
+                        idx = np.nonzero(bad)[0]
+                        blk[idx] = cls._ref(np.ascontiguousarray(x.reshape(-1, QK)[idx].T))
                 out[sl] = blk.reshape(nr, -1)
         return out
 
 
 class Q4_0(_Legacy, qtype=T.Q4_0):
+    @classmethod
+    def _fast(cls, xb):  # quantize_row_q4_0_ref, block-major
+        d = _first_absmax_bm(xb)[1] / F32(-8)
+        id_ = safe_recip(d)
+        u = _scaled(xb, id_, None, F32(8.5))
+        np.minimum(u, np.uint8(15), out=u)
+        return _fill(cls.type_size, _h16(d), _nibbles_bm(u, False)), _bad(id_)
+
     @staticmethod
     def _ref(xt):  # quantize_row_q4_0_ref
         _, mx = absmax_first(xt)
@@ -103,6 +196,15 @@ class Q4_0(_Legacy, qtype=T.Q4_0):
 
 
 class Q4_1(_Legacy, qtype=T.Q4_1):
+    @classmethod
+    def _fast(cls, xb):  # quantize_row_q4_1_ref, block-major
+        mn, mx = _first_min_max_bm(xb)
+        d = (mx - mn) / F32(15)
+        id_ = safe_recip(d)
+        u = _scaled(xb, id_, mn, F32(0.5))
+        np.minimum(u, np.uint8(15), out=u)
+        return _fill(cls.type_size, _h16(d), _h16(mn), _nibbles_bm(u, False)), _bad(d, id_)
+
     @staticmethod
     def _ref(xt):  # quantize_row_q4_1_ref
         mn, mx = _first_min_max(xt)
@@ -117,6 +219,14 @@ class Q4_1(_Legacy, qtype=T.Q4_1):
 
 
 class Q5_0(_Legacy, qtype=T.Q5_0):
+    @classmethod
+    def _fast(cls, xb):  # quantize_row_q5_0_ref, block-major
+        d = _first_absmax_bm(xb)[1] / F32(-16)
+        id_ = safe_recip(d)
+        u = _scaled(xb, id_, None, F32(16.5))
+        np.minimum(u, np.uint8(31), out=u)
+        return _fill(cls.type_size, _h16(d), _qh_bm(u), _nibbles_bm(u, True)), _bad(id_)
+
     @staticmethod
     def _ref(xt):  # quantize_row_q5_0_ref
         _, mx = absmax_first(xt)
@@ -131,6 +241,14 @@ class Q5_0(_Legacy, qtype=T.Q5_0):
 
 
 class Q5_1(_Legacy, qtype=T.Q5_1):
+    @classmethod
+    def _fast(cls, xb):  # quantize_row_q5_1_ref, block-major
+        mn, mx = _first_min_max_bm(xb)
+        d = (mx - mn) / F32(31)
+        id_ = safe_recip(d)
+        u = _scaled(xb, id_, mn, F32(0.5))
+        return _fill(cls.type_size, _h16(d), _h16(mn), _qh_bm(u), _nibbles_bm(u, True)), _bad(d, id_)
+
     @staticmethod
     def _ref(xt):  # quantize_row_q5_1_ref
         mn, mx = _first_min_max(xt)
@@ -146,6 +264,16 @@ class Q5_1(_Legacy, qtype=T.Q5_1):
 
 class Q8_0(_Legacy, qtype=T.Q8_0):
     uses_weights = False  # quantize_q8_0 ignores quant_weights
+
+    @classmethod
+    def _fast(cls, xb):  # quantize_row_q8_0_ref, block-major
+        d = _first_absmax_bm(xb)[0] / F32(127)
+        id_ = safe_recip(d)
+        v = np.repeat(id_, QK).reshape(-1, QK)
+        v *= xb
+        v += np.copysign(_HALF_DOWN, v)
+        q = v.astype(np.int8)  # trunc: (int8_t)roundf(x*id)
+        return _fill(cls.type_size, _h16(d), q.view(np.uint8)), _bad(id_)
 
     @staticmethod
     def _ref(xt):  # quantize_row_q8_0_ref

@@ -1,0 +1,107 @@
+"""Q8_0, Q4_0, Q4_1, Q5_0, Q5_1: the numpy reference against llama.cpp, byte for byte.
+
+Default suite: committed golden vectors (with and without importance weights), the block-major fast path
+against the element-major C emulation, and the rounding helpers against libm. Oracle suite: fresh random
+and edge-case tensors against ``ggml_quantize_chunk``.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+import numpy as np
+import pytest
+
+from gpuquant.quants import get, quantize
+from gpuquant.quants.common import nearest_int, roundf
+from tests.golden.cases import build_cases
+from tests.oracle import oracle_quantize, requires_oracle
+from tests.quant_checks import assert_bytes, check_golden
+
+TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]
+F32 = np.float32
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "imatrix"])
+def test_golden(qtype, weighted):
+    check_golden(qtype, weighted)
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_fast_path_equals_c_emulation(qtype):
+    """``_fast`` (block-major, finite inverse scales) agrees with ``_ref`` (element-major, emulating C's
+    float->int conversion of inf/NaN) wherever it does not flag the block for ``_ref``."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((64, 32)).astype(F32) * (10.0 ** rng.uniform(-40, 38, (64, 1))).astype(F32)
+    x[:4] = 0
+    x[4, 7] = -0.0
+    cls = get(qtype)
+    with np.errstate(all="ignore"):  # quantize_rows sets the same; inf/NaN lanes are expected here
+        fast, bad = cls._fast(np.ascontiguousarray(x))
+        ref = cls._ref(np.ascontiguousarray(x.T))
+    assert bad.any() and not bad.all()  # both paths exercised by these magnitudes
+    ok = ~bad
+    assert np.array_equal(fast[ok], ref[ok])
+
+
+def test_all_zero_blocks():
+    x = np.zeros((2, 64), F32)
+    x[1] = -0.0
+    # d = 0/-8 = -0.0 -> fp16 0x8000 for the symmetric types; (0 - min)/15 with min = +-0 for the others
+    assert quantize(x, "Q4_0")[:, :2].tolist() == [[0, 0x80]] * 2
+    assert quantize(x, "Q8_0").reshape(-1, 34)[:, 2:].max() == 0
+    q41 = quantize(x, "Q4_1").reshape(2, 2, 20)
+    assert q41[0, :, 2:4].tolist() == [[0, 0]] * 2  # m = +0.0
+    assert q41[1, :, 2:4].tolist() == [[0, 0x80]] * 2  # m = -0.0: the first minimum is kept
+
+
+def test_roundf_matches_libm():
+    libm = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+    libm.roundf.restype = ctypes.c_float
+    libm.roundf.argtypes = [ctypes.c_float]
+    rng = np.random.default_rng(0)
+    v = (rng.integers(-(1 << 24), 1 << 24, 3000) / 2.0 ** rng.integers(0, 26, 3000)).astype(F32)
+    v = np.concatenate([v, np.nextafter(np.arange(-8, 8, dtype=F32) + F32(0.5), F32(0)), [F32(0.49999997)]])
+    want = np.array([libm.roundf(float(a)) for a in v], dtype=F32)
+    assert np.array_equal(roundf(v), want)
+
+
+def test_nearest_int_is_round_half_even():
+    v = np.concatenate([np.arange(-40, 40, dtype=F32) / F32(4),
+                        np.random.default_rng(1).uniform(-4e6, 4e6, 2000).astype(F32)])
+    assert np.array_equal(nearest_int(v), np.rint(v).astype(np.int32))
+
+
+# ----------------------------------------------------------------------------- oracle
+
+
+def _imatrix(rng, n, kind):
+    if kind == "none":
+        return None
+    w = (rng.standard_normal(n) ** 2).astype(F32)
+    if kind == "sparse":
+        w[rng.random(n) < 0.4] = 0
+    return w
+
+
+@requires_oracle
+@pytest.mark.parametrize("qtype", TYPES)
+@pytest.mark.parametrize("imat", ["none", "imatrix", "sparse"])
+@pytest.mark.parametrize("shape", [(7, 32), (5, 96), (3, 4096)])
+def test_random_against_oracle(qtype, imat, shape):
+    rng = np.random.default_rng([sum(map(ord, qtype)), shape[1], len(imat)])
+    x = (rng.standard_normal(shape) * rng.uniform(0.01, 10, (shape[0], 1))).astype(F32)
+    w = _imatrix(rng, shape[1], imat)
+    assert_bytes(quantize(x, qtype, w), oracle_quantize(x, qtype, w), qtype, x, f"random {shape} {imat}")
+
+
+@requires_oracle
+@pytest.mark.parametrize("qtype", TYPES)
+@pytest.mark.parametrize("group", ["b32", "b256"])
+def test_fresh_edge_cases_against_oracle(qtype, group):
+    """The golden edge-case kinds drawn with another seed."""
+    for case_id, rows, imatrix in build_cases(group, seed=11):
+        for w in (None, imatrix):
+            assert_bytes(quantize(rows, qtype, w), oracle_quantize(rows, qtype, w), qtype, rows,
+                         f"{case_id} {'imatrix' if w is not None else 'plain'}")
