@@ -1,0 +1,111 @@
+"""IQ4_NL and IQ4_XS: the numpy reference against llama.cpp, byte for byte.
+
+Default suite: committed golden vectors (with and without importance weights) and the exact lookup that
+replaces ``best_index_int8`` against the C binary search. Oracle suite: fresh random and edge-case tensors
+against ``ggml_quantize_chunk``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpuquant.quants import quantize
+from gpuquant.quants.iq4 import KVALUES, LUT
+from tests.golden.cases import build_cases
+from tests.oracle import oracle_quantize, requires_oracle
+from tests.quant_checks import assert_bytes, check_golden
+
+TYPES = ["IQ4_NL", "IQ4_XS"]
+F32 = np.float32
+
+
+def best_index_int8_c(x: float) -> int:
+    """ggml-quants.c ``best_index_int8(16, kvalues_iq4nl, x)``, step by step in float32."""
+    val = [F32(v) for v in KVALUES]
+    x = F32(x)
+    if x <= val[0]:
+        return 0
+    if x >= val[-1]:
+        return len(val) - 1
+    ml, mu = 0, len(val) - 1
+    while mu - ml > 1:
+        mav = (ml + mu) // 2
+        if x < val[mav]:
+            mu = mav
+        else:
+            ml = mav
+    return mu - 1 if F32(x - val[mu - 1]) < F32(val[mu] - x) else mu
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "imatrix"])
+def test_golden(qtype, weighted):
+    check_golden(qtype, weighted)
+
+
+def test_lookup_equals_binary_search():
+    k = KVALUES.astype(F32)
+    mids = (k[:-1] + k[1:]) / 2
+    probes = [k, mids, LUT.thresholds]
+    for t in LUT.thresholds:  # the float32 neighbours of every threshold and midpoint
+        for c in (t, (t + 0.0)):
+            probes.append(np.array([np.nextafter(c, F32(-np.inf)), np.nextafter(c, F32(np.inf))], F32))
+    for m in mids:
+        probes.append(np.array([np.nextafter(m, F32(-np.inf)), np.nextafter(m, F32(np.inf))], F32))
+    rng = np.random.default_rng(0)
+    probes += [rng.uniform(-140, 140, 3000).astype(F32), rng.uniform(-0.5, 0.5, 500).astype(F32),
+               np.array([-1e30, 1e30, -128.0, 128.0, -np.inf, np.inf, -0.0, 0.0], F32)]
+    x = np.concatenate(probes).astype(F32)
+    want = np.array([best_index_int8_c(v) for v in x])
+    assert np.array_equal(LUT.index(x), want)
+    assert np.array_equal(LUT.reference(x), want)
+
+
+def test_lookup_thresholds_sit_near_the_midpoints():
+    k = KVALUES.astype(np.float64)
+    assert np.all(np.abs(LUT.thresholds - (k[:-1] + k[1:]) / 2) < 1e-5)
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_all_zero_input(qtype):
+    """All-zero blocks: scale 0 (IQ4_XS: -0.0 from ``-max_scale/32``), every element at the index of 0."""
+    x = np.zeros((2, 256), F32)
+    q = quantize(x, qtype)
+    zero_idx = best_index_int8_c(0.0)
+    nib = zero_idx | zero_idx << 4
+    if qtype == "IQ4_NL":
+        blocks = q.reshape(-1, 18)
+        assert (blocks[:, :2] == 0).all() and (blocks[:, 2:] == nib).all()
+    else:
+        blocks = q.reshape(-1, 136)
+        assert (blocks[:, :2] == [0, 0x80]).all()  # d = -0.0
+        assert (blocks[:, 2:4] == 0xAA).all() and (blocks[:, 4:8] == 0).all()  # l = 32: low 0, high 2
+        assert (blocks[:, 8:] == nib).all()
+
+
+# ----------------------------------------------------------------------------- oracle
+
+
+@requires_oracle
+@pytest.mark.parametrize("qtype", TYPES)
+@pytest.mark.parametrize("imat", ["none", "imatrix", "sparse"])
+@pytest.mark.parametrize("shape", [(9, 256), (3, 4096)])
+def test_random_against_oracle(qtype, imat, shape):
+    rng = np.random.default_rng([sum(map(ord, qtype)), shape[1], len(imat)])
+    x = (rng.standard_normal(shape) * rng.uniform(0.01, 10, (shape[0], 1))).astype(F32)
+    w = None
+    if imat != "none":
+        w = (rng.standard_normal(shape[1]) ** 2).astype(F32)
+        if imat == "sparse":
+            w[rng.random(shape[1]) < 0.4] = 0
+    assert_bytes(quantize(x, qtype, w), oracle_quantize(x, qtype, w), qtype, x, f"random {shape} {imat}")
+
+
+@requires_oracle
+@pytest.mark.parametrize("qtype,group", [("IQ4_NL", "b32"), ("IQ4_NL", "b256"), ("IQ4_XS", "b256")])
+def test_fresh_edge_cases_against_oracle(qtype, group):
+    """The golden edge-case kinds drawn with another seed (IQ4_XS rows are multiples of 256)."""
+    for case_id, rows, imatrix in build_cases(group, seed=11):
+        for w in (None, imatrix):
+            assert_bytes(quantize(rows, qtype, w), oracle_quantize(rows, qtype, w), qtype, rows,
+                         f"{case_id} {'imatrix' if w is not None else 'plain'}")
