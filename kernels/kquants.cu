@@ -33,7 +33,7 @@ __device__ __forceinline__ gq_half kq_fp32_to_fp16(float f) { return f != f ? (g
 
 // make_qkx2_quants / make_qkx3_quants with weights: (scale, min) quantization of n values to [0, nmax],
 // a weighted least-squares search over nstep+1 candidate scales. Returns the scale, *the_min = -min.
-__device__ static float kq_make_qkx_quants(int n, int nmax, const float* x, const float* weights, uint8_t* L,
+__device__ static __noinline__ float kq_make_qkx_quants(int n, int nmax, const float* x, const float* weights, uint8_t* L,
                                            float* the_min, uint8_t* Laux, float rmin, float rdelta, int nstep,
                                            bool use_mad) {
     float min = x[0];
@@ -105,7 +105,7 @@ __device__ static float kq_make_qkx_quants(int n, int nmax, const float* x, cons
 }
 
 // make_q3_quants with do_rmse == true (its only use, quantize_row_q3_K_ref): L in [0, 2*nmax).
-__device__ static float kq_make_q3_quants(int n, int nmax, const float* x, int8_t* L) {
+__device__ static __noinline__ float kq_make_q3_quants(int n, int nmax, const float* x, int8_t* L) {
     float max = 0;
     float amax = 0;
     for (int i = 0; i < n; ++i) {
@@ -154,7 +154,7 @@ __device__ static float kq_make_q3_quants(int n, int nmax, const float* x, int8_
 
 // make_qp_quants: the sub-block scales (or mins) of an _impl path quantized to [0, nmax] with weights.
 // L is uint8_t as in ggml (a negative nearest_int wraps), and the float reads below see that value.
-__device__ static float kq_make_qp_quants(int n, int nmax, const float* x, uint8_t* L, const float* quant_weights) {
+__device__ static __noinline__ float kq_make_qp_quants(int n, int nmax, const float* x, uint8_t* L, const float* quant_weights) {
     float max = 0;
     for (int i = 0; i < n; ++i) max = GQ_MAX(max, x[i]);
     if (max < GQ_GROUP_MAX_EPS) {  // all zero
@@ -268,7 +268,7 @@ __device__ __forceinline__ void kq_pack_2bit(const uint8_t* L, uint8_t* qs) {
 // ---------------------------------------------------------------------------------------------------
 // Q2_K: quantize_row_q2_K_ref (qw == nullptr) / quantize_row_q2_K_impl
 // ---------------------------------------------------------------------------------------------------
-__device__ static void kq_q2_K(const float* x, const float* qw, block_q2_K* y) {
+__device__ static __noinline__ void kq_q2_K(const float* x, const float* qw, block_q2_K* y) {
     uint8_t L[QK_K];
     uint8_t Laux[16];
     float weight[16];
@@ -344,7 +344,7 @@ __device__ static void kq_q2_K(const float* x, const float* qw, block_q2_K* y) {
 // ---------------------------------------------------------------------------------------------------
 // Q3_K: quantize_row_q3_K_ref (qw == nullptr) / quantize_row_q3_K_impl
 // ---------------------------------------------------------------------------------------------------
-__device__ static void kq_q3_K(const float* x, const float* qw, block_q3_K* y) {
+__device__ static __noinline__ void kq_q3_K(const float* x, const float* qw, block_q3_K* y) {
     int8_t L[QK_K];
     float scales[QK_K / 16];
 
@@ -421,7 +421,7 @@ __device__ static void kq_q3_K(const float* x, const float* qw, block_q3_K* y) {
 // quantize_row_q4_K_ref / quantize_row_q5_K_ref (qw == nullptr),
 // quantize_row_q4_K_impl / quantize_row_q5_K_impl.
 // ---------------------------------------------------------------------------------------------------
-__device__ static void kq_q45_K_scales(const float* x, const float* qw, int nmax, uint8_t* L, uint8_t* ysc,
+__device__ static __noinline__ void kq_q45_K_scales(const float* x, const float* qw, int nmax, uint8_t* L, uint8_t* ysc,
                                        gq_half* yd, gq_half* ydmin) {
     uint8_t Laux[32];
     float weights[32];
@@ -503,7 +503,7 @@ __device__ static void kq_q45_K_scales(const float* x, const float* qw, int nmax
 }
 
 // quantize_row_q4_K_ref / quantize_row_q4_K_impl
-__device__ static void kq_q4_K(const float* x, const float* qw, block_q4_K* y) {
+__device__ static __noinline__ void kq_q4_K(const float* x, const float* qw, block_q4_K* y) {
     uint8_t L[QK_K];
     kq_q45_K_scales(x, qw, 15, L, y->scales, &y->d, &y->dmin);
     uint8_t* q = y->qs;
@@ -514,7 +514,7 @@ __device__ static void kq_q4_K(const float* x, const float* qw, block_q4_K* y) {
 }
 
 // quantize_row_q5_K_ref / quantize_row_q5_K_impl
-__device__ static void kq_q5_K(const float* x, const float* qw, block_q5_K* y) {
+__device__ static __noinline__ void kq_q5_K(const float* x, const float* qw, block_q5_K* y) {
     uint8_t L[QK_K];
     kq_q45_K_scales(x, qw, 31, L, y->scales, &y->d, &y->dmin);
     uint8_t* qh = y->qh;
@@ -539,7 +539,7 @@ __device__ static void kq_q5_K(const float* x, const float* qw, block_q5_K* y) {
 // Q6_K: quantize_row_q6_K_ref (qw == nullptr) / quantize_row_q6_K_impl, which differ only in the
 // weights make_qx_quants gets (x*x or the importance weights themselves).
 // ---------------------------------------------------------------------------------------------------
-__device__ static void kq_q6_K(const float* x, const float* qw, block_q6_K* y) {
+__device__ static __noinline__ void kq_q6_K(const float* x, const float* qw, block_q6_K* y) {
     int8_t L[QK_K];
     float scales[QK_K / 16];
 

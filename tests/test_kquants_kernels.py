@@ -1,7 +1,7 @@
 """The k-quant kernels (kernels/kquants.cu) run through the emulated device, byte for byte.
 
-Default suite: the dequantize kernels against gguf's numpy dequantizers, all-zero input, and the NaN
-check: kquants.cu compiled against a common.cuh whose nearest_int and fp16 conversion behave as on a GPU
+Default suite: the committed golden vectors (tests/golden, every edge case of cases.py, with and without
+an imatrix), the dequantize kernels against gguf's numpy dequantizers, all-zero input, and the NaN check: kquants.cu compiled against a common.cuh whose nearest_int and fp16 conversion behave as on a GPU
 (where a NaN made by arithmetic is the canonical 0x7FFFFFFF, not x86's default NaN 0xFFC00000) must give
 the same bytes as the plain host build on denormal and huge inputs, the blocks where NaNs occur.
 Oracle suite: edge-case tensors with and without importance weights, MoE slabs, F16/BF16 sources and
@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,6 +146,31 @@ def test_dequantize_matches_gguf(dev, qtype):
     np.testing.assert_array_equal(out.view(np.uint32), want.view(np.uint32))
 
 
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_golden_vectors(dev, gpu_nan_library, qtype):
+    # the committed oracle bytes (tests/golden, helper script make_golden.py) of every edge case in
+    # tests/golden/cases.py, without and with importance weights (e<i>_imat is left out when equal)
+    inputs, want = GOLDEN / "inputs_b256.npz", GOLDEN / f"{qtype.name}.npz"
+    if not (inputs.is_file() and want.is_file()):
+        pytest.skip(f"golden vectors {want.name} / {inputs.name} not present")
+    inp, gold = np.load(inputs), np.load(want)
+    n = 0
+    for i, case_id in enumerate(inp["ids"]):
+        x, w = inp[f"r{i}"], inp[f"w{i}"]
+        none = gold[f"e{i}_none"]
+        imat = gold[f"e{i}_imat"] if f"e{i}_imat" in gold else none
+        for qw, want in ((None, none), (w, imat)):
+            what = f"golden {case_id}" + (" imatrix" if qw is not None else "")
+            assert_same_bytes(run_kernels(dev, x, T.F32, qtype, None if qw is None else qw[None]), want, qtype, what)
+            got = run_library(gpu_nan_library, x, qtype, qw)
+            assert_same_bytes(got, want, qtype, what + " (GPU NaN bits)")
+        n += 1
+    assert n == len(inp["ids"]) > 0
+
+
 _GPU_NAN = {
     # nearest_int of a NaN reads the GPU's canonical NaN 0x7FFFFFFF
     r"(int\s+gq_nearest_int\s*\(\s*float\s+(\w+)\s*\)\s*\{)": r"\1 if (\2 != \2) return 0x7fffff - 0x400000;",
@@ -166,6 +192,17 @@ def gpu_nan_library(tmp_path_factory) -> KernelLibrary:
     return KernelLibrary(compile_family("kquants", kernel_dir=d))
 
 
+def run_library(lib: KernelLibrary, x: np.ndarray, qtype: T, qw: np.ndarray | None) -> np.ndarray:
+    """Float32 rows quantized by the quantize kernel of a separately built library (one expert)."""
+    p = K.plan(T.F32, qtype, x.shape[1], x.shape[0], 1, qw is not None).launches[-1]
+    out = np.zeros((x.shape[0], x.shape[1] // QK_K * QUANT_SIZES[qtype][1]), np.uint8)
+    x = np.ascontiguousarray(x, F32)
+    w = None if qw is None else np.ascontiguousarray(qw, F32)
+    lib.launch_quantize(p.kernel, p.grid, p.block, 1, False, x.ctypes.data, out.ctypes.data,
+                        None if w is None else w.ctypes.data, None, x.shape[1], x.shape[0], 1)
+    return out
+
+
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("case", NAN_CASES)
 @pytest.mark.parametrize("wkind", ["none", "imatrix", "sparse"])
@@ -174,10 +211,7 @@ def test_gpu_nan_bits_change_nothing(dev, gpu_nan_library, qtype, case, wkind):
     x = edge_rows(case, rng)
     qw = weights(wkind, rng, x.shape[1])
     want = run_kernels(dev, x, T.F32, qtype, qw)
-    p = K.plan(T.F32, qtype, x.shape[1], x.shape[0], 1, qw is not None).launches[-1]
-    got = np.zeros_like(want)
-    gpu_nan_library.launch_quantize(p.kernel, p.grid, p.block, 1, False, x.ctypes.data, got.ctypes.data,
-                                    None if qw is None else qw.ctypes.data, None, x.shape[1], x.shape[0], 1)
+    got = run_library(gpu_nan_library, x, qtype, qw)
     assert_same_bytes(got, want, qtype, f"GPU NaN bits, {case}/{wkind}")
 
 
