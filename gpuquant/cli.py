@@ -6,6 +6,7 @@ input untouched.
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 from pathlib import Path
@@ -49,6 +50,18 @@ class Terminated(BaseException):
 
 def _on_sigterm(signum, frame):  # noqa: ARG001
     raise Terminated()
+
+
+@contextlib.contextmanager
+def _signals():
+    """SIGINT -> KeyboardInterrupt and SIGTERM -> Terminated in the main thread, so the temporary file is
+    removed; the previous handlers come back afterwards."""
+    old = signal.signal(signal.SIGTERM, _on_sigterm), signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old[0])
+        signal.signal(signal.SIGINT, old[1])
 
 
 def _fail(msg: str, code: int = EXIT_ERROR) -> None:
@@ -223,45 +236,44 @@ def run(
     prune = _parse_prune(prune_layers)
     json_stdout = json_out is not None and str(json_out) == "-"
     out = err if json_stdout else Console(highlight=False)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    view = rep.make_progress(err, quiet)
-    result = None
-    try:
-        view.start()
+    with _signals():
+        view = rep.make_progress(err, quiet)
+        result = None
         try:
-            result = api.quantize_file(
-                model, output, qtype, device=device, threads=threads, allow_requantize=allow_requantize,
-                pure=pure, leave_output_tensor=leave_output_tensor, output_tensor_type=output_tensor_type,
-                token_embedding_type=token_embedding_type, tensor_types=tensor_types, imatrix=imatrix,
-                include_weights=include_weights, exclude_weights=exclude_weights, override_kv=override_kv,
-                prune_layers=prune, keep_split=keep_split, dry_run=dry_run, force=force,
-                slab_bytes=None if max_buffer_size is None else max_buffer_size << 20, progress=view,
-                on_plan=view.plan,
-            )
-            view.finish()
-        finally:
-            view.stop()
-        measured = None
-        if stats and result.output is not None:
-            measured = _measure(result, quiet)
-    except (KeyboardInterrupt, Terminated) as e:
-        code = EXIT_SIGINT if isinstance(e, KeyboardInterrupt) else EXIT_SIGTERM
-        what = "interrupted" if code == EXIT_SIGINT else "terminated"
-        if result is None:
-            err.print(f"[bold red]{what}:[/] no output was written (the temporary file was removed)")
-        else:
-            err.print(f"[bold red]{what}:[/] while measuring --stats; {escape(str(result.output))} is complete")
-        raise typer.Exit(code)
-    except (api.UsageError, api.GGUFError, api.QuantizeError, api.DeviceError, OutputError) as e:
-        _fail(str(e))
-    except ImportError as e:  # a backend whose module or library is missing
-        _fail(f"--device {device}: backend unavailable: {e}")
-    except OSError as e:
-        _fail(f"{e.filename or model}: {e.strerror or e}")
-    except (ValueError, RuntimeError) as e:
-        _fail(str(e))
+            view.start()
+            try:
+                result = api.quantize_file(
+                    model, output, qtype, device=device, threads=threads, allow_requantize=allow_requantize,
+                    pure=pure, leave_output_tensor=leave_output_tensor, output_tensor_type=output_tensor_type,
+                    token_embedding_type=token_embedding_type, tensor_types=tensor_types, imatrix=imatrix,
+                    include_weights=include_weights, exclude_weights=exclude_weights, override_kv=override_kv,
+                    prune_layers=prune, keep_split=keep_split, dry_run=dry_run, force=force,
+                    slab_bytes=None if max_buffer_size is None else max_buffer_size << 20, progress=view,
+                    on_plan=view.plan,
+                )
+                view.finish()
+            finally:
+                view.stop()
+            measured = None
+            if stats and result.output is not None:
+                measured = _measure(result, quiet)
+        except (KeyboardInterrupt, Terminated) as e:
+            code = EXIT_SIGINT if isinstance(e, KeyboardInterrupt) else EXIT_SIGTERM
+            what = "interrupted" if code == EXIT_SIGINT else "terminated"
+            if result is None:
+                err.print(f"[bold red]{what}:[/] no output was written (the temporary file was removed)")
+            else:
+                err.print(f"[bold red]{what}:[/] while measuring --stats; {escape(str(result.output))} is complete")
+            raise typer.Exit(code)
+        except (api.UsageError, api.GGUFError, api.QuantizeError, api.DeviceError, OutputError) as e:
+            _fail(str(e))
+        except ImportError as e:  # a backend whose module or library is missing
+            _fail(f"--device {device}: the backend for this device is not available ({e}); "
+                  f"use --device cpu or --device emulated")
+        except OSError as e:
+            _fail(f"{e.filename or model}: {e.strerror or e}")
+        except (ValueError, RuntimeError) as e:
+            _fail(str(e))
 
     if dry_run:
         out.print(rep.plan_table(result.tensors))
