@@ -218,8 +218,9 @@ def quantize_file(
         has_imatrix=imat is not None and bool(imat.entries),
         prune_layers=list(prune_layers or []),
         allow_requantize=allow_requantize,
+        keep_split=keep_split,
     )
-    infos = [mixes.TensorInfo(t.name, t.ne, t.type) for t in model.tensors]
+    infos = [mixes.TensorInfo(t.name, t.ne, t.type, t.split, t.offset) for t in model.tensors]
     try:
         plans = mixes.plan(model.arch, model.kv_dict, infos, params)
     except ValueError as e:

@@ -223,6 +223,8 @@ class TensorInfo:
     name: str
     shape_ne: tuple[int, ...]
     type: Any  # GGMLQuantizationType
+    split: int = 0    # index of the input split file it lies in
+    offset: int = 0   # data offset in that file (the --keep-split order)
 
     @property
     def n_dims(self) -> int:
@@ -255,6 +257,7 @@ class QuantizeParams:
     prune_layers: Sequence[int] = ()
     allow_requantize: bool = False
     only_copy: bool = False
+    keep_split: bool = False  # output tensors in input (split, offset) order, one output per input split
 
     def __post_init__(self):
         # an FType entry named COPY means only_copy, as in the CLI
@@ -478,6 +481,8 @@ def plan(arch: str, kv: dict, tensors: Sequence[TensorInfo], params: QuantizePar
     patterns = [(re.compile(p), qt) for p, qt in params.tensor_types]
 
     ordered = sorted(tensors, key=_weights_order)
+    if params.keep_split:  # "keep_split requires that the weights are sorted by split index"
+        ordered.sort(key=lambda t: (t.split, t.offset))
     seen = set()
     for t in ordered:
         if t.name in seen:

@@ -48,7 +48,8 @@ def oracle_quantize_file(src, dst, ftype: int, *, nthread: int = 2, allow_requan
                          tensor_types: list[tuple[str, int]] | None = None,
                          imatrix: dict[str, np.ndarray] | None = None,
                          kv_overrides: list[tuple[str, int, object]] | None = None,
-                         prune_layers: list[int] | None = None, max_buf_size: int = 0) -> None:
+                         prune_layers: list[int] | None = None, max_buf_size: int = 0,
+                         keep_split: bool = False) -> None:
     """Run llama_model_quantize; raises RuntimeError when it fails."""
     import llama_cpp as lc
 
@@ -60,6 +61,7 @@ def oracle_quantize_file(src, dst, ftype: int, *, nthread: int = 2, allow_requan
     p.pure = pure
     p.quantize_output_tensor = not leave_output_tensor
     p.max_buf_size = max_buf_size
+    p.keep_split = keep_split
     if output_tensor_type is not None:
         p.output_tensor_type = output_tensor_type
     if token_embedding_type is not None:
