@@ -162,15 +162,22 @@ def untranspose(q: np.ndarray) -> np.ndarray:
 def seq_sum(a: np.ndarray, start_zero: bool = True) -> np.ndarray:
     """``float s = 0; for (j...) s += a[j];`` over the first axis, in order, in float32.
 
-    Starting from ``+0.0`` matters: ``0.0f + -0.0f`` is ``+0.0``. ``start_zero=False`` mirrors
-    ``float s = a[0]; for (j = 1...)``.
+    ``start_zero=False`` mirrors ``float s = a[0]; for (j = 1...)``. Starting from ``+0.0`` only matters
+    for the sign of a zero sum (``0.0f + -0.0f`` is ``+0.0``).
+
+    A C-contiguous array whose remaining axes hold at least two values is reduced by ``np.add.reduce``
+    over axis 0: numpy adds whole rows in order there (pairwise summation is only used along the
+    contiguous axis; see the ``np.sum`` notes). Anything else is looped explicitly.
     """
-    if start_zero:
-        acc = np.add(a[0], F32(0.0), dtype=F32)
-    else:
-        acc = np.array(a[0], dtype=F32, copy=True)
+    a = np.asarray(a, dtype=F32)
+    if a.ndim >= 2 and a.flags.c_contiguous and a[0].size >= 2:
+        # -0.0 is the exact identity (-0.0 + v == v for every v, signed zeros included)
+        return np.add.reduce(a, axis=0, initial=F32(0.0) if start_zero else F32(-0.0))
+    acc = np.array(a[0], dtype=F32, copy=True)
     for j in range(1, a.shape[0]):
         np.add(acc, a[j], out=acc)
+    if start_zero:
+        acc += F32(0.0)
     return acc
 
 
@@ -246,51 +253,61 @@ def make_qx_quants(nmax: int, x: np.ndarray, rmse_type: int, qw: np.ndarray | No
     """ggml ``make_qx_quants(n, nmax, x, L, rmse_type, qw)`` on element-major ``x`` ``(n, *batch)``.
 
     Returns ``(scale float32 batch, L int32 (n, *batch))`` with ``L`` in ``[0, 2*nmax-1]``.
+
+    ``|iscale * x| <= nmax + 1`` for every candidate scale, so ``nearest_int`` then clamping equals
+    clamping then ``rint`` in float32: the levels stay float (no int round trip). The winning candidate's
+    scale is remembered and its levels recomputed once at the end.
     """
     x = np.asarray(x, dtype=F32)
     fnmax = F32(nmax)
+    lo, hi = F32(-nmax), F32(nmax - 1)
     amax, mx = absmax_first(x)
     zero = amax < GROUP_MAX_EPS
+    mx = np.where(zero, F32(1), mx).astype(F32)  # all-zero blocks: computed, then discarded
+
+    def levels(isc):
+        v = isc * x
+        np.maximum(v, lo, out=v)
+        np.minimum(v, hi, out=v)
+        return np.rint(v, out=v)
+
+    def final_levels(isc):
+        return np.where(zero, 0, levels(isc).astype(np.int32) + nmax)
+
+    iscale = np.divide(-fnmax, mx, dtype=F32)
+    if rmse_type == 0:
+        return np.where(zero, F32(0), np.divide(F32(1), iscale, dtype=F32)).astype(F32), final_levels(iscale)
+    return_early = rmse_type < 0
+    w = _rmse_weights(x, abs(rmse_type), qw)
+    wx = w * x
+
+    def sums(lf):
+        t = wx * lf
+        sumlx = seq_sum(t)
+        np.multiply(w, lf, out=t)
+        t *= lf
+        return sumlx, seq_sum(t)
+
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        iscale = np.divide(-fnmax, mx, dtype=F32)
-
-        def levels(isc):
-            return np.clip(nearest_int(isc * x), -nmax, nmax - 1)
-
-        l = levels(iscale)
-        if rmse_type == 0:
-            L = np.where(zero, 0, l + nmax)
-            return np.where(zero, F32(0), np.divide(F32(1), iscale, dtype=F32)).astype(F32), L
-        return_early = rmse_type < 0
-        w = _rmse_weights(x, abs(rmse_type), qw)
-        wx = w * x
-
-        def sums(l):
-            lf = l.astype(F32)
-            return seq_sum(wx * lf), seq_sum((w * lf) * lf)
-
-        L = l + nmax
-        sumlx, suml2 = sums(l)
+        sumlx, suml2 = sums(levels(iscale))
         scale = np.where(suml2 != 0, sumlx / suml2, F32(0)).astype(F32)
         if return_early:
             inv = np.divide(F32(1), iscale, dtype=F32)
             s = np.where(suml2 > 0, F32(0.5) * (scale + inv), inv).astype(F32)
-            return np.where(zero, F32(0), s).astype(F32), np.where(zero, 0, L)
+            return np.where(zero, F32(0), s).astype(F32), final_levels(iscale)
         best = scale * sumlx
+        best_isc = iscale
         for is_ in range(-9, 10):
             if is_ == 0:
                 continue
             isc = np.divide(-(fnmax + F32(0.1) * F32(is_)), mx, dtype=F32)
-            l = levels(isc)
-            sumlx, suml2 = sums(l)
+            sumlx, suml2 = sums(levels(isc))
             better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
             if better.any():
-                L = np.where(better, l + nmax, L)
+                best_isc = np.where(better, isc, best_isc).astype(F32)
                 scale = np.where(better, sumlx / suml2, scale).astype(F32)
                 best = np.where(better, scale * sumlx, best).astype(F32)
-    scale = np.where(zero, F32(0), scale).astype(F32)
-    L = np.where(zero, 0, L)
-    return scale, L
+    return np.where(zero, F32(0), scale).astype(F32), final_levels(best_isc)
 
 
 def make_qkx3_quants(nmax: int, x: np.ndarray, weights: np.ndarray | None, rmin: float, rdelta: float,
