@@ -19,7 +19,7 @@ from .backends.numpy_backend import source_to_f32
 from .gguf_io import SourceTensor, read_model, read_rows
 from .quants import row_size, type_name
 
-SLAB_BYTES = 16 << 20  # float32 bytes of one tensor's rows compared at a time
+SLAB_BYTES = 4 << 20  # float32 bytes of one tensor's rows compared at a time
 
 
 @dataclass
