@@ -5,20 +5,20 @@
 // (and so ggml_quantize_chunk) dispatches to. The k-quants' statistics (sigma2 of the _impl paths) are per
 // super-block, so no row pre-pass is needed and rowstat is unused.
 //
-// The scale searches: make_qx_quants comes from common.cuh. make_qkx2_quants (the _ref paths of
-// Q2_K/Q4_K/Q5_K) and make_qkx3_quants (the _impl paths) are one function here, kq_make_qkx_quants: with
-// the weights given they run the same float operations and differ only in the degenerate-range test
+// The scale searches (ggml-quants.c) are local, NaN-exact versions: make_qx_quants (rmse_type 1),
+// make_q3_quants, make_qp_quants, and make_qkx2_quants / make_qkx3_quants as one kq_make_qkx_quants: with
+// the weights given those two run the same float operations and differ only in the degenerate-range test
 // (max == min vs max <= min), which agree because after `if (min > 0) min = 0` min <= max always holds.
-// make_q3_quants and make_qp_quants live here too.
 //
-// NaN (local helpers, candidates for common.cuh): ggml's nearest_int and fp16 conversion read float bits.
-// On x86 a NaN made by arithmetic is the default NaN 0xFFC00000 (mantissa 0x400000, sign set) and it
-// propagates unchanged; a GPU makes the canonical 0x7FFFFFFF instead. So for a NaN kq_nearest_int returns
-// what x86 computes, 0, and kq_fp32_to_fp16 returns 0xFE00. NaNs do occur: denormal sub-blocks make
-// nmax/(max - min) = inf and then inf*0 inside the qkx search; scales beyond the fp16 range make d = inf
-// and then inf*0 when requantizing; x*x overflows for |x| > 1.8e19. (That is also why the qkx search is
-// local: common.cuh's gq_make_qkx3_quants uses gq_nearest_int, which is not NaN-exact on a GPU.
-// gq_make_qx_quants is safe here: in the k-quants its nearest_int arguments are never NaN.)
+// NaN: ggml's nearest_int and fp16 conversion read float bits. On x86 a NaN made by arithmetic is the
+// default NaN 0xFFC00000 (mantissa 0x400000, sign set) and it propagates unchanged; a GPU makes the
+// canonical 0x7FFFFFFF instead. So for a NaN kq_nearest_int returns what x86 computes, 0, and
+// kq_fp32_to_fp16 returns 0xFE00. NaNs do occur: denormal sub-blocks make nmax/(max - min) = inf, then
+// inf*0 in the qkx search; scales past the fp16 range make d = inf, then inf*0 when requantizing; w*x
+// overflows for huge values, then inf*0 (l = 0) gives a NaN sub-block scale that the second-level
+// make_qx_quants/make_qp_quants rounds. common.cuh's gq_nearest_int and its make_qx/qkx3 helpers read
+// the GPU's NaN bits, hence the local copies (candidates for common.cuh once gq_nearest_int and
+// gq_fp32_to_fp16 handle NaN this way). tests/test_kquants_kernels.py checks this with a GPU-NaN build.
 #include "common.cuh"
 
 // ---------------------------------------------------------------------------------------------------
@@ -31,11 +31,61 @@ __device__ __forceinline__ int kq_nearest_int(float f) { return f != f ? 0 : gq_
 // GGML_FP32_TO_FP16, NaN-exact (see the top of the file)
 __device__ __forceinline__ gq_half kq_fp32_to_fp16(float f) { return f != f ? (gq_half)0xFE00 : gq_fp32_to_fp16(f); }
 
+// make_qx_quants with rmse_type == 1 (the k-quants' only one): symmetric quantization of n values to
+// [-nmax, nmax-1] (+nmax in L), an RMSE search over 18 more scales. qw == nullptr: weights x*x.
+__device__ static __noinline__ float kq_make_qx_quants(int n, int nmax, const float* x, int8_t* L,
+                                                       const float* qw) {
+    float max = 0;
+    float amax = 0;
+    for (int i = 0; i < n; ++i) {
+        const float ax = fabsf(x[i]);
+        if (ax > amax) { amax = ax; max = x[i]; }
+    }
+    if (amax < GQ_GROUP_MAX_EPS) {  // all zero
+        for (int i = 0; i < n; ++i) L[i] = 0;
+        return 0.f;
+    }
+    float iscale = -nmax / max;
+    float sumlx = 0;
+    float suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+        int l = kq_nearest_int(iscale * x[i]);
+        l = GQ_MAX(-nmax, GQ_MIN(nmax - 1, l));
+        L[i] = (int8_t)(l + nmax);
+        const float w = qw ? qw[i] : x[i] * x[i];
+        sumlx += w * x[i] * l;
+        suml2 += w * l * l;
+    }
+    float scale = suml2 ? sumlx / suml2 : 0.0f;
+    float best = scale * sumlx;
+    for (int is = -9; is <= 9; ++is) {
+        if (is == 0) continue;
+        iscale = -(nmax + 0.1f * is) / max;
+        sumlx = suml2 = 0;
+        for (int i = 0; i < n; ++i) {
+            int l = kq_nearest_int(iscale * x[i]);
+            l = GQ_MAX(-nmax, GQ_MIN(nmax - 1, l));
+            const float w = qw ? qw[i] : x[i] * x[i];
+            sumlx += w * x[i] * l;
+            suml2 += w * l * l;
+        }
+        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+            for (int i = 0; i < n; ++i) {
+                const int l = kq_nearest_int(iscale * x[i]);
+                L[i] = (int8_t)(nmax + GQ_MAX(-nmax, GQ_MIN(nmax - 1, l)));
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    return scale;
+}
+
 // make_qkx2_quants / make_qkx3_quants with weights: (scale, min) quantization of n values to [0, nmax],
 // a weighted least-squares search over nstep+1 candidate scales. Returns the scale, *the_min = -min.
-__device__ static __noinline__ float kq_make_qkx_quants(int n, int nmax, const float* x, const float* weights, uint8_t* L,
-                                           float* the_min, uint8_t* Laux, float rmin, float rdelta, int nstep,
-                                           bool use_mad) {
+__device__ static __noinline__ float kq_make_qkx_quants(int n, int nmax, const float* x, const float* weights,
+                                                        uint8_t* L, float* the_min, uint8_t* Laux, float rmin,
+                                                        float rdelta, int nstep, bool use_mad) {
     float min = x[0];
     float max = x[0];
     float sum_w = weights[0];
@@ -154,7 +204,8 @@ __device__ static __noinline__ float kq_make_q3_quants(int n, int nmax, const fl
 
 // make_qp_quants: the sub-block scales (or mins) of an _impl path quantized to [0, nmax] with weights.
 // L is uint8_t as in ggml (a negative nearest_int wraps), and the float reads below see that value.
-__device__ static __noinline__ float kq_make_qp_quants(int n, int nmax, const float* x, uint8_t* L, const float* quant_weights) {
+__device__ static __noinline__ float kq_make_qp_quants(int n, int nmax, const float* x, uint8_t* L,
+                                                       const float* quant_weights) {
     float max = 0;
     for (int i = 0; i < n; ++i) max = GQ_MAX(max, x[i]);
     if (max < GQ_GROUP_MAX_EPS) {  // all zero
@@ -282,7 +333,8 @@ __device__ static __noinline__ void kq_q2_K(const float* x, const float* qw, blo
         for (int j = 0; j < QK_K / 16; ++j) {
             for (int l = 0; l < 16; ++l) weight[l] = fabsf(x[16 * j + l]);
             // make_qkx2_quants(16, 3, ..., -0.5f, 0.1f, 15, true)
-            scales[j] = kq_make_qkx_quants(16, 3, x + 16 * j, weight, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15, true);
+            scales[j] = kq_make_qkx_quants(16, 3, x + 16 * j, weight, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15,
+                                           true);
             const float scale = scales[j];
             if (scale > max_scale) max_scale = scale;
             const float min = mins[j];
@@ -317,7 +369,8 @@ __device__ static __noinline__ void kq_q2_K(const float* x, const float* qw, blo
             for (int l = 0; l < 16; ++l) weight[l] = qwj[l] * sqrtf(sigma2 + x[16 * j + l] * x[16 * j + l]);
             sw[j] = 0;
             for (int l = 0; l < 16; ++l) sw[j] += weight[l];
-            scales[j] = kq_make_qkx_quants(16, 3, x + 16 * j, weight, L + 16 * j, &mins[j], Laux, -0.9f, 0.05f, 36, false);
+            scales[j] = kq_make_qkx_quants(16, 3, x + 16 * j, weight, L + 16 * j, &mins[j], Laux, -0.9f, 0.05f, 36,
+                                           false);
         }
         const float dm = kq_make_qp_quants(QK_K / 16, 15, scales, Ls, sw);
         const float mm = kq_make_qp_quants(QK_K / 16, 15, mins, Lm, sw);
@@ -381,9 +434,9 @@ __device__ static __noinline__ void kq_q3_K(const float* x, const float* qw, blo
             float sumw = 0;
             for (int l = 0; l < 16; ++l) sumw += weight[l];
             sw[j] = sumw;
-            scales[j] = gq_make_qx_quants(16, 4, x + 16 * j, L + 16 * j, 1, weight);
+            scales[j] = kq_make_qx_quants(16, 4, x + 16 * j, L + 16 * j, weight);
         }
-        const float d_block = gq_make_qx_quants(QK_K / 16, 32, scales, Ls, 1, sw);
+        const float d_block = kq_make_qx_quants(QK_K / 16, 32, scales, Ls, sw);
         for (int j = 0; j < QK_K / 16; ++j) kq_put_scale_q3_k(j, Ls[j], y->scales);
         y->d = kq_fp32_to_fp16(d_block);
     }
@@ -421,8 +474,8 @@ __device__ static __noinline__ void kq_q3_K(const float* x, const float* qw, blo
 // quantize_row_q4_K_ref / quantize_row_q5_K_ref (qw == nullptr),
 // quantize_row_q4_K_impl / quantize_row_q5_K_impl.
 // ---------------------------------------------------------------------------------------------------
-__device__ static __noinline__ void kq_q45_K_scales(const float* x, const float* qw, int nmax, uint8_t* L, uint8_t* ysc,
-                                       gq_half* yd, gq_half* ydmin) {
+__device__ static __noinline__ void kq_q45_K_scales(const float* x, const float* qw, int nmax, uint8_t* L,
+                                                     uint8_t* ysc, gq_half* yd, gq_half* ydmin) {
     uint8_t Laux[32];
     float weights[32];
     float mins[QK_K / 32];
@@ -469,7 +522,8 @@ __device__ static __noinline__ void kq_q45_K_scales(const float* x, const float*
             float sumw = 0;
             for (int l = 0; l < 32; ++l) sumw += weights[l];
             sw[j] = sumw;
-            scales[j] = kq_make_qkx_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.9f, 0.05f, 36, false);
+            scales[j] = kq_make_qkx_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.9f, 0.05f,
+                                           36, false);
         }
         const float d_block = kq_make_qp_quants(QK_K / 32, 63, scales, Ls, sw);
         const float m_block = kq_make_qp_quants(QK_K / 32, 63, mins, Lm, sw);
@@ -546,7 +600,7 @@ __device__ static __noinline__ void kq_q6_K(const float* x, const float* qw, blo
     float max_scale = 0;
     float max_abs_scale = 0;
     for (int ib = 0; ib < QK_K / 16; ++ib) {
-        const float scale = gq_make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib, 1, qw ? qw + 16 * ib : nullptr);
+        const float scale = kq_make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib, qw ? qw + 16 * ib : nullptr);
         scales[ib] = scale;
         const float abs_scale = fabsf(scale);
         if (abs_scale > max_abs_scale) { max_abs_scale = abs_scale; max_scale = scale; }

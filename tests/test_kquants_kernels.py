@@ -1,7 +1,8 @@
 """The k-quant kernels (kernels/kquants.cu) run through the emulated device, byte for byte.
 
 Default suite: the committed golden vectors (tests/golden, every edge case of cases.py, with and without
-an imatrix), the dequantize kernels against gguf's numpy dequantizers, all-zero input, and the NaN check: kquants.cu compiled against a common.cuh whose nearest_int and fp16 conversion behave as on a GPU
+an imatrix), the dequantize kernels against gguf's numpy dequantizers, all-zero input, and the NaN
+check: kquants.cu compiled against a common.cuh whose nearest_int and fp16 conversion behave as on a GPU
 (where a NaN made by arithmetic is the canonical 0x7FFFFFFF, not x86's default NaN 0xFFC00000) must give
 the same bytes as the plain host build on denormal and huge inputs, the blocks where NaNs occur.
 Oracle suite: edge-case tensors with and without importance weights, MoE slabs, F16/BF16 sources and
@@ -88,6 +89,9 @@ def edge_rows(case: str, rng) -> np.ndarray:
     elif case == "huge":  # x*x = inf; scales past the fp16 range (d = inf)
         x *= np.array([[1e30], [1e19], [1e6], [1.0]])
         x[3][sub[3]] *= 5e37
+    elif case == "huge_sub":  # w*x overflows in some sub-blocks only, l = 0 there: NaN sub-block scales
+        x[sub] *= 1e17
+        x[:, 5::16] = 1.0
     elif case == "mixed_scales":  # neighbouring sub-blocks decades apart
         x *= 10.0 ** rng.integers(-8, 8, (4, 32)).repeat(16, axis=1)
     elif case == "spikes":
@@ -109,8 +113,8 @@ def weights(kind: str, rng, n: int) -> np.ndarray | None:
 
 
 EDGE_CASES = ["normal", "zero_parts", "constant", "one_sided", "integers", "tiny", "denormal", "huge",
-              "mixed_scales", "spikes"]
-NAN_CASES = ["denormal", "huge", "mixed_scales", "spikes"]
+              "huge_sub", "mixed_scales", "spikes"]
+NAN_CASES = ["denormal", "huge", "huge_sub", "mixed_scales", "spikes"]
 
 
 # ----------------------------------------------------------------------------- default suite
