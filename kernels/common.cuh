@@ -10,6 +10,8 @@
 // * Rounding helpers mirror ggml: gq_nearest_int (12582912 magic, ties to even), roundf (ties away),
 //   gq_trunc_i32 for every float->integer C cast (x86 cvttss2si: NaN/out of range -> INT_MIN), fp16/bf16
 //   through gq_fp32_to_fp16 / gq_fp32_to_bf16 (ggml's software conversions), never __float2half.
+// * NaN bits differ between x86 and a GPU (see "NaN bits" below): never read the bits of a computed
+//   float except through gq_nearest_int, gq_fp32_to_fp16 or gq_float_bits.
 // * ABI of a quantize entry point (see GQ_QUANTIZE_PARAMS): extern "C" __global__ quantize_<dst>_<src>,
 //   src in f32/f16/bf16. The slab is n_expert experts of rows_per_expert rows; expert = blockIdx.z, its
 //   rows start at blockIdx.z * rows_per_expert, its importance weights at qw + blockIdx.z * n_per_row
@@ -38,6 +40,13 @@ typedef long long int64_t;
 typedef unsigned long long uint64_t;
 #elif !defined(GQ_HOST_SHIM)
 #include <stdint.h>
+#endif
+
+// Keeps an outer search loop rolled on the GPU (code size, NVRTC compile time); nothing on the host.
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define GQ_NO_UNROLL _Pragma("unroll 1")
+#else
+#define GQ_NO_UNROLL
 #endif
 
 #define GQ_MIN(a, b) ((a) < (b) ? (a) : (b))
@@ -95,8 +104,23 @@ static __device__ const int8_t gq_kvalues_iq4nl[16] = {
 // Scalar helpers (ggml-impl.h / ggml-quants.c)
 // ---------------------------------------------------------------------------------------------------
 
-// ggml_compute_fp32_to_fp16: software binary16 conversion, round to nearest even, NaN -> 0x7E00.
-__device__ __forceinline__ gq_half gq_fp32_to_fp16(float f) {
+// NaN bits. A NaN made by arithmetic (inf*0, inf-inf, 0/0) is 0xFFC00000 on x86 (the "default NaN",
+// sign set, mantissa 0x400000) and is propagated unchanged; a GPU makes the canonical 0x7FFFFFFF. ggml
+// reads float bits in nearest_int and in the fp16 conversion, so those two helpers below answer for a
+// NaN what x86 computes, and every other float->bits read of a computed value goes through
+// gq_float_bits (tests patch it to return the GPU's NaN, proving the kernels never depend on NaN bits).
+// NaNs do occur with finite inputs: denormal blocks make 1/d = inf, and huge blocks overflow x*x.
+#define GQ_X86_DEFAULT_NAN 0xFFC00000u
+
+__device__ __forceinline__ uint32_t gq_float_bits(float f) { return __float_as_uint(f); }
+
+// A computed value as x86 holds it: NaN -> the x86 default NaN (dequantize kernels store through this,
+// so that a requantize from a block with an inf scale reads the same NaN bits on every device).
+__device__ __forceinline__ float gq_x86_nan(float f) { return f != f ? __uint_as_float(GQ_X86_DEFAULT_NAN) : f; }
+
+// ggml_compute_fp32_to_fp16 of the exact bits of f (source values, e.g. the F16 destination): software
+// binary16 conversion, round to nearest even, NaN -> sign | 0x7E00.
+__device__ __forceinline__ gq_half gq_fp32_to_fp16_bits(float f) {
     const float to_inf = __uint_as_float(0x77800000u);   // 2^112
     const float to_zero = __uint_as_float(0x08800000u);  // 2^-110
     float base = (fabsf(f) * to_inf) * to_zero;
@@ -106,9 +130,15 @@ __device__ __forceinline__ gq_half gq_fp32_to_fp16(float f) {
     uint32_t bias = w2 & 0xFF000000u;
     if (bias < 0x71000000u) bias = 0x71000000u;
     base = __uint_as_float((bias >> 1) + 0x07800000u) + base;
-    const uint32_t bits = __float_as_uint(base);
+    const uint32_t bits = gq_float_bits(base);
     const uint32_t nonsign = ((bits >> 13) & 0x00007C00u) + (bits & 0x00000FFFu);
     return (gq_half)((sign >> 16) | (w2 > 0xFF000000u ? 0x7E00u : nonsign));
+}
+
+// GGML_FP32_TO_FP16 of a computed value (scales, mins): as above, a NaN being x86's default NaN.
+__device__ __forceinline__ gq_half gq_fp32_to_fp16(float f) {
+    if (f != f) return (gq_half)0xFE00u;
+    return gq_fp32_to_fp16_bits(f);
 }
 
 // ggml_compute_fp16_to_fp32 (exact).
@@ -131,10 +161,12 @@ __device__ __forceinline__ uint16_t gq_fp32_to_bf16(float f) {
 
 __device__ __forceinline__ float gq_bf16_to_fp32(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }
 
-// nearest_int: add 1.5*2^23 and read the mantissa (round half to even for |x| < 2^22).
+// nearest_int: add 1.5*2^23 and read the mantissa (round half to even for |x| < 2^22). A NaN argument
+// is x86's default NaN there, whose mantissa 0x400000 gives 0.
 __device__ __forceinline__ int gq_nearest_int(float fval) {
+    if (fval != fval) return 0;
     const float val = fval + 12582912.f;
-    const int i = (int)__float_as_uint(val);
+    const int i = (int)gq_float_bits(val);
     return (i & 0x007fffff) - 0x00400000;
 }
 
@@ -198,6 +230,7 @@ __device__ static float gq_make_qx_quants(int n, int nmax, const float* x, int8_
     float scale = suml2 ? sumlx / suml2 : 0.0f;
     if (return_early) return suml2 > 0 ? 0.5f * (scale + 1 / iscale) : 1 / iscale;
     float best = scale * sumlx;
+    GQ_NO_UNROLL
     for (int is = -9; is <= 9; ++is) {
         if (is == 0) continue;
         iscale = -(nmax + 0.1f * is) / max;
@@ -259,6 +292,7 @@ __device__ static float gq_make_qkx3_quants(int n, int nmax, const float* x, con
         *the_min = -min;
         return scale;
     }
+    GQ_NO_UNROLL
     for (int is = 0; is <= nstep; ++is) {
         iscale = (rmin + rdelta * is + nmax) / (max - min);
         float sum_l = 0, sum_l2 = 0, sum_xl = 0;

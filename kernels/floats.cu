@@ -2,7 +2,8 @@
 //
 // Float rows have no blocks, so a work item is a run of GQ_FLOAT_ITEM consecutive elements of the
 // expert's rows taken as one flat array (the last run may be partial). Values are converted exactly as
-// ggml_fp32_to_fp16_row / ggml_fp32_to_bf16_row_ref do (software conversion, round to nearest even).
+// ggml_fp32_to_fp16_row / ggml_fp32_to_bf16_row_ref do (software conversion, round to nearest even) of the
+// exact source bits; a NaN in a dequantized scratch row is already x86's default NaN (gq_x86_nan).
 #include "common.cuh"
 
 #define GQ_FLOAT_ITEM 32
@@ -35,7 +36,7 @@ __device__ void quantize_f16_item(GQ_QUANTIZE_PARAMS) {
     long long begin, end;
     if (!gq_float_item(n_per_row, rows_per_expert, n_expert, begin, end)) return;
     uint16_t* y = (uint16_t*)dst;
-    for (long long i = begin; i < end; ++i) y[i] = gq_fp32_to_fp16(Src::load(src, i));
+    for (long long i = begin; i < end; ++i) y[i] = gq_fp32_to_fp16_bits(Src::load(src, i));
 }
 
 // GGML_TYPE_BF16: ggml_fp32_to_bf16_row_ref

@@ -11,7 +11,7 @@
 // super-block's importance weights or nullptr. Writes *dh, q4[SB/2] and, when SB > 32, the 6-bit block
 // scales (scales_h, scales_l).
 template <int SB>
-__device__ void gq_iq4_impl(const float* x, const float* qw, gq_half* dh, uint8_t* q4, uint16_t* scales_h,
+__device__ __noinline__ void gq_iq4_impl(const float* x, const float* qw, gq_half* dh, uint8_t* q4, uint16_t* scales_h,
                             uint8_t* scales_l) {
     const int BS = 32;
     const int NB = SB / BS;
@@ -29,6 +29,7 @@ __device__ void gq_iq4_impl(const float* x, const float* qw, gq_half* dh, uint8_
     *dh = gq_fp32_to_fp16(0.f);
 
     float max_scale = 0, amax_scale = 0;
+    GQ_NO_UNROLL
     for (int ib = 0; ib < NB; ++ib) {
         const float* xb = x + ib * BS;
         uint8_t* Lb = L + ib * BS;
@@ -61,6 +62,7 @@ __device__ void gq_iq4_impl(const float* x, const float* qw, gq_half* dh, uint8_
         }
         d = sumq2 > 0 ? sumqx / sumq2 : 0.f;
         float best = d * sumqx;
+        GQ_NO_UNROLL
         for (int itry = -ntry; itry <= ntry; ++itry) {
             id = (itry + values[0]) / max;
             sumqx = sumq2 = 0;
@@ -143,7 +145,7 @@ __device__ void quantize_iq4_xs_item(GQ_QUANTIZE_PARAMS) {
 GQ_QUANTIZE_ENTRY_POINTS(iq4_nl)
 GQ_QUANTIZE_ENTRY_POINTS(iq4_xs)
 
-// dequantize_row_iq4_nl
+// dequantize_row_iq4_nl (stores through gq_x86_nan: see common.cuh)
 extern "C" __global__ void dequantize_iq4_nl(GQ_DEQUANTIZE_PARAMS) {
     long long i;
     if (!gq_dequant_item(n_per_row, nrows, QK4_NL, i)) return;
@@ -151,8 +153,8 @@ extern "C" __global__ void dequantize_iq4_nl(GQ_DEQUANTIZE_PARAMS) {
     float* y = dst + i * QK4_NL;
     const float d = gq_fp16_to_fp32(b->d);
     for (int j = 0; j < QK4_NL / 2; ++j) {
-        y[j] = d * gq_kvalues_iq4nl[b->qs[j] & 0xf];
-        y[j + QK4_NL / 2] = d * gq_kvalues_iq4nl[b->qs[j] >> 4];
+        y[j] = gq_x86_nan(d * gq_kvalues_iq4nl[b->qs[j] & 0xf]);
+        y[j + QK4_NL / 2] = gq_x86_nan(d * gq_kvalues_iq4nl[b->qs[j] >> 4]);
     }
 }
 
@@ -168,8 +170,8 @@ extern "C" __global__ void dequantize_iq4_xs(GQ_DEQUANTIZE_PARAMS) {
         const int ls = ((b->scales_l[ib / 2] >> 4 * (ib % 2)) & 0xf) | (((b->scales_h >> 2 * ib) & 3) << 4);
         const float dl = d * (ls - 32);
         for (int j = 0; j < 16; ++j) {
-            y[j] = dl * gq_kvalues_iq4nl[qs[j] & 0xf];
-            y[j + 16] = dl * gq_kvalues_iq4nl[qs[j] >> 4];
+            y[j] = gq_x86_nan(dl * gq_kvalues_iq4nl[qs[j] & 0xf]);
+            y[j + 16] = gq_x86_nan(dl * gq_kvalues_iq4nl[qs[j] >> 4]);
         }
         y += 32;
         qs += 16;

@@ -47,7 +47,7 @@ __device__ __forceinline__ float gq_row_sigma2(const float* rowstat, long long r
 // ---------------------------------------------------------------------------------------------------
 // Q4_0: quantize_row_q4_0_ref / quantize_row_q4_0_impl
 // ---------------------------------------------------------------------------------------------------
-__device__ void gq_q4_0_ref(const float* x, block_q4_0* y) {
+__device__ __noinline__ void gq_q4_0_ref(const float* x, block_q4_0* y) {
     float amax = 0.0f, max = 0.0f;
     for (int j = 0; j < QK4_0; ++j) {
         const float v = x[j];
@@ -65,7 +65,7 @@ __device__ void gq_q4_0_ref(const float* x, block_q4_0* y) {
     }
 }
 
-__device__ void gq_q4_0_impl(const float* x, const float* qw, float sigma2, block_q4_0* y) {
+__device__ __noinline__ void gq_q4_0_impl(const float* x, const float* qw, float sigma2, block_q4_0* y) {
     float weight[QK4_0];
     int8_t L[QK4_0];
     gq_legacy_weights(x, qw, sigma2, weight);
@@ -88,7 +88,7 @@ __device__ void quantize_q4_0_item(GQ_QUANTIZE_PARAMS) {
 // ---------------------------------------------------------------------------------------------------
 // Q4_1: quantize_row_q4_1_ref / quantize_row_q4_1_impl
 // ---------------------------------------------------------------------------------------------------
-__device__ void gq_q4_1_ref(const float* x, block_q4_1* y) {
+__device__ __noinline__ void gq_q4_1_ref(const float* x, block_q4_1* y) {
     float min = 3.402823466e+38f, max = -3.402823466e+38f;  // FLT_MAX
     for (int j = 0; j < QK4_1; ++j) {
         const float v = x[j];
@@ -108,7 +108,7 @@ __device__ void gq_q4_1_ref(const float* x, block_q4_1* y) {
     }
 }
 
-__device__ void gq_q4_1_impl(const float* x, const float* qw, float sigma2, block_q4_1* y) {
+__device__ __noinline__ void gq_q4_1_impl(const float* x, const float* qw, float sigma2, block_q4_1* y) {
     float weight[QK4_1];
     uint8_t L[QK4_1], Laux[QK4_1];
     gq_legacy_weights(x, qw, sigma2, weight);
@@ -146,7 +146,7 @@ __device__ __forceinline__ void gq_pack5(const uint8_t* L, uint8_t* qs, uint8_t*
 }
 
 // quantize_row_q5_0_ref
-__device__ void gq_q5_0_ref(const float* x, block_q5_0* y) {
+__device__ __noinline__ void gq_q5_0_ref(const float* x, block_q5_0* y) {
     float amax = 0.0f, max = 0.0f;
     for (int j = 0; j < QK5_0; ++j) {
         const float v = x[j];
@@ -166,7 +166,7 @@ __device__ void gq_q5_0_ref(const float* x, block_q5_0* y) {
 }
 
 // quantize_row_q5_0_impl
-__device__ void gq_q5_0_impl(const float* x, const float* qw, float sigma2, block_q5_0* y) {
+__device__ __noinline__ void gq_q5_0_impl(const float* x, const float* qw, float sigma2, block_q5_0* y) {
     float weight[QK5_0];
     int8_t L[QK5_0];
     gq_legacy_weights(x, qw, sigma2, weight);
@@ -187,7 +187,7 @@ __device__ void quantize_q5_0_item(GQ_QUANTIZE_PARAMS) {
 }
 
 // quantize_row_q5_1_ref
-__device__ void gq_q5_1_ref(const float* x, block_q5_1* y) {
+__device__ __noinline__ void gq_q5_1_ref(const float* x, block_q5_1* y) {
     float min = 3.402823466e+38f, max = -3.402823466e+38f;
     for (int j = 0; j < QK5_1; ++j) {
         const float v = x[j];
@@ -209,7 +209,7 @@ __device__ void gq_q5_1_ref(const float* x, block_q5_1* y) {
 }
 
 // quantize_row_q5_1_impl
-__device__ void gq_q5_1_impl(const float* x, const float* qw, float sigma2, block_q5_1* y) {
+__device__ __noinline__ void gq_q5_1_impl(const float* x, const float* qw, float sigma2, block_q5_1* y) {
     float weight[QK5_1];
     uint8_t L[QK5_1], Laux[QK5_1];
     gq_legacy_weights(x, qw, sigma2, weight);
@@ -234,7 +234,7 @@ __device__ void quantize_q5_1_item(GQ_QUANTIZE_PARAMS) {
 // ---------------------------------------------------------------------------------------------------
 // Q8_0: quantize_row_q8_0_ref (quantize_q8_0 ignores importance weights)
 // ---------------------------------------------------------------------------------------------------
-__device__ void gq_q8_0_ref(const float* x, block_q8_0* y) {
+__device__ __noinline__ void gq_q8_0_ref(const float* x, block_q8_0* y) {
     float amax = 0.0f;
     for (int j = 0; j < QK8_0; ++j) amax = GQ_MAX(amax, fabsf(x[j]));
     const float d = amax / ((1 << 7) - 1);
@@ -259,7 +259,8 @@ GQ_QUANTIZE_ENTRY_POINTS(q5_1)
 GQ_QUANTIZE_ENTRY_POINTS(q8_0)
 
 // ---------------------------------------------------------------------------------------------------
-// Dequantize (dequantize_row_q*): one thread per block, float32 rows out.
+// Dequantize (dequantize_row_q*): one thread per block, float32 rows out, stored through gq_x86_nan
+// (an inf scale times 0 is x86's default NaN; see common.cuh).
 // ---------------------------------------------------------------------------------------------------
 extern "C" __global__ void dequantize_q4_0(GQ_DEQUANTIZE_PARAMS) {
     long long i;
@@ -270,8 +271,8 @@ extern "C" __global__ void dequantize_q4_0(GQ_DEQUANTIZE_PARAMS) {
     for (int j = 0; j < QK4_0 / 2; ++j) {
         const int x0 = (b->qs[j] & 0x0F) - 8;
         const int x1 = (b->qs[j] >> 4) - 8;
-        y[j] = x0 * d;
-        y[j + QK4_0 / 2] = x1 * d;
+        y[j] = gq_x86_nan(x0 * d);
+        y[j + QK4_0 / 2] = gq_x86_nan(x1 * d);
     }
 }
 
@@ -285,8 +286,8 @@ extern "C" __global__ void dequantize_q4_1(GQ_DEQUANTIZE_PARAMS) {
     for (int j = 0; j < QK4_1 / 2; ++j) {
         const int x0 = b->qs[j] & 0x0F;
         const int x1 = b->qs[j] >> 4;
-        y[j] = x0 * d + m;
-        y[j + QK4_1 / 2] = x1 * d + m;
+        y[j] = gq_x86_nan(x0 * d + m);
+        y[j + QK4_1 / 2] = gq_x86_nan(x1 * d + m);
     }
 }
 
@@ -306,8 +307,8 @@ extern "C" __global__ void dequantize_q5_0(GQ_DEQUANTIZE_PARAMS) {
         const uint8_t xh_1 = (uint8_t)((qh >> (j + 12)) & 0x10);
         const int32_t x0 = ((b->qs[j] & 0x0F) | xh_0) - 16;
         const int32_t x1 = ((b->qs[j] >> 4) | xh_1) - 16;
-        y[j] = x0 * d;
-        y[j + QK5_0 / 2] = x1 * d;
+        y[j] = gq_x86_nan(x0 * d);
+        y[j + QK5_0 / 2] = gq_x86_nan(x1 * d);
     }
 }
 
@@ -324,8 +325,8 @@ extern "C" __global__ void dequantize_q5_1(GQ_DEQUANTIZE_PARAMS) {
         const uint8_t xh_1 = (uint8_t)((qh >> (j + 12)) & 0x10);
         const int x0 = (b->qs[j] & 0x0F) | xh_0;
         const int x1 = (b->qs[j] >> 4) | xh_1;
-        y[j] = x0 * d + m;
-        y[j + QK5_1 / 2] = x1 * d + m;
+        y[j] = gq_x86_nan(x0 * d + m);
+        y[j + QK5_1 / 2] = gq_x86_nan(x1 * d + m);
     }
 }
 
@@ -335,5 +336,5 @@ extern "C" __global__ void dequantize_q8_0(GQ_DEQUANTIZE_PARAMS) {
     const block_q8_0* b = (const block_q8_0*)src + i;
     float* y = dst + i * QK8_0;
     const float d = gq_fp16_to_fp32(b->d);
-    for (int j = 0; j < QK8_0; ++j) y[j] = b->qs[j] * d;
+    for (int j = 0; j < QK8_0; ++j) y[j] = gq_x86_nan(b->qs[j] * d);
 }
