@@ -74,7 +74,10 @@ def _levels_u8(L: np.ndarray, S: int) -> np.ndarray:
 
 def _bitplane(bits: np.ndarray) -> np.ndarray:
     """(S, 8, 32) of 0/1 -> (S, 32) bytes with ``bits[:, b, m]`` at bit b of byte m."""
-    return np.packbits(bits.transpose(0, 2, 1), axis=-1, bitorder="little")[..., 0]
+    out = bits[:, 0].copy()
+    for b in range(1, 8):
+        out |= bits[:, b] << b
+    return out
 
 
 def _pack_2bit(L: np.ndarray) -> np.ndarray:

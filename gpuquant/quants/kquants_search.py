@@ -10,9 +10,11 @@ becomes a mask.  Inside a group the operation order of the C loop is kept: sums 
 
 Two exact shortcuts keep the searches fast:
 
-* ``nearest_int`` followed by a clamp and a cast to float is done in float (``(t + 1.5*2**23) - 1.5*2**23``
-  and ``np.clip``), which is the same value whenever every ``|t| < 2**22 - 1``; that bound is checked
-  per call from the group extremes, and the integer trick runs otherwise.
+* ``nearest_int`` followed by a clamp and a cast to float is done in float (``np.rint``, round half to
+  even like the magic-number trick, then ``np.clip``), which is the same value whenever every
+  ``|t| < 2**22 - 1``; that bound is checked per call from the group extremes, and the integer trick runs
+  otherwise.  (``np.rint`` gives -0.0 where the trick gives 0; a zero level only ever enters products
+  that are summed from +0.0, so the sign cannot show.)
 * A search remembers the best step's parameters, not its levels; the levels are recomputed once at the
   end from those parameters (the same float operations give the same integers).
 """
@@ -25,7 +27,6 @@ from .common import F32, GROUP_MAX_EPS, nearest_int, seq_sum
 __all__ = ["first_absmax", "make_q3_quants", "make_qkx_quants", "make_qp_quants", "make_qx_quants",
            "running_max"]
 
-_MAGIC = F32(12582912.0)
 _EXACT = F32(4194303.0)  # below this, round(t) < 2**22 and the float rounding equals nearest_int
 
 
@@ -58,8 +59,7 @@ def _levels_f32(t: np.ndarray, lo: int, hi: int, exact: bool) -> np.ndarray:
     """``(float)MAX(lo, MIN(hi, nearest_int(t)))``, in place in ``t`` when ``exact`` (``_below_exact``)."""
     if not exact:
         return _levels_int(t, lo, hi).astype(F32)
-    np.add(t, _MAGIC, out=t)
-    np.subtract(t, _MAGIC, out=t)
+    np.rint(t, out=t)
     return np.clip(t, F32(lo), F32(hi), out=t)
 
 
@@ -108,63 +108,82 @@ def make_qx_quants(x: np.ndarray, nmax: int, qw: np.ndarray | None) -> tuple[np.
     return scale, L
 
 
-def _refine(x, w, wx, L, Lf, sumlx, suml2, lo, hi, qp):
-    """The ``itry`` passes of make_q3_quants (qp=False) and make_qp_quants (qp=True), in place.
+def _first_changes(x, w, wx, L, s1, s2, wxl, wll, pos, lo, hi, qp):
+    """One element of the C ``itry`` loop, tried at every element of every group at once.
+
+    Group-major ``(groups, n)`` arrays (transposed views are fine); ``s1``, ``s2``: each group's current
+    sumlx/suml2; ``wxl``, ``wll``: ``w*x*L``, ``w*L*L`` of the current levels; ``pos``: each group's first
+    element still to visit in this pass (None: 0).  Under an unchanged state this is exactly what C
+    computes up to a group's first accepted change.  Returns, for each group with one, sorted by group:
+    (group, element, stored level, new sumlx, new suml2).
+    """
+    n = x.shape[1]
+    slx = s1[:, None] - wxl
+    sl2 = s2[:, None] - wll
+    ok = (slx > 0) & (sl2 > 0) if qp else slx > 0
+    new_l = nearest_int(x * sl2 / slx)
+    new_l = np.minimum(new_l, hi) if qp else np.clip(new_l, lo, hi, out=new_l)
+    ok &= new_l != L
+    if pos is not None:
+        ok &= np.arange(n) >= pos[:, None]
+    # the rest only where a level would change: (group, element) pairs in group, element order
+    g, i = np.divmod(np.flatnonzero(ok), n)
+    nl = new_l[g, i]
+    nlf = nl.astype(F32)
+    slx = slx[g, i] + wx[g, i] * nlf
+    sl2 = sl2[g, i] + w[g, i] * nlf * nlf
+    acc = slx * slx * s2[g] > s1[g] * s1[g] * sl2
+    if not qp:
+        acc &= sl2 > 0
+    g, i, nl, slx, sl2 = g[acc], i[acc], nl[acc], slx[acc], sl2[acc]
+    first = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1]))) if g.size else g
+    stored = nl[first] & 0xFF if qp else nl[first]
+    return g[first], i[first], stored, slx[first], sl2[first]
+
+
+def _refine(x, w, wx, L, sumlx, suml2, wxl, wll, lo, hi, qp):
+    """The ``itry`` passes of make_q3_quants (qp=False) and make_qp_quants (qp=True), in place on ``L``.
 
     C walks the elements of a group one by one, up to 5 passes, and stops after a pass without change.
-    Here every round tries all remaining elements of a pass at once under the group's current state;
-    that is exact up to the first accepted change, which is applied, and the group continues after it.
-    A group whose pass has no further change either starts the next pass (if this one changed
-    something) or is done.  Returns the updated (sumlx, suml2).
+    Here every round tries all remaining elements of a pass at once under the group's current state
+    (``_first_changes``), applies each group's first accepted change and goes on after it.  A group
+    whose pass has nothing more to change starts the next pass if this one changed something, else it
+    is done.  ``wxl``, ``wll``: ``w*x*L`` and ``w*L*L`` of the starting levels.  Element-major
+    ``(n, groups)`` arrays; returns the final (sumlx, suml2).
     """
-    rows = np.arange(x.shape[0])[:, None]
-    state = (x, w, wx, L, Lf)
-    cols = np.arange(x.shape[1])
-    pos = np.zeros(cols.size, np.intp)       # next element of the current pass
-    npass = np.zeros(cols.size, np.intp)     # passes finished
-    changed = np.zeros(cols.size, bool)      # the current pass changed something
-    full = True
-    while cols.size:
-        sx, sw, swx, sL, sLf = state if full else [np.take(a, cols, axis=-1) for a in state]
-        s1, s2 = (sumlx, suml2) if full else (sumlx[cols], suml2[cols])
-        full = False
-        # the body of the C loop for every element of every group, under the group's current state
-        slx = s1 - swx * sLf
-        sl2 = s2 - sw * sLf * sLf
-        ok = (slx > 0) & (sl2 > 0) if qp else slx > 0
-        new_l = nearest_int(sx * sl2 / slx)
-        new_l = np.minimum(new_l, hi) if qp else np.clip(new_l, lo, hi, out=new_l)
-        ok &= new_l != sL
-        ok &= rows >= pos
-        # the rest only where a level would change, as (group, element) pairs ordered by group, element
-        g, i = np.nonzero(ok.T)
-        nl = new_l[i, g]
-        nlf = nl.astype(F32)
-        slx_c = slx[i, g] + swx[i, g] * nlf
-        sl2_c = sl2[i, g] + sw[i, g] * nlf * nlf
-        acc = slx_c * slx_c * s2[g] > s1[g] * s1[g] * sl2_c
-        if not qp:
-            acc &= sl2_c > 0
-        # the first accepted change of each group
-        g, i, nl, slx_c, sl2_c = g[acc], i[acc], nl[acc], slx_c[acc], sl2_c[acc]
-        g, first = np.unique(g, return_index=True)
-        i, nl, slx_c, sl2_c = i[first], nl[first], slx_c[first], sl2_c[first]
-        cg = cols[g]
-        L[i, cg] = nl & 0xFF if qp else nl
-        Lf[i, cg] = L[i, cg].astype(F32)
-        sumlx[cg] = slx_c
-        suml2[cg] = sl2_c
+    g, i, nl, slx, sl2 = _first_changes(x.T, w.T, wx.T, L.T, sumlx, suml2, wxl.T, wll.T, None, lo, hi, qp)
+    if g.size == 0:
+        return sumlx, suml2
+    # the groups still changing, group-major so that later rounds gather whole groups
+    cols = g
+    X, W, WX, LL = (np.ascontiguousarray(np.take(a, cols, axis=1).T) for a in (x, w, wx, L))
+    S1, S2 = slx, sl2
+    m = cols.size
+    LL[np.arange(m), i] = nl
+    act = np.arange(m)                 # rows of the working arrays still in a pass
+    pos = i + 1                        # next element of the current pass
+    npass = np.zeros(m, np.intp)       # passes finished
+    changed = np.ones(m, bool)         # the current pass changed something
+    while act.size:
+        hit = np.zeros(act.size, bool)
+        sx, sw, swx, sL = X[act], W[act], WX[act], LL[act]
+        lf = sL.astype(F32)
+        g, i, nl, slx, sl2 = _first_changes(sx, sw, swx, sL, S1[act], S2[act], swx * lf, sw * lf * lf,
+                                            pos, lo, hi, qp)
+        r = act[g]
+        LL[r, i] = nl
+        S1[r], S2[r] = slx, sl2
         pos[g] = i + 1
         changed[g] = True
-        hit = np.zeros(cols.size, bool)
         hit[g] = True
-        # groups with nothing more to change in this pass go on to the next one if it changed something
         more = ~hit & changed & (npass < 4)
         npass[more] += 1
         pos[more] = 0
         changed[more] = False
         keep = hit | more
-        cols, pos, npass, changed = cols[keep], pos[keep], npass[keep], changed[keep]
+        act, pos, npass, changed = act[keep], pos[keep], npass[keep], changed[keep]
+    L[:, cols] = LL.T
+    sumlx[cols], suml2[cols] = S1, S2
     return sumlx, suml2
 
 
@@ -176,9 +195,8 @@ def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
         w = x * x
         wx = w * x
         Lf = L.astype(F32)
-        sumlx = seq_sum(wx * Lf)
-        suml2 = seq_sum(w * Lf * Lf)
-        sumlx, suml2 = _refine(x, w, wx, L, Lf, sumlx, suml2, -nmax, nmax - 1, qp=False)
+        wxl, wll = wx * Lf, w * Lf * Lf
+        sumlx, suml2 = _refine(x, w, wx, L, seq_sum(wxl), seq_sum(wll), wxl, wll, -nmax, nmax - 1, qp=False)
         L += nmax
         scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
         zero = amax < GROUP_MAX_EPS
@@ -289,9 +307,10 @@ def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[np.ndarray
         L = l & 0xFF
         lf = l.astype(F32)
         wx = qw * x
-        sumlx = seq_sum(wx * lf)
-        suml2 = seq_sum(qw * lf * lf)
-        sumlx, suml2 = _refine(x, qw, wx, L, L.astype(F32), sumlx, suml2, 0, nmax, qp=True)
+        # the sums start from the levels before the uint8_t store; the passes read the stored ones
+        sumlx, suml2 = seq_sum(wx * lf), seq_sum(qw * lf * lf)
+        Lf = L.astype(F32)
+        sumlx, suml2 = _refine(x, qw, wx, L, sumlx, suml2, wx * Lf, qw * Lf * Lf, 0, nmax, qp=True)
         scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
         zero = vmax < GROUP_MAX_EPS
         L[:, zero] = 0
