@@ -33,6 +33,13 @@ class ModelInfo:
     requested: Path  # the file named on the command line
 
 
+def human_size(n: int) -> str:
+    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{n} bytes"
+
+
 def first_split(path: Path) -> Path:
     """``-0000K-of-0000N.gguf`` -> ``-00001-of-0000N.gguf``; other names unchanged."""
     m = SPLIT_RE.match(path.name)
@@ -147,7 +154,7 @@ def show(info: ModelInfo, console: Console, tensors: bool = True, all_metadata: 
     head.add_column("value")
     for f in m.files:
         label = "file" if len(m.files) == 1 else f"split {m.files.index(f) + 1}/{len(m.files)}"
-        head.add_row(label, f"{f.path}  (GGUF v{f.version}, {f.size / MiB:.2f} MiB, {f.n_kv} keys, "
+        head.add_row(label, f"{f.path}  (GGUF v{f.version}, {human_size(f.size)}, {f.n_kv} keys, "
                             f"{f.n_tensors} tensors)")
     for key, text in summary(info):
         head.add_row(key, text)
