@@ -220,6 +220,11 @@ def _text(b: bytes) -> str:
     return b.decode("utf-8", "replace")
 
 
+def _show(key: str) -> str:
+    """A key for a message: corrupt files can hold megabyte-long keys."""
+    return repr(key) if len(key) <= 80 else repr(key[:80]) + f"... ({len(key)} characters)"
+
+
 def _read_kv(cur: _Cursor, i: int) -> KV:
     """One key/value pair (gguf_init_from_reader's KV loop), with its raw bytes for a byte-exact copy."""
     start = cur.pos
@@ -227,7 +232,7 @@ def _read_kv(cur: _Cursor, i: int) -> KV:
     if not key_b:
         raise cur.fail(f"corrupt metadata: key/value pair {i} has an empty key")
     key = _text(key_b)
-    what = f"value of metadata key {key!r}"
+    what = f"value of metadata key {_show(key)}"
     vtype = cur.value_type(what)
     sub = None
     if vtype == GGUFValueType.ARRAY:
@@ -374,7 +379,7 @@ def _read_one(path: Path, split: int) -> tuple[list[KV], list[SourceTensor], Fil
         for i in range(n_kv):
             kv = _read_kv(cur, i)
             if kv.key in seen:
-                raise cur.fail(f"corrupt metadata: duplicate key {kv.key!r}")
+                raise cur.fail(f"corrupt metadata: duplicate key {_show(kv.key)}")
             seen.add(kv.key)
             kvs.append(kv)
         _check_known_keys(cur, kvs)
