@@ -267,3 +267,20 @@ def test_help_reads_like_llama_quantize_with_examples(cmd, needles):
 def test_entry_point_runs(model, tmp_path):
     r = gpuquant("--version")
     assert r.returncode == 0 and r.stdout.startswith("gpuquant ")
+
+
+def test_keep_split_with_stats_and_inspect(model, tmp_path):
+    from tests.test_split_files import write_splits
+
+    (tmp_path / "in").mkdir()
+    shards = write_splits(model, tmp_path / "in" / "m.gguf", 8)
+    assert len(shards) == 3
+    out = tmp_path / "q.gguf"
+    r = cli("run", shards[0], out, "Q8_0", "--keep-split", "--stats", "--device", "cpu", "--json", tmp_path / "r.json")
+    assert r.exit_code == 0, r.stderr
+    outs = [tmp_path / f"q-{i:05d}-of-00003.gguf" for i in (1, 2, 3)]
+    assert all(p.exists() for p in outs) and not out.exists()
+    stats = json.loads((tmp_path / "r.json").read_text())["stats"]
+    assert len(stats) == sum(t.type == T.Q8_0 for t in read_model(outs[0]).tensors)  # every split measured
+    r = cli("inspect", outs[1], "--json", "-")
+    assert r.exit_code == 0 and len(json.loads(r.stdout)["files"]) == 3
