@@ -52,9 +52,12 @@ class RunProgress:
 
     # quantize_file callbacks
     def plan(self, reports: list[TensorReport]) -> None:
-        self.reports = list(reports)
-        self.by_name = {r.name: r for r in reports}
-        self.t0 = time.perf_counter()
+        with self._lock:
+            self.reports = list(reports)
+            self.by_name = {r.name: r for r in reports}
+            self.total_bytes = sum(r.src_bytes for r in reports)
+            self.t0 = time.perf_counter()
+            self.update()
 
     def __call__(self, name: str, done: int, total: int) -> None:
         with self._lock:
