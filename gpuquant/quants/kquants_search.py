@@ -108,14 +108,13 @@ def make_qx_quants(x: np.ndarray, nmax: int, qw: np.ndarray | None) -> tuple[np.
     return scale, L
 
 
-def _first_changes(x, w, wx, L, s1, s2, wxl, wll, pos, lo, hi, qp):
-    """One element of the C ``itry`` loop, tried at every element of every group at once.
+def _accepted_changes(x, w, wx, L, s1, s2, wxl, wll, lo, hi, qp):
+    """The body of the C ``itry`` loop, tried at every element of every group under the same state.
 
     Group-major ``(groups, n)`` arrays (transposed views are fine); ``s1``, ``s2``: each group's current
-    sumlx/suml2; ``wxl``, ``wll``: ``w*x*L``, ``w*L*L`` of the current levels; ``pos``: each group's first
-    element still to visit in this pass (None: 0).  Under an unchanged state this is exactly what C
-    computes up to a group's first accepted change.  Returns, for each group with one, sorted by group:
-    (group, element, stored level, new sumlx, new suml2).
+    sumlx/suml2; ``wxl``, ``wll``: ``w*x*L``, ``w*L*L`` of the current levels.  Returns every accepted
+    change as (group, element, stored level, new sumlx, new suml2), in group, element order; only a
+    group's first change in visiting order is what C would do next.
     """
     n = x.shape[1]
     slx = s1[:, None] - wxl
@@ -124,9 +123,7 @@ def _first_changes(x, w, wx, L, s1, s2, wxl, wll, pos, lo, hi, qp):
     new_l = nearest_int(x * sl2 / slx)
     new_l = np.minimum(new_l, hi) if qp else np.clip(new_l, lo, hi, out=new_l)
     ok &= new_l != L
-    if pos is not None:
-        ok &= np.arange(n) >= pos[:, None]
-    # the rest only where a level would change: (group, element) pairs in group, element order
+    # the rest only where a level would change
     g, i = np.divmod(np.flatnonzero(ok), n)
     nl = new_l[g, i]
     nlf = nl.astype(F32)
@@ -135,53 +132,53 @@ def _first_changes(x, w, wx, L, s1, s2, wxl, wll, pos, lo, hi, qp):
     acc = slx * slx * s2[g] > s1[g] * s1[g] * sl2
     if not qp:
         acc &= sl2 > 0
-    g, i, nl, slx, sl2 = g[acc], i[acc], nl[acc], slx[acc], sl2[acc]
-    first = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1]))) if g.size else g
-    stored = nl[first] & 0xFF if qp else nl[first]
-    return g[first], i[first], stored, slx[first], sl2[first]
+    nl = nl[acc]
+    return g[acc], i[acc], (nl & 0xFF if qp else nl), slx[acc], sl2[acc]
 
 
 def _refine(x, w, wx, L, sumlx, suml2, wxl, wll, lo, hi, qp):
     """The ``itry`` passes of make_q3_quants (qp=False) and make_qp_quants (qp=True), in place on ``L``.
 
-    C walks the elements of a group one by one, up to 5 passes, and stops after a pass without change.
-    Here every round tries all remaining elements of a pass at once under the group's current state
-    (``_first_changes``), applies each group's first accepted change and goes on after it.  A group
-    whose pass has nothing more to change starts the next pass if this one changed something, else it
-    is done.  ``wxl``, ``wll``: ``w*x*L`` and ``w*L*L`` of the starting levels.  Element-major
-    ``(n, groups)`` arrays; returns the final (sumlx, suml2).
+    C visits the elements of a group in order, pass after pass (at most 5), and stops after a pass
+    without change.  Here a round evaluates the next ``n`` visits of every group at once under its
+    current state: the rest of the current pass, then the start of the next one (allowed because the
+    current pass has changed something).  Up to the first accepted change that is exactly what C
+    computes; the change is applied and the group goes on after it.  A group without a change in its
+    next ``n`` visits never changes again: it is done.  ``wxl``, ``wll``: ``w*x*L`` and ``w*L*L`` of
+    the starting levels.  Element-major ``(n, groups)`` arrays; returns the final (sumlx, suml2).
     """
-    g, i, nl, slx, sl2 = _first_changes(x.T, w.T, wx.T, L.T, sumlx, suml2, wxl.T, wll.T, None, lo, hi, qp)
+    n = x.shape[0]
+    g, i, nl, slx, sl2 = _accepted_changes(x.T, w.T, wx.T, L.T, sumlx, suml2, wxl.T, wll.T, lo, hi, qp)
     if g.size == 0:
         return sumlx, suml2
+    first = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1])))  # first element of each group
+    g, i, nl, slx, sl2 = g[first], i[first], nl[first], slx[first], sl2[first]
     # the groups still changing, group-major so that later rounds gather whole groups
     cols = g
     X, W, WX, LL = (np.ascontiguousarray(np.take(a, cols, axis=1).T) for a in (x, w, wx, L))
     S1, S2 = slx, sl2
     m = cols.size
     LL[np.arange(m), i] = nl
-    act = np.arange(m)                 # rows of the working arrays still in a pass
-    pos = i + 1                        # next element of the current pass
-    npass = np.zeros(m, np.intp)       # passes finished
-    changed = np.ones(m, bool)         # the current pass changed something
+    act = np.arange(m)               # working rows still changing
+    pos = i + 1                      # next element to visit
+    npass = np.zeros(m, np.intp)     # the pass that element belongs to (0-based)
     while act.size:
-        hit = np.zeros(act.size, bool)
         sx, sw, swx, sL = X[act], W[act], WX[act], LL[act]
         lf = sL.astype(F32)
-        g, i, nl, slx, sl2 = _first_changes(sx, sw, swx, sL, S1[act], S2[act], swx * lf, sw * lf * lf,
-                                            pos, lo, hi, qp)
+        g, i, nl, slx, sl2 = _accepted_changes(sx, sw, swx, sL, S1[act], S2[act], swx * lf, sw * lf * lf,
+                                               lo, hi, qp)
+        # visiting order: elements from pos on (this pass), then those before pos (next pass)
+        wrap = i < pos[g]
+        allowed = ~wrap | (npass[g] < 4)
+        g, i, nl, slx, sl2, wrap = g[allowed], i[allowed], nl[allowed], slx[allowed], sl2[allowed], wrap[allowed]
+        order = np.lexsort((i + wrap * n, g))
+        g, i, nl, slx, sl2, wrap = g[order], i[order], nl[order], slx[order], sl2[order], wrap[order]
+        first = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1]))) if g.size else g
+        g, i, nl, slx, sl2, wrap = g[first], i[first], nl[first], slx[first], sl2[first], wrap[first]
         r = act[g]
         LL[r, i] = nl
         S1[r], S2[r] = slx, sl2
-        pos[g] = i + 1
-        changed[g] = True
-        hit[g] = True
-        more = ~hit & changed & (npass < 4)
-        npass[more] += 1
-        pos[more] = 0
-        changed[more] = False
-        keep = hit | more
-        act, pos, npass, changed = act[keep], pos[keep], npass[keep], changed[keep]
+        act, pos, npass = r, i + 1, npass[g] + wrap
     L[:, cols] = LL.T
     sumlx[cols], suml2[cols] = S1, S2
     return sumlx, suml2
