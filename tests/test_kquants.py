@@ -1,8 +1,9 @@
 """K-quants Q2_K..Q6_K: the numpy reference against llama.cpp, byte for byte.
 
-Default suite: committed golden vectors, invariants the C code fixes (all-zero input), and the exact
-shortcuts of ``kquants_search`` against the plain element-by-element C loop.  Oracle suite: random and
-edge-case tensors against ``ggml_quantize_chunk`` with and without importance weights.
+Default suite: committed golden vectors (with and without importance weights), invariants the C code
+fixes (all-zero input, chunking), and the exact shortcuts of ``kquants_search`` against the plain
+element-by-element C loop.  Oracle suite: random, edge-case and weight-like tensors against
+``ggml_quantize_chunk`` with and without importance weights.
 """
 from __future__ import annotations
 
@@ -12,36 +13,11 @@ import pytest
 from gpuquant.quants import QUANT_SIZES, GGMLQuantizationType, quantize
 from gpuquant.quants import kquants, kquants_search
 from gpuquant.quants.common import F32, nearest_int
+from tests.golden.cases import build_cases
 from tests.oracle import oracle_quantize, requires_oracle
+from tests.quant_checks import assert_bytes, check_golden
 
 TYPES = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
-QK_K = 256
-
-
-def assert_same_bytes(got: np.ndarray, want: np.ndarray, qtype: str, x: np.ndarray) -> None:
-    """Byte equality; on mismatch name the first differing super-block, its bytes and its input."""
-    assert got.shape == want.shape, f"{qtype}: shape {got.shape}, expected {want.shape}"
-    if np.array_equal(got, want):
-        return
-    type_size = QUANT_SIZES[GGMLQuantizationType[qtype]][1]
-    g = got.reshape(-1, type_size)
-    w = want.reshape(-1, type_size)
-    bad = np.flatnonzero((g != w).any(axis=1))
-    sb = int(bad[0])
-    nb = x.shape[-1] // QK_K
-    cols = np.flatnonzero(g[sb] != w[sb])
-    xs = x.reshape(-1, QK_K)[sb]
-    raise AssertionError(
-        f"{qtype}: {bad.size}/{g.shape[0]} super-blocks differ; first: row {sb // nb} block {sb % nb}, "
-        f"bytes {cols[:16].tolist()}\n got  {g[sb][cols[:16]].tolist()}\n want {w[sb][cols[:16]].tolist()}\n"
-        f" input min {xs.min():.6g} max {xs.max():.6g} first {xs[:8].tolist()}"
-    )
-
-
-# ----------------------------------------------------------------------------- inputs
-
-def _random(rng, nrows, n_per_row):
-    return rng.standard_normal((nrows, n_per_row)).astype(F32)
 
 
 def _imatrix(rng, n_per_row, kind):
@@ -55,54 +31,13 @@ def _imatrix(rng, n_per_row, kind):
     return w
 
 
-def _edge(case: str, rng) -> np.ndarray:
-    """Four rows of 1024 values stressing one corner of the C code each."""
-    x = rng.standard_normal((4, 1024)).astype(F32)
-    if case == "zeros":
-        x[:] = 0
-    elif case == "zero_blocks":  # whole super-blocks and single sub-blocks of zeros
-        x[:, :256] = 0
-        x[:, 512:528] = 0
-        x[:, 800:832] = 0
-    elif case == "tiny":  # below and around GROUP_MAX_EPS
-        x[0] *= F32(1e-16)
-        x[1] *= F32(1e-14)
-        x[2, :256] = F32(1e-15)
-        x[3] *= F32(1e-30)
-    elif case == "denormal":
-        x *= F32(1e-39)
-    elif case == "huge":  # x*x overflows to inf
-        x[0] *= F32(1e30)
-        x[1] *= F32(3e38) / np.abs(x[1]).max()
-        x[2, :256] *= F32(1e20)
-        x[3] *= F32(1e4)
-    elif case == "constant":  # max == min, one repeated value
-        x[0] = 1.5
-        x[1] = -2.0
-        x[2, :512] = 0.25
-        x[3, ::2] = 3.0
-    elif case == "one_sided":
-        x[0] = np.abs(x[0])
-        x[1] = -np.abs(x[1])
-        x[2] = np.abs(x[2]) + 10
-        x[3] = -np.abs(x[3]) - 10
-    elif case == "outliers":  # one large value per sub-block, heavy tails
-        x = (rng.standard_t(1.5, (4, 1024)) * 0.01).astype(F32)
-        x[:, ::16] *= 100
-    elif case == "mixed_scales":  # neighbouring blocks differ by decades
-        x *= (10.0 ** rng.integers(-8, 4, (4, 64))).repeat(16, axis=1).astype(F32)
-    elif case == "integers":  # exact ties for the rounding
-        x = rng.integers(-8, 8, (4, 1024)).astype(F32) * F32(0.5)
-    else:
-        raise ValueError(case)
-    return np.ascontiguousarray(x, dtype=F32)
-
-
-EDGE_CASES = ["zeros", "zero_blocks", "tiny", "denormal", "huge", "constant", "one_sided", "outliers",
-              "mixed_scales", "integers"]
-
-
 # ----------------------------------------------------------------------------- default suite
+
+@pytest.mark.parametrize("qtype", TYPES)
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "imatrix"])
+def test_golden(qtype, weighted):
+    check_golden(qtype, weighted)
+
 
 @pytest.mark.parametrize("qtype", TYPES)
 @pytest.mark.parametrize("weighted", [False, True])
@@ -119,11 +54,11 @@ def test_all_zero_input_is_all_zero_bytes(qtype, weighted):
 def test_chunk_boundaries_inside_rows(qtype, monkeypatch):
     # imatrix weights are indexed by the super-block's place in its row, also across chunk boundaries
     rng = np.random.default_rng(7)
-    x = _random(rng, 5, 768)
+    x = rng.standard_normal((5, 768)).astype(F32)
     qw = _imatrix(rng, 768, "imatrix")
     whole = quantize(x, qtype, qw)
     monkeypatch.setattr(kquants, "CHUNK_SUPERBLOCKS", 4)
-    assert_same_bytes(quantize(x, qtype, qw), whole, qtype, x)
+    assert_bytes(quantize(x, qtype, qw), whole, qtype, x, "chunks of 4 super-blocks")
 
 
 def test_float_rounding_equals_nearest_int():
@@ -210,21 +145,32 @@ def test_round_based_itry_passes_equal_the_c_loop(qp):
 @pytest.mark.parametrize("n_per_row", [256, 1280, 4096])
 @pytest.mark.parametrize("weights", ["none", "imatrix", "sparse"])
 def test_random_vs_oracle(qtype, n_per_row, weights):
-    rng = np.random.default_rng(n_per_row + len(weights) + TYPES.index(qtype))
-    x = _random(rng, 6, n_per_row)
+    rng = np.random.default_rng([n_per_row, len(weights), TYPES.index(qtype)])
+    x = (rng.standard_normal((6, n_per_row)) * rng.uniform(0.01, 10, (6, 1))).astype(F32)
     qw = _imatrix(rng, n_per_row, weights)
-    assert_same_bytes(quantize(x, qtype, qw), oracle_quantize(x, qtype, qw), qtype, x)
+    assert_bytes(quantize(x, qtype, qw), oracle_quantize(x, qtype, qw), qtype, x, f"random {weights}")
 
 
 @requires_oracle
 @pytest.mark.parametrize("qtype", TYPES)
-@pytest.mark.parametrize("case", EDGE_CASES)
-@pytest.mark.parametrize("weights", ["none", "sparse"])
-def test_edge_cases_vs_oracle(qtype, case, weights):
-    rng = np.random.default_rng(EDGE_CASES.index(case))
-    x = _edge(case, rng)
-    qw = _imatrix(rng, x.shape[1], weights)
-    assert_same_bytes(quantize(x, qtype, qw), oracle_quantize(x, qtype, qw), qtype, x)
+def test_fresh_edge_cases_vs_oracle(qtype):
+    """The golden edge-case kinds (zeros, signed zeros, denormals, GROUP_MAX_EPS, fp16 overflow, x*x
+    overflow, ties, outliers, ...) drawn with another seed."""
+    for case_id, rows, imatrix in build_cases("b256", seed=23):
+        for w in (None, imatrix):
+            assert_bytes(quantize(rows, qtype, w), oracle_quantize(rows, qtype, w), qtype, rows,
+                         f"{case_id} {'imatrix' if w is not None else 'plain'}")
+
+
+@requires_oracle
+@pytest.mark.parametrize("qtype", TYPES)
+def test_sub_block_scales_vs_oracle(qtype):
+    # neighbouring 16-value sub-blocks differ by decades: the super-block scale search of every type
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((4, 1024)) * (10.0 ** rng.integers(-8, 4, (4, 64))).repeat(16, axis=1)
+    x = x.astype(F32)
+    for w in (None, _imatrix(rng, 1024, "sparse")):
+        assert_bytes(quantize(x, qtype, w), oracle_quantize(x, qtype, w), qtype, x, "sub-block scales")
 
 
 @requires_oracle
@@ -235,4 +181,4 @@ def test_weight_like_tensor_vs_oracle(qtype):
     x = (rng.standard_t(4, (16, 2048)) * rng.uniform(0.005, 0.05, (16, 1))).astype(F32)
     qw = (rng.gamma(0.5, 1.0, 2048) * (1 + 50 * (rng.random(2048) < 0.01))).astype(F32)
     for w in (None, qw):
-        assert_same_bytes(quantize(x, qtype, w), oracle_quantize(x, qtype, w), qtype, x)
+        assert_bytes(quantize(x, qtype, w), oracle_quantize(x, qtype, w), qtype, x, "weight-like")
