@@ -343,7 +343,7 @@ def test_disk_full_during_write(src, tmp_path):
 @pytest.fixture(scope="module")
 def slow_model(tmp_path_factory) -> Path:
     """Big enough that IQ4_NL on the numpy device takes several seconds (time to send a signal)."""
-    return write_llama(tmp_path_factory.mktemp("slow") / "slow-f16.gguf", n_layer=6)
+    return write_llama(tmp_path_factory.mktemp("slow") / "slow-f16.gguf", n_layer=16)
 
 
 def _start_and_wait_for_partial(model: Path, tmp_path: Path):
