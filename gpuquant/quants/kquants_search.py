@@ -32,6 +32,12 @@ _EXACT = F32(4194303.0)  # below this, round(t) < 2**22 and the float rounding e
 
 def first_absmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``if (fabsf(x[i]) > amax) { amax = fabsf(x[i]); max = x[i]; }`` from amax = max = 0, over axis 0."""
+    ax = np.abs(x)
+    idx = np.argmax(ax, axis=0)[None]  # the first largest, like the strict ``>``
+    amax = np.take_along_axis(ax, idx, axis=0)[0]
+    if not np.isnan(amax).any():  # C skips NaN (a comparison with NaN is false), argmax does not
+        vmax = np.take_along_axis(x, idx, axis=0)[0]
+        return amax, np.where(amax > 0, vmax, F32(0))
     amax = np.zeros(x.shape[1:], F32)
     vmax = np.zeros(x.shape[1:], F32)
     for i in range(x.shape[0]):
@@ -212,15 +218,17 @@ def make_qkx_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta
     """
     n = x.shape[0]
     with np.errstate(all="ignore"):
-        xmin = x[0].copy()
-        xmax = x[0].copy()
-        sum_w = w[0].copy()
-        sum_x = sum_w * x[0]
-        for i in range(1, n):
-            xmin = np.where(x[i] < xmin, x[i], xmin)
-            xmax = np.where(x[i] > xmax, x[i], xmax)
-            sum_w = sum_w + w[i]
-            sum_x = sum_x + w[i] * x[i]
+        # min and max: np.min/np.max are the C loop's values unless a NaN is there; they may differ in the
+        # sign of a zero minimum, which cannot show (it only ever meets +-0 sums, subtractions from
+        # nonzero values, squares, and nearest_int/fp16 of +-0)
+        xmin, xmax = x.min(axis=0), x.max(axis=0)
+        if np.isnan(xmin).any() or np.isnan(xmax).any():
+            xmin, xmax = x[0].copy(), x[0].copy()
+            for i in range(1, n):
+                xmin = np.where(x[i] < xmin, x[i], xmin)
+                xmax = np.where(x[i] > xmax, x[i], xmax)
+        sum_w = seq_sum(w, start_zero=False)  # sum_w = weights[0], then += weights[i]
+        sum_x = seq_sum(w * x, start_zero=False)  # sum_x = sum_w * x[0], then += w * x[i]
         mn = np.where(xmin > 0, F32(0), xmin)
         flat = (xmax <= mn) if qkx3 else (xmax == mn)
         flat_min = -mn
