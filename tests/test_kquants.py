@@ -182,3 +182,17 @@ def test_weight_like_tensor_vs_oracle(qtype):
     qw = (rng.gamma(0.5, 1.0, 2048) * (1 + 50 * (rng.random(2048) < 0.01))).astype(F32)
     for w in (None, qw):
         assert_bytes(quantize(x, qtype, w), oracle_quantize(x, qtype, w), qtype, x, "weight-like")
+
+
+@requires_oracle
+@pytest.mark.parametrize("qtype", TYPES)
+def test_non_finite_inputs_vs_oracle(qtype):
+    # not a supported input, but deterministic in C: NaN and inf take the searches' NaN-aware fallbacks
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 1024)).astype(F32)
+    x[0, 5] = np.nan
+    x[1, 300] = np.inf
+    x[2, 600] = -np.inf
+    x[3, ::7] = np.nan
+    for w in (None, _imatrix(rng, 1024, "imatrix")):
+        assert_bytes(quantize(x, qtype, w), oracle_quantize(x, qtype, w), qtype, x, "NaN/inf")
