@@ -85,41 +85,52 @@ def safe_recip(d: np.ndarray) -> np.ndarray:
     return np.where(d != 0, r, F32(0.0)).astype(F32, copy=False)
 
 
+_CONV_CHUNK = 1 << 16  # elements per step of the bit conversions: scratch stays in cache, no page faults
+
+
 def fp16_bits(x: np.ndarray) -> np.ndarray:
     """``GGML_FP32_TO_FP16`` (ggml_compute_fp32_to_fp16) as uint16 bits, same shape as ``x``.
 
     A port of ggml's branch-free software conversion (round to nearest even, fp16 subnormals kept,
     overflow to inf, every NaN -> 0x7E00 with its sign): scale ``|f|`` to push the result into place,
     add a power of two chosen from the exponent so the float addition itself rounds, read the bits.
-    In-place uint32/float32 steps; numpy's own float16 cast is slower (and much slower off the normal
-    range).
+    Runs in place on three reused scratch buffers, a cache-sized chunk at a time (numpy's own float16
+    cast is slower, and much slower off the normal range).
     """
     f = np.ascontiguousarray(x, dtype=F32)
-    w = f.view(U32)
-    base = np.abs(f)
+    flat = f.reshape(-1)
+    out = np.empty(flat.shape, dtype=np.uint16)
+    m = min(flat.size, _CONV_CHUNK)
+    s_base, s_shl, s_bits = np.empty(m, F32), np.empty(m, U32), np.empty(m, U32)
     with np.errstate(over="ignore", invalid="ignore"):
-        base *= F32(2.0**112)  # scale_to_inf
-    base *= F32(2.0**-110)  # scale_to_zero
-    shl1 = w << U32(1)
-    bias = shl1 & U32(0xFF000000)
-    np.maximum(bias, U32(0x71000000), out=bias)
-    bias >>= U32(1)
-    bias += U32(0x07800000)
-    rounded = bias.view(F32)
-    rounded += base
-    bits = rounded.view(U32)
-    exp_bits = bits >> U32(13)
-    exp_bits &= U32(0x00007C00)
-    bits &= U32(0x00000FFF)
-    bits += exp_bits  # nonsign
-    sign = w >> U32(16)
-    sign &= U32(0x8000)
-    bits |= sign
-    h = bits.astype(np.uint16)
-    nan = shl1 > U32(0xFF000000)
-    if nan.any():
-        h[nan] = (sign[nan] | U32(0x7E00)).astype(np.uint16)
-    return h
+        for i in range(0, flat.size, _CONV_CHUNK):
+            c = flat[i:i + _CONV_CHUNK]
+            k = c.size
+            w = c.view(U32)
+            base, shl1, bits = s_base[:k], s_shl[:k], s_bits[:k]
+            np.abs(c, out=base)
+            base *= F32(2.0**112)  # scale_to_inf
+            base *= F32(2.0**-110)  # scale_to_zero
+            np.left_shift(w, U32(1), out=shl1)
+            np.bitwise_and(shl1, U32(0xFF000000), out=bits)  # bias
+            np.maximum(bits, U32(0x71000000), out=bits)
+            bits >>= U32(1)
+            bits += U32(0x07800000)
+            bits.view(F32)[...] += base  # the float addition rounds
+            tmp = base.view(U32)  # base is no longer needed: reuse it for the exponent, then the sign
+            np.right_shift(bits, U32(13), out=tmp)
+            tmp &= U32(0x00007C00)
+            bits &= U32(0x00000FFF)
+            bits += tmp  # nonsign
+            np.right_shift(w, U32(16), out=tmp)
+            tmp &= U32(0x8000)
+            bits |= tmp
+            o = out[i:i + k]
+            np.copyto(o, bits, casting="unsafe")
+            nan = shl1 > U32(0xFF000000)
+            if nan.any():
+                o[nan] = (tmp[nan] | U32(0x7E00)).astype(np.uint16)
+    return out.reshape(f.shape)
 
 
 def fp16_to_fp32(h: np.ndarray) -> np.ndarray:
@@ -129,17 +140,25 @@ def fp16_to_fp32(h: np.ndarray) -> np.ndarray:
 
 def bf16_bits(x: np.ndarray) -> np.ndarray:
     """``GGML_FP32_TO_BF16`` (ggml_compute_fp32_to_bf16): round to nearest even, NaN forced quiet."""
-    u = np.ascontiguousarray(x, dtype=F32).view(U32)
-    r = u >> U32(16)
-    r &= U32(1)
-    r += u
-    r += U32(0x7FFF)
-    r >>= U32(16)
-    h = r.astype(np.uint16)
-    nan = np.isnan(u.view(F32))
-    if nan.any():
-        h[nan] = ((u[nan] >> U32(16)) | U32(64)).astype(np.uint16)
-    return h
+    f = np.ascontiguousarray(x, dtype=F32)
+    flat = f.reshape(-1)
+    out = np.empty(flat.shape, dtype=np.uint16)
+    s_r = np.empty(min(flat.size, _CONV_CHUNK), U32)
+    for i in range(0, flat.size, _CONV_CHUNK):
+        c = flat[i:i + _CONV_CHUNK]
+        u = c.view(U32)
+        r = s_r[:c.size]
+        np.right_shift(u, U32(16), out=r)
+        r &= U32(1)
+        r += u
+        r += U32(0x7FFF)
+        r >>= U32(16)
+        o = out[i:i + c.size]
+        np.copyto(o, r, casting="unsafe")
+        nan = np.isnan(c)
+        if nan.any():
+            o[nan] = ((u[nan] >> U32(16)) | U32(64)).astype(np.uint16)
+    return out.reshape(f.shape)
 
 
 # ----------------------------------------------------------------------------- layout and sums

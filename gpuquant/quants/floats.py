@@ -10,20 +10,13 @@ from . import GGMLQuantizationType as T
 from . import QuantType
 from .common import bf16_bits, fp16_bits
 
-_CHUNK = 1 << 16  # elements per step: the in-place bit steps stay in cache
-
 
 class _Float(QuantType):
     @classmethod
     def quantize_rows(cls, rows: np.ndarray, quant_weights: np.ndarray | None) -> np.ndarray:
         rows = np.ascontiguousarray(rows, dtype=np.float32)
         nrows, n = rows.shape
-        out = np.empty((nrows, cls.row_size(n)), dtype=np.uint8)
-        flat_in = rows.reshape(-1)
-        flat_out = out.reshape(-1).view(cls._convert(flat_in[:0]).dtype)
-        for i in range(0, flat_in.size, _CHUNK):
-            flat_out[i:i + _CHUNK] = cls._convert(flat_in[i:i + _CHUNK])
-        return out
+        return cls._convert(rows).view(np.uint8).reshape(nrows, cls.row_size(n))
 
 
 class F32(_Float, qtype=T.F32):
