@@ -30,3 +30,19 @@ def check_golden(qtype: str, weighted: bool) -> int:
     assert n > 0, f"no golden cases for {qtype}"
     assert not failures, f"{qtype}: {len(failures)}/{n} golden cases differ: {failures}\nfirst: {first}"
     return n
+
+
+def nonfinite_rows(seed: int, nrows: int = 8, n: int = 512) -> np.ndarray:
+    """Rows sprinkled with NaN/+Inf/-Inf, plus whole NaN/Inf blocks and NaN as first/last element."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((nrows, n)) * rng.uniform(0.01, 100, (nrows, 1))).astype(np.float32)
+    m = rng.random(x.shape)
+    x[m < 0.01] = np.nan
+    x[(m >= 0.01) & (m < 0.02)] = np.inf
+    x[(m >= 0.02) & (m < 0.03)] = -np.inf
+    x[0, :32] = np.nan
+    x[1, 32:64] = np.inf
+    x[2, 64:96] = -np.inf
+    x[3, 96] = x[3, 127] = np.nan
+    x[4] = np.where(rng.random(n) < 0.5, np.nan, 1.0)
+    return x

@@ -13,7 +13,7 @@ from gpuquant.quants import quantize
 from gpuquant.quants.iq4 import KVALUES, LUT
 from tests.golden.cases import build_cases
 from tests.oracle import oracle_quantize, requires_oracle
-from tests.quant_checks import assert_bytes, check_golden
+from tests.quant_checks import assert_bytes, check_golden, nonfinite_rows
 
 TYPES = ["IQ4_NL", "IQ4_XS"]
 F32 = np.float32
@@ -109,3 +109,17 @@ def test_fresh_edge_cases_against_oracle(qtype, group):
         for w in (None, imatrix):
             assert_bytes(quantize(rows, qtype, w), oracle_quantize(rows, qtype, w), qtype, rows,
                          f"{case_id} {'imatrix' if w is not None else 'plain'}")
+
+
+@requires_oracle
+@pytest.mark.parametrize("qtype", TYPES)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_nan_inf_inputs_against_oracle(qtype, seed):
+    """llama-quantize refuses such tensors, but ggml_quantize_chunk's bytes for them are matched too."""
+    x = nonfinite_rows(seed)
+    w = np.abs(np.random.default_rng(seed).standard_normal(x.shape[1])).astype(F32)
+    w[:100] = 0
+    for qw in (None, w):
+        with np.errstate(all="raise"):  # no stray float warnings escape quantize
+            got = quantize(x, qtype, qw)
+        assert_bytes(got, oracle_quantize(x, qtype, qw), qtype, x, f"NaN/Inf seed {seed}")

@@ -215,14 +215,18 @@ def absmax_first(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``amax = 0; max = 0; for (j) if (fabsf(x[j]) > amax) { amax = fabsf(x[j]); max = x[j]; }``.
 
     Element-major ``x`` ``(n, *batch)``; returns ``(amax, max)`` with the first element of largest
-    magnitude (strict ``>``), and ``max = +0.0`` where every element is zero.
+    magnitude (strict ``>``), and ``max = +0.0`` where every element is zero. NaNs never win (``>`` is
+    false), as in C.
     """
     ax = np.abs(x)
+    nan = np.isnan(ax)
+    if nan.any():
+        ax = np.where(nan, F32(-1), ax)
     idx = np.argmax(ax, axis=0)
     amax = np.take_along_axis(ax, idx[None], axis=0)[0]
     mx = np.take_along_axis(x, idx[None], axis=0)[0]
     mx = np.where(amax > 0, mx, F32(0.0)).astype(F32, copy=False)
-    return amax, mx
+    return np.maximum(amax, F32(0)), mx
 
 
 def row_chunks(nrows: int, n_per_row: int, target: int = 1 << 16):
@@ -338,10 +342,11 @@ def make_qkx3_quants(nmax: int, x: np.ndarray, weights: np.ndarray | None, rmin:
     x = np.asarray(x, dtype=F32)
     w = weights if weights is not None else x * x
     # min/max and the weighted sums start from element 0, then run over 1..n-1; the first minimum
-    # (strict <) is kept, which decides the sign of a zero minimum
-    imin = np.argmin(x, axis=0)
-    mn = np.take_along_axis(x, imin[None], axis=0)[0]
-    mx = np.maximum.reduce(x, axis=0)
+    # (strict <) is kept, which decides the sign of a zero minimum (and NaNs are skipped unless first)
+    mn, mx = x[0], x[0]
+    for v in x[1:]:
+        mn = np.where(v < mn, v, mn)
+        mx = np.where(v > mx, v, mx)
     sum_w = seq_sum(w, start_zero=False)
     wx = w * x
     sum_x = seq_sum(wx, start_zero=False)  # sum_x = sum_w * x[0] = w[0]*x[0], then += w*x[i]

@@ -106,10 +106,11 @@ class _NearestLut:
 LUT = _NearestLut(KVALUES)
 
 
-def _nearest(al: np.ndarray, scale_finite: bool) -> np.ndarray:
-    """``best_index_int8`` of ``al = scale * x``; NaN (``inf * 0`` when the scale is not finite) compares
-    false everywhere in C and lands on the last index."""
-    if scale_finite:
+def _nearest(al: np.ndarray, no_nan: bool) -> np.ndarray:
+    """``best_index_int8`` of ``al = scale * x``. ``no_nan``: the caller knows ``al`` has no NaN (finite
+    scales and inputs). A NaN (``inf * 0`` from a scale that overflowed) compares false everywhere in C and
+    lands on the last index."""
+    if no_nan:
         return LUT.index(al)
     nan = np.isnan(al)
     idx = LUT.index(np.where(nan, F32(0), al))
@@ -125,6 +126,7 @@ def _search_scales(xt: np.ndarray, w: np.ndarray) -> np.ndarray:
     """
     nblk = xt.shape[1]
     out = np.empty(nblk, dtype=F32)
+    finite_x = bool(np.isfinite(xt).all())  # NaN/inf inputs (which llama-quantize refuses) may make NaNs
     ntrial = 2 * NTRY + 2
     itry = (np.arange(-NTRY, NTRY + 1, dtype=np.int32) + int(KVALUES[0])).astype(F32)[:, None]
     for b0 in range(0, nblk, _BLOCKS_PER_CHUNK):
@@ -140,7 +142,7 @@ def _search_scales(xt: np.ndarray, w: np.ndarray) -> np.ndarray:
             ids[1:] = np.divide(itry, mx[None, :], dtype=F32)
             ids[:, zero] = 0  # all-zero blocks are skipped in C; keep their lanes finite
             al = x[:, None, :] * ids[None, :, :]  # (32, ntrial, B)
-            q = _KV_F[_nearest(al, True)]
+            q = _KV_F[_nearest(al, finite_x and bool(np.isfinite(ids).all()))]
             wq = wb[:, None, :] * q
             sumqx = seq_sum(wq * x[:, None, :])
             sumq2 = seq_sum(wq * q)
@@ -159,9 +161,9 @@ def _search_scales(xt: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def _map_elements(xt: np.ndarray, inv: np.ndarray) -> np.ndarray:
     """``L[j] = best_index_int8(16, values, inv*x[j])`` for element-major ``xt`` ``(32, nblk)`` (uint8)."""
-    finite = bool(np.isfinite(inv).all())
+    no_nan = bool(np.isfinite(inv).all()) and bool(np.isfinite(xt).all())
     with np.errstate(invalid="ignore", over="ignore"):
-        return _nearest(xt * inv, finite).astype(np.uint8)
+        return _nearest(xt * inv, no_nan).astype(np.uint8)
 
 
 def _weights(xt: np.ndarray, qw_t: np.ndarray | None, sigma2: np.ndarray) -> np.ndarray:

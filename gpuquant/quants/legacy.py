@@ -6,9 +6,13 @@ Without importance weights ``ggml_quantize_chunk`` runs the ``quantize_row_*_ref
 weights. The weighted searches run element-major (see ``common``), a few rows at a time.
 
 The ``_ref`` paths run block-major on a ``(nblk, 32)`` view of the rows (``_fast``), which is exact as long
-as the inverse scale ``id`` is finite; the rare blocks where it is not (a scale so small that ``1.0f/d``
-overflows, or an overflowing range) are redone by the element-major ``_ref`` that emulates C's
+as the scale and its inverse are finite; the rare blocks where they are not (a scale so small that
+``1.0f/d`` overflows, an overflowing range) are redone by the element-major ``_ref`` that emulates C's
 float->int conversions of inf/NaN.
+
+llama-quantize refuses NaN/Inf tensors when loading (so does gpuquant's pipeline); they are still
+emulated (NaN never wins a C ``>``/``<`` comparison, Q8_0's ``MAX`` macro restarts after a NaN) and the
+oracle tests check them.
 """
 from __future__ import annotations
 
@@ -42,10 +46,14 @@ def _int8(x: np.ndarray) -> np.ndarray:
 
 
 def _first_min_max(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``min = FLT_MAX; max = -FLT_MAX; if (v < min) min = v; if (v > max) max = v;`` (first extreme kept,
-    which fixes the sign of a zero extreme)."""
-    mn = np.take_along_axis(xt, np.argmin(xt, axis=0)[None], axis=0)[0]
-    mx = np.take_along_axis(xt, np.argmax(xt, axis=0)[None], axis=0)[0]
+    """``min = FLT_MAX; max = -FLT_MAX; if (v < min) min = v; if (v > max) max = v;`` element by element
+    (the first extreme is kept, which fixes the sign of a zero extreme; NaNs are skipped)."""
+    fmax = F32(np.finfo(F32).max)
+    mn = np.full(xt.shape[1:], fmax, dtype=F32)
+    mx = np.full(xt.shape[1:], -fmax, dtype=F32)
+    for v in xt:
+        mn = np.where(v < mn, v, mn)
+        mx = np.where(v > mx, v, mx)
     return mn, mx
 
 
@@ -180,7 +188,7 @@ class Q4_0(_Legacy, qtype=T.Q4_0):
         id_ = safe_recip(d)
         u = _scaled(xb, id_, None, F32(8.5))
         np.minimum(u, np.uint8(15), out=u)
-        return _fill(cls.type_size, _h16(d), _nibbles_bm(u, False)), _bad(id_)
+        return _fill(cls.type_size, _h16(d), _nibbles_bm(u, False)), _bad(d, id_)
 
     @staticmethod
     def _ref(xt):  # quantize_row_q4_0_ref
@@ -225,7 +233,7 @@ class Q5_0(_Legacy, qtype=T.Q5_0):
         id_ = safe_recip(d)
         u = _scaled(xb, id_, None, F32(16.5))
         np.minimum(u, np.uint8(31), out=u)
-        return _fill(cls.type_size, _h16(d), _qh_bm(u), _nibbles_bm(u, True)), _bad(id_)
+        return _fill(cls.type_size, _h16(d), _qh_bm(u), _nibbles_bm(u, True)), _bad(d, id_)
 
     @staticmethod
     def _ref(xt):  # quantize_row_q5_0_ref
@@ -273,11 +281,13 @@ class Q8_0(_Legacy, qtype=T.Q8_0):
         v *= xb
         v += np.copysign(_HALF_DOWN, v)
         q = v.astype(np.int8)  # trunc: (int8_t)roundf(x*id)
-        return _fill(cls.type_size, _h16(d), q.view(np.uint8)), _bad(id_)
+        return _fill(cls.type_size, _h16(d), q.view(np.uint8)), _bad(d, id_)
 
     @staticmethod
     def _ref(xt):  # quantize_row_q8_0_ref
-        amax = np.max(np.abs(xt), axis=0)
+        amax = np.zeros(xt.shape[1:], dtype=F32)
+        for v in np.abs(xt):  # amax = MAX(amax, fabsf(v)): a NaN resets it at the next element
+            amax = np.where(amax > v, amax, v)
         d = amax / F32(127)
         q = _int8(roundf(xt * safe_recip(d)))
         return _blocks(_h(d), q.view(np.uint8).T)
