@@ -112,11 +112,24 @@ static __device__ const int8_t gq_kvalues_iq4nl[16] = {
 // NaNs do occur with finite inputs: denormal blocks make 1/d = inf, and huge blocks overflow x*x.
 #define GQ_X86_DEFAULT_NAN 0xFFC00000u
 
+// On an x86-64 host (the emulated device) the kernels run on the reference machine itself: NaN bits and
+// float->int casts behave as in ggml's C code by construction, so the portable guards are compiled out
+// for speed. GQ_PORTABLE keeps them (tests build that way to check the GPU code path on the host).
+#if defined(GQ_HOST_SHIM) && defined(__x86_64__) && !defined(GQ_PORTABLE)
+#define GQ_X86_HOST 1
+#endif
+
 __device__ __forceinline__ uint32_t gq_float_bits(float f) { return __float_as_uint(f); }
 
 // A computed value as x86 holds it: NaN -> the x86 default NaN (dequantize kernels store through this,
 // so that a requantize from a block with an inf scale reads the same NaN bits on every device).
-__device__ __forceinline__ float gq_x86_nan(float f) { return f != f ? __uint_as_float(GQ_X86_DEFAULT_NAN) : f; }
+__device__ __forceinline__ float gq_x86_nan(float f) {
+#ifdef GQ_X86_HOST
+    return f;
+#else
+    return f != f ? __uint_as_float(GQ_X86_DEFAULT_NAN) : f;
+#endif
+}
 
 // ggml_compute_fp32_to_fp16 of the exact bits of f (source values, e.g. the F16 destination): software
 // binary16 conversion, round to nearest even, NaN -> sign | 0x7E00.
@@ -137,7 +150,9 @@ __device__ __forceinline__ gq_half gq_fp32_to_fp16_bits(float f) {
 
 // GGML_FP32_TO_FP16 of a computed value (scales, mins): as above, a NaN being x86's default NaN.
 __device__ __forceinline__ gq_half gq_fp32_to_fp16(float f) {
+#ifndef GQ_X86_HOST
     if (f != f) return (gq_half)0xFE00u;
+#endif
     return gq_fp32_to_fp16_bits(f);
 }
 
@@ -164,7 +179,9 @@ __device__ __forceinline__ float gq_bf16_to_fp32(uint16_t h) { return __uint_as_
 // nearest_int: add 1.5*2^23 and read the mantissa (round half to even for |x| < 2^22). A NaN argument
 // is x86's default NaN there, whose mantissa 0x400000 gives 0.
 __device__ __forceinline__ int gq_nearest_int(float fval) {
+#ifndef GQ_X86_HOST
     if (fval != fval) return 0;
+#endif
     const float val = fval + 12582912.f;
     const int i = (int)gq_float_bits(val);
     return (i & 0x007fffff) - 0x00400000;
@@ -173,10 +190,15 @@ __device__ __forceinline__ int gq_nearest_int(float fval) {
 // A C float->int cast as gcc emits it on x86-64 (cvttss2si, then the low bits for narrower types):
 // truncation, with NaN and out-of-range values giving INT_MIN. Used for every (int8_t)/(uint8_t) cast of
 // a float so that denormal/huge blocks (1/d = inf) match the oracle byte for byte.
+#ifdef GQ_X86_HOST
+// the C cast is that very instruction (and vectorizes as cvttps2dq, as in ggml's own loops)
+__device__ __forceinline__ int gq_trunc_i32(float x) { return (int)x; }
+#else
 __device__ __forceinline__ int gq_trunc_i32(float x) {
     if (x >= -2147483648.0f && x < 2147483648.0f) return (int)x;
     return (int)0x80000000u;
 }
+#endif
 
 // best_index_int8: index of the table value nearest to x (table sorted ascending).
 __device__ __forceinline__ int gq_best_index_int8(int n, const int8_t* val, float x) {
@@ -192,7 +214,7 @@ __device__ __forceinline__ int gq_best_index_int8(int n, const int8_t* val, floa
 
 // make_qx_quants: symmetric quantization of n values to [-nmax, nmax-1] (+nmax offset in L), with an
 // RMSE search over 18 scales. Used by Q4_0/Q5_0 with importance weights and by Q3_K/Q6_K.
-__device__ static float gq_make_qx_quants(int n, int nmax, const float* x, int8_t* L, int rmse_type,
+__device__ __forceinline__ float gq_make_qx_quants(int n, int nmax, const float* x, int8_t* L, int rmse_type,
                                           const float* qw) {
     float max = 0;
     float amax = 0;
@@ -257,7 +279,7 @@ __device__ static float gq_make_qx_quants(int n, int nmax, const float* x, int8_
 // make_qkx3_quants: asymmetric (scale, min) quantization to [0, nmax] with a weighted least-squares
 // search over nstep+1 scales. weights == nullptr means x*x. Used by Q4_1/Q5_1 with importance weights
 // and by Q2_K/Q4_K/Q5_K.
-__device__ static float gq_make_qkx3_quants(int n, int nmax, const float* x, const float* weights, uint8_t* L,
+__device__ __forceinline__ float gq_make_qkx3_quants(int n, int nmax, const float* x, const float* weights, uint8_t* L,
                                             float* the_min, uint8_t* Laux, float rmin, float rdelta, int nstep,
                                             bool use_mad) {
     float min = x[0];

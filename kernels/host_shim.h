@@ -27,7 +27,7 @@
 #define __host__
 #define __constant__
 #define __forceinline__ inline __attribute__((always_inline))
-#define __noinline__ __attribute__((noinline))
+#define __noinline__
 #define __launch_bounds__(...)
 #define __shared__ static thread_local
 
@@ -40,14 +40,21 @@ typedef gq_dim3 uint3;
 // Hidden visibility lets g++ use the local-dynamic TLS model (one TLS base lookup per function). Not
 // initial-exec: a dlopen()ed library gets only a few hundred bytes of static TLS, shared by all of them.
 #define GQ_HIDDEN __attribute__((visibility("hidden")))
-extern thread_local gq_dim3 threadIdx GQ_HIDDEN;
-extern thread_local gq_dim3 blockIdx GQ_HIDDEN;
-extern thread_local gq_dim3 blockDim GQ_HIDDEN;
-extern thread_local gq_dim3 gridDim GQ_HIDDEN;
+extern __thread gq_dim3 threadIdx GQ_HIDDEN;
+extern __thread gq_dim3 blockIdx GQ_HIDDEN;
+extern __thread gq_dim3 blockDim GQ_HIDDEN;
+extern __thread gq_dim3 gridDim GQ_HIDDEN;
 
 // Defined in host_launch.cpp.
 void gq_host_syncthreads();
 #define __syncthreads() gq_host_syncthreads()
+
+// Used by the block runners emulated.py generates: a pointer argument of any kernel parameter type.
+struct gq_any_ptr {
+    const void* p;
+    template <class T>
+    operator T*() const { return (T*)p; }
+};
 
 static inline uint32_t __float_as_uint(float f) {
     uint32_t u;

@@ -326,11 +326,12 @@ _GPU_NAN_BITS = (r"(uint32_t\s+gq_float_bits\s*\(\s*float\s+(\w+)\s*\)\s*\{)",
 
 @pytest.fixture(scope="module")
 def gpu_nan_dir(tmp_path_factory) -> Path:
-    """The kernel folder with a common.cuh whose computed NaNs have a GPU's bits (0x7FFFFFFF)."""
+    """The kernel folder with a common.cuh compiled as for a GPU (GQ_PORTABLE: the NaN and float->int
+    guards kept) whose computed NaNs have a GPU's bits (0x7FFFFFFF)."""
     d = tmp_path_factory.mktemp("gpu_nan")
     text, n = re.subn(_GPU_NAN_BITS[0], _GPU_NAN_BITS[1], (K.kernel_dir() / "common.cuh").read_text(), count=1)
     assert n == 1, "common.cuh: gq_float_bits not found; update _GPU_NAN_BITS"
-    (d / "common.cuh").write_text(text)
+    (d / "common.cuh").write_text("#define GQ_PORTABLE 1  // the GPU code path on the host\n" + text)
     for cu in K.kernel_dir().glob("*.cu"):
         shutil.copy(cu, d / cu.name)
     return d

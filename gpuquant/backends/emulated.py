@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -29,14 +30,16 @@ from .host_streams import HostStream
 __all__ = ["EmulatedDevice", "HOST_CXX_FLAGS", "compile_family", "find_compiler", "cache_dir"]
 
 #: g++ flags: the CUDA float rules on the host (no FMA contraction, no fast math, no -march=native).
+#: -O3 as ggml itself is built (it reorders no float operation; it vectorizes the same loops ggml's are).
 #: -fno-math-errno only drops errno bookkeeping around sqrtf; it changes no value.
 HOST_CXX_FLAGS: tuple[str, ...] = (
     "-std=c++17",
-    "-O2",
+    "-O3",
     "-ffp-contract=off",
     "-fno-fast-math",
     "-fno-math-errno",
     "-fPIC",
+    "-fno-semantic-interposition",
     "-shared",
     "-pthread",
     "-w",
@@ -92,17 +95,59 @@ def compile_family(family: str, cxx: str | None = None, kernel_dir: Path | None 
     shim_dir = K.kernel_dir()
     fd, tmp = tempfile.mkstemp(prefix=f".{family}-", suffix=".so", dir=out_dir)
     os.close(fd)
-    cmd = [cxx, *HOST_CXX_FLAGS, f"-I{kdir}", f"-I{shim_dir}", "-include", str(shim_dir / "host_shim.h"),
-           "-x", "c++", str(cu), str(shim_dir / "host_launch.cpp"), "-o", tmp]
-    try:
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0:
-            raise DeviceError(f"emulated device: compiling {cu.name} failed:\n{' '.join(cmd)}\n{res.stderr[-4000:]}")
-        os.replace(tmp, lib)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with tempfile.TemporaryDirectory(dir=out_dir) as gen_dir:
+        unit = Path(gen_dir) / f"{family}_host.cpp"
+        unit.write_text(block_runners(cu))
+        cmd = [cxx, *HOST_CXX_FLAGS, f"-I{kdir}", f"-I{shim_dir}", "-include", str(shim_dir / "host_shim.h"),
+               str(unit), str(shim_dir / "host_launch.cpp"), "-o", tmp]
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                raise DeviceError(f"emulated device: compiling {cu.name} failed:\n{' '.join(cmd)}\n"
+                                  f"{res.stderr[-4000:]}")
+            os.replace(tmp, lib)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     return lib
+
+
+_KERNEL_RE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(')
+_ENTRY_RE = re.compile(r"^\s*GQ_QUANTIZE_ENTRY_POINTS\((\w+)\)", re.M)
+
+
+def kernel_names(text: str) -> list[str]:
+    """The ``extern "C" __global__`` kernels of a source, those made by GQ_QUANTIZE_ENTRY_POINTS too."""
+    names = _KERNEL_RE.findall(text)
+    for dst in _ENTRY_RE.findall(text):
+        names += [f"quantize_{dst}_{s}" for s in K.SOURCE_TYPES.values()]
+    return list(dict.fromkeys(names))
+
+
+def block_runners(cu: Path) -> str:
+    """The host translation unit of a family: the .cu itself, then for every kernel a block runner
+    ``gq_run_block_<kernel>(ptrs, ints)`` looping over the block's threads with the kernel inlined.
+    ``quantize_*`` kernels have the quantize ABI (4 pointers, 3 integers), every other kernel the
+    (in, out, n_per_row, nrows) one."""
+    out = [f'#include "{cu.resolve()}"', ""]
+    for name in kernel_names(cu.read_text()):
+        if name.startswith("quantize_"):
+            call = f"{name}(gq_any_ptr{{p[0]}}, gq_any_ptr{{p[1]}}, gq_any_ptr{{p[2]}}, gq_any_ptr{{p[3]}}, v[0], v[1], v[2])"
+        else:
+            call = f"{name}(gq_any_ptr{{p[0]}}, gq_any_ptr{{p[1]}}, v[0], v[1])"
+        out += [
+            f'extern "C" __attribute__((flatten)) void gq_run_block_{name}(const void* const* p, const long long* v) {{',
+            "    const gq_dim3 b = blockDim;",
+            "    for (unsigned int z = 0; z < b.z; ++z)",
+            "        for (unsigned int y = 0; y < b.y; ++y)",
+            "            for (unsigned int x = 0; x < b.x; ++x) {",
+            "                threadIdx.x = x; threadIdx.y = y; threadIdx.z = z;",
+            f"                {call};",
+            "            }",
+            "}",
+            "",
+        ]
+    return "\n".join(out)
 
 
 def _digest(kdir: Path, family: str, cxx: str) -> str:
@@ -115,6 +160,7 @@ def _digest(kdir: Path, family: str, cxx: str) -> str:
         h.update(str(p.name).encode())
         h.update(p.read_bytes())
     h.update(" ".join(HOST_CXX_FLAGS).encode())
+    h.update(block_runners(kdir / f"{family}.cu").encode())
     h.update(_compiler_id(cxx).encode())
     return h.hexdigest()[:24]
 
@@ -137,6 +183,9 @@ class KernelLibrary:
         self._lc = self._lib.gq_launch_convert
         self._lc.restype = ctypes.c_int
         self._lc.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_longlong] * 2 + [_GEOM, ctypes.c_int, ctypes.c_int]
+        self._lb = self._lib.gq_launch_blocks
+        self._lb.restype = ctypes.c_int
+        self._lb.argtypes = [ctypes.c_void_p] * 3 + [_GEOM, ctypes.c_int]
         self._fns: dict[str, int] = {}
 
     def kernel(self, name: str) -> int:
@@ -150,13 +199,37 @@ class KernelLibrary:
             self._fns[name] = fn  # type: ignore[assignment]
         return fn  # type: ignore[return-value]
 
+    def runner(self, name: str) -> int | None:
+        """Address of the generated block runner of ``name`` (None if the library has none)."""
+        key = "block:" + name
+        if key not in self._fns:
+            try:
+                self._fns[key] = ctypes.cast(getattr(self._lib, f"gq_run_block_{name}"), ctypes.c_void_p).value
+            except AttributeError:
+                self._fns[key] = None  # type: ignore[assignment]
+        return self._fns[key]
+
+    def _launch_blocks(self, runner: int, grid, block, nthreads: int, ptrs: list, ints: list) -> None:
+        p = (ctypes.c_void_p * 4)(*ptrs)
+        v = (ctypes.c_longlong * 3)(*ints)
+        self._lb(runner, p, v, _GEOM(*grid, *block), nthreads)
+
     def launch_quantize(self, name: str, grid, block, nthreads: int, sync: bool, src: int, dst: int, qw: int | None,
                         rowstat: int | None, n_per_row: int, rows_per_expert: int, n_expert: int) -> None:
+        runner = None if sync else self.runner(name)
+        if runner:
+            self._launch_blocks(runner, grid, block, nthreads, [src, dst, qw, rowstat],
+                                [n_per_row, rows_per_expert, n_expert])
+            return
         self._lq(self.kernel(name), src, dst, qw, rowstat, n_per_row, rows_per_expert, n_expert,
                  _GEOM(*grid, *block), nthreads, int(sync))
 
     def launch_convert(self, name: str, grid, block, nthreads: int, sync: bool, inp: int, out: int, n_per_row: int,
                        nrows: int) -> None:
+        runner = None if sync else self.runner(name)
+        if runner:
+            self._launch_blocks(runner, grid, block, nthreads, [inp, out, None, None], [n_per_row, nrows, 0])
+            return
         self._lc(self.kernel(name), inp, out, n_per_row, nrows, _GEOM(*grid, *block), nthreads, int(sync))
 
 
