@@ -79,6 +79,25 @@ def test_float_rounding_equals_nearest_int():
     assert not kquants_search._below_exact(np.array([np.nan], F32))
 
 
+def test_first_absmax_equals_the_c_loop():
+    # ``if (fabsf(x) > amax) { amax = fabsf(x); max = x; }``: ties of +a and -a, signed zeros, NaN
+    rng = np.random.default_rng(4)
+    x = rng.integers(-3, 4, (16, 3000)).astype(F32)
+    x[:, :10] = 0
+    x[:, 10:20] = -0.0
+    x[5, 20:30] = -0.0
+    for data in (x, np.where(np.arange(3000) == 40, np.nan, x).astype(F32)):  # NaN: the loop fallback
+        amax = np.zeros(3000, F32)
+        vmax = np.zeros(3000, F32)
+        for i in range(16):
+            gt = np.abs(data[i]) > amax
+            amax = np.where(gt, np.abs(data[i]), amax)
+            vmax = np.where(gt, data[i], vmax)
+        got = kquants_search.first_absmax(data)
+        np.testing.assert_array_equal(got[0].view(np.int32), amax.view(np.int32))
+        np.testing.assert_array_equal(got[1].view(np.int32), vmax.view(np.int32))
+
+
 def _refine_sequential(x, w, wx, L, sumlx, suml2, lo, hi, qp):
     """The itry loop of make_q3_quants / make_qp_quants written as C writes it (vectors across groups)."""
     L = L.copy()

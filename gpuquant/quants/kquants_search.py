@@ -32,11 +32,16 @@ _EXACT = F32(4194303.0)  # below this, round(t) < 2**22 and the float rounding e
 
 def first_absmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``if (fabsf(x[i]) > amax) { amax = fabsf(x[i]); max = x[i]; }`` from amax = max = 0, over axis 0."""
-    ax = np.abs(x)
-    idx = np.argmax(ax, axis=0)[None]  # the first largest, like the strict ``>``
-    amax = np.take_along_axis(ax, idx, axis=0)[0]
-    if not np.isnan(amax).any():  # C skips NaN (a comparison with NaN is false), argmax does not
-        vmax = np.take_along_axis(x, idx, axis=0)[0]
+    hi, lo = x.max(axis=0), x.min(axis=0)
+    if not (np.isnan(hi).any() or np.isnan(lo).any()):  # C skips NaN (comparisons with it are false)
+        amax = np.maximum(np.abs(hi), np.abs(lo))
+        # the largest magnitude is +hi or lo, unless both +a and -a occur: then the first one counts
+        vmax = np.where(hi > -lo, hi, lo)
+        tie = np.flatnonzero((hi == -lo) & (hi > 0))
+        if tie.size:
+            sub = x[:, tie]
+            first = np.argmax(np.abs(sub) == amax[tie], axis=0)
+            vmax[tie] = sub[first, np.arange(tie.size)]
         return amax, np.where(amax > 0, vmax, F32(0))
     amax = np.zeros(x.shape[1:], F32)
     vmax = np.zeros(x.shape[1:], F32)
