@@ -195,7 +195,7 @@ def run(
     allow_requantize: bool = typer.Option(False, "--allow-requantize", help="allow requantizing tensors that have already been quantized (WARNING: can severely reduce quality compared to quantizing from 16 or 32 bit)"),
     leave_output_tensor: bool = typer.Option(False, "--leave-output-tensor", help="leave output.weight un(re)quantized"),
     pure: bool = typer.Option(False, "--pure", help="disable k-quant mixtures and quantize all tensors to the same type"),
-    imatrix: Optional[Path] = typer.Option(None, "--imatrix", help="importance matrix file (GGUF or legacy .dat) for quant optimizations"),
+    imatrix: Optional[str] = typer.Option(None, "--imatrix", help="importance matrix file (GGUF or legacy .dat) for quant optimizations"),
     include_weights: List[str] = typer.Option([], "--include-weights", help="use the importance matrix for this/these tensor(s)"),
     exclude_weights: List[str] = typer.Option([], "--exclude-weights", help="do not use the importance matrix for this/these tensor(s)"),
     output_tensor_type: Optional[str] = typer.Option(None, "--output-tensor-type", help="ggml type for output.weight"),
