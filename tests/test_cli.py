@@ -284,3 +284,18 @@ def test_keep_split_with_stats_and_inspect(model, tmp_path):
     assert len(stats) == sum(t.type == T.Q8_0 for t in read_model(outs[0]).tensors)  # every split measured
     r = cli("inspect", outs[1], "--json", "-")
     assert r.exit_code == 0 and len(json.loads(r.stdout)["files"]) == 3
+
+
+def test_imatrix_file_name_is_stored_as_typed(model, tmp_path):
+    """llama-quantize writes the --imatrix argument verbatim into quantize.imatrix.file."""
+    from gpuquant.gguf_io import read_model
+    from tests.test_files import _write_imatrix
+
+    _write_imatrix(model, tmp_path / "im.gguf", "gguf")
+    r = gpuquant("run", model, "-o", "o.gguf", "--type", "Q4_0", "--imatrix", "./im.gguf", "--device", "cpu",
+                 "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = read_model(tmp_path / "o.gguf")
+    assert m.kv("quantize.imatrix.file") == "./im.gguf"
+    assert m.kv("quantize.imatrix.dataset") == "synthetic.txt"
+    assert m.kv("quantize.imatrix.chunks_count") == 12
