@@ -23,6 +23,9 @@
 //   `template <class Src> __device__ void quantize_<dst>_item(GQ_QUANTIZE_PARAMS)` and instantiate the
 //   three entry points with GQ_QUANTIZE_ENTRY_POINTS(<dst>).
 // * dequantize_<type>(GQ_DEQUANTIZE_PARAMS): one thread per block, float32 out (requantize path).
+// * Every kernel has one of two ABIs: quantize_* the one above; any other name (dequantize_*,
+//   rowstat_*) (const in*, out*, long long n_per_row, long long nrows). The emulator's generated block
+//   runners rely on that.
 // * Tables are `static __device__ const` arrays (global memory, not __constant__). Integer min/max via
 //   GQ_MIN/GQ_MAX. No <stdint.h> under NVRTC: the typedefs below stand in.
 // * If a kernel uses __shared__/__syncthreads, set sync=True for it in gpuquant/backends/kernels.py so the

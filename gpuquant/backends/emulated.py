@@ -166,6 +166,14 @@ def _digest(kdir: Path, family: str, cxx: str) -> str:
 
 
 _GEOM = ctypes.c_longlong * 6
+# one build at a time per family, across devices and the background precompile
+_FAMILY_LOCKS: dict[str, threading.Lock] = {}
+_FAMILY_LOCKS_GUARD = threading.Lock()
+
+
+def _family_lock(family: str) -> threading.Lock:
+    with _FAMILY_LOCKS_GUARD:
+        return _FAMILY_LOCKS.setdefault(family, threading.Lock())
 
 
 class KernelLibrary:
@@ -238,22 +246,31 @@ def _ptr(a: np.ndarray) -> int:
 
 
 class EmulatedDevice(Device):
-    """The kernels on the host, ``threads`` host threads per launch."""
+    """The kernels on the host, ``threads`` host threads per launch. ``precompile``: build every kernel
+    family in a background thread right away (each is built once per source version and cached)."""
 
-    def __init__(self, threads: int | None = None) -> None:
+    def __init__(self, threads: int | None = None, precompile: bool = True) -> None:
         self.threads = max(1, int(threads or os.cpu_count() or 1))
         self.name = "emulated"
         self._cxx = find_compiler()
         _compiler_id(self._cxx)
         self._families = K.available_families()
         self._libs: dict[str, KernelLibrary] = {}
-        self._lock = threading.Lock()
         self._streams: list[HostStream] = []
+        if precompile:  # a cold build takes tens of seconds: start it now, not at the first slab
+            threading.Thread(target=self._precompile, name="gpuquant-emulated-build", daemon=True).start()
+
+    def _precompile(self) -> None:
+        for family in self._families:
+            try:
+                self.library(family)
+            except DeviceError:
+                pass  # reported again, with the compiler's output, when the family is used
 
     # -- kernels -----------------------------------------------------------------------------------------
     def library(self, family: str) -> KernelLibrary:
         """The compiled family (compiled on first use, then cached on disk and here)."""
-        with self._lock:
+        with _family_lock(family):
             lib = self._libs.get(family)
             if lib is None:
                 lib = KernelLibrary(compile_family(family, self._cxx))
