@@ -119,28 +119,35 @@ def make_qx_quants(x: np.ndarray, nmax: int, qw: np.ndarray | None) -> tuple[np.
     return scale, L
 
 
-def _accepted_changes(x, w, wx, L, s1, s2, wxl, wll, lo, hi, qp):
+def _accepted_changes(x, w, wx, L, s1, s2, wxl, wll, lo, hi, qp, element_major=False):
     """The body of the C ``itry`` loop, tried at every element of every group under the same state.
 
-    Group-major ``(groups, n)`` arrays (transposed views are fine); ``s1``, ``s2``: each group's current
-    sumlx/suml2; ``wxl``, ``wll``: ``w*x*L``, ``w*L*L`` of the current levels.  Returns every accepted
-    change as (group, element, stored level, new sumlx, new suml2), in group, element order; only a
-    group's first change in visiting order is what C would do next.
+    C-contiguous ``(groups, n)`` arrays, or ``(n, groups)`` with ``element_major``; ``s1``, ``s2``: each
+    group's current sumlx/suml2; ``wxl``, ``wll``: ``w*x*L``, ``w*L*L`` of the current levels.  Returns
+    every accepted change as (group, element, stored level, new sumlx, new suml2), in group, element
+    order; only a group's first change in visiting order is what C would do next.
     """
-    n = x.shape[1]
-    slx = s1[:, None] - wxl
-    sl2 = s2[:, None] - wll
+    s1b, s2b = (s1, s2) if element_major else (s1[:, None], s2[:, None])
+    slx = s1b - wxl
+    sl2 = s2b - wll
     ok = (slx > 0) & (sl2 > 0) if qp else slx > 0
     new_l = nearest_int(x * sl2 / slx)
     new_l = np.minimum(new_l, hi) if qp else np.clip(new_l, lo, hi, out=new_l)
     ok &= new_l != L
-    # the rest only where a level would change
-    g, i = np.divmod(np.flatnonzero(ok), n)
-    nl = new_l[g, i]
+    # the rest only where a level would change (flat indices; np.take is much faster than [g, i])
+    k = np.flatnonzero(ok)
+    if element_major:
+        i, g = np.divmod(k, x.shape[1])
+        order = np.argsort(g, kind="stable")  # by group, elements still in order
+        k, g, i = k[order], g[order], i[order]
+    else:
+        g, i = np.divmod(k, x.shape[1])
+    nl = np.take(new_l, k)
     nlf = nl.astype(F32)
-    slx = slx[g, i] + wx[g, i] * nlf
-    sl2 = sl2[g, i] + w[g, i] * nlf * nlf
-    acc = slx * slx * s2[g] > s1[g] * s1[g] * sl2
+    slx = np.take(slx, k) + np.take(wx, k) * nlf
+    sl2 = np.take(sl2, k) + np.take(w, k) * nlf * nlf
+    s1, s2 = np.take(s1, g), np.take(s2, g)
+    acc = slx * slx * s2 > s1 * s1 * sl2
     if not qp:
         acc &= sl2 > 0
     nl = nl[acc]
@@ -159,14 +166,16 @@ def _refine(x, w, wx, L, sumlx, suml2, wxl, wll, lo, hi, qp):
     the starting levels.  Element-major ``(n, groups)`` arrays; returns the final (sumlx, suml2).
     """
     n = x.shape[0]
-    g, i, nl, slx, sl2 = _accepted_changes(x.T, w.T, wx.T, L.T, sumlx, suml2, wxl.T, wll.T, lo, hi, qp)
+    g, i, nl, slx, sl2 = _accepted_changes(x, w, wx, L, sumlx, suml2, wxl, wll, lo, hi, qp, element_major=True)
     if g.size == 0:
         return sumlx, suml2
     first = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1])))  # first element of each group
     g, i, nl, slx, sl2 = g[first], i[first], nl[first], slx[first], sl2[first]
-    # the groups still changing, group-major so that later rounds gather whole groups
+    # the groups still changing, group-major so that later rounds gather whole groups; the weights
+    # are recomputed from x (w = x*x for make_q3_quants, wx = w*x for both) rather than gathered
     cols = g
-    X, W, WX, LL = (np.ascontiguousarray(np.take(a, cols, axis=1).T) for a in (x, w, wx, L))
+    X, LL = (np.ascontiguousarray(np.take(a, cols, axis=1).T) for a in (x, L))
+    W = np.ascontiguousarray(np.take(w, cols, axis=1).T) if qp else None
     S1, S2 = slx, sl2
     m = cols.size
     LL[np.arange(m), i] = nl
@@ -174,22 +183,23 @@ def _refine(x, w, wx, L, sumlx, suml2, wxl, wll, lo, hi, qp):
     pos = i + 1                      # next element to visit
     npass = np.zeros(m, np.intp)     # the pass that element belongs to (0-based)
     while act.size:
-        sx, sw, swx, sL = X[act], W[act], WX[act], LL[act]
+        sx, sL = np.take(X, act, axis=0), np.take(LL, act, axis=0)
+        sw = np.take(W, act, axis=0) if qp else sx * sx
+        swx = sw * sx
         lf = sL.astype(F32)
-        g, i, nl, slx, sl2 = _accepted_changes(sx, sw, swx, sL, S1[act], S2[act], swx * lf, sw * lf * lf,
-                                               lo, hi, qp)
+        g, i, nl, slx, sl2 = _accepted_changes(sx, sw, swx, sL, np.take(S1, act), np.take(S2, act), swx * lf,
+                                               sw * lf * lf, lo, hi, qp)
         # visiting order: elements from pos on (this pass), then those before pos (next pass)
-        wrap = i < pos[g]
-        allowed = ~wrap | (npass[g] < 4)
+        wrap = i < np.take(pos, g)
+        allowed = ~wrap | (np.take(npass, g) < 4)
         g, i, nl, slx, sl2, wrap = g[allowed], i[allowed], nl[allowed], slx[allowed], sl2[allowed], wrap[allowed]
         order = np.lexsort((i + wrap * n, g))
-        g, i, nl, slx, sl2, wrap = g[order], i[order], nl[order], slx[order], sl2[order], wrap[order]
-        first = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1]))) if g.size else g
+        first = order[np.flatnonzero(np.concatenate(([True], g[order][1:] != g[order][:-1])))] if g.size else g
         g, i, nl, slx, sl2, wrap = g[first], i[first], nl[first], slx[first], sl2[first], wrap[first]
-        r = act[g]
+        r = np.take(act, g)
         LL[r, i] = nl
         S1[r], S2[r] = slx, sl2
-        act, pos, npass = r, i + 1, npass[g] + wrap
+        act, pos, npass = r, i + 1, np.take(npass, g) + wrap
     L[:, cols] = LL.T
     sumlx[cols], suml2[cols] = S1, S2
     return sumlx, suml2
