@@ -8,7 +8,7 @@ becomes a mask.  Inside a group the operation order of the C loop is kept: sums 
 ``a*b + c`` is two roundings, as in gcc -O3 without FMA.  Integer results follow the C storage types
 (``uint8_t`` wraps).
 
-Two exact shortcuts keep the searches fast:
+Exact shortcuts that keep the searches fast (each tested against the plain C loop in test_kquants):
 
 * ``nearest_int`` followed by a clamp and a cast to float is done in float (``np.rint``, round half to
   even like the magic-number trick, then ``np.clip``), which is the same value whenever every
@@ -17,6 +17,8 @@ Two exact shortcuts keep the searches fast:
   that are summed from +0.0, so the sign cannot show.)
 * A search remembers the best step's parameters, not its levels; the levels are recomputed once at the
   end from those parameters (the same float operations give the same integers).
+* Group extremes come from ``max``/``min`` reductions (order-free without NaN; NaN takes the C loop).
+* The ``itry`` refinement passes run as rounds over all groups at once (``_refine``).
 """
 from __future__ import annotations
 
