@@ -8,7 +8,7 @@ becomes a mask.  Inside a group the operation order of the C loop is kept: sums 
 ``a*b + c`` is two roundings, as in gcc -O3 without FMA.  Integer results follow the C storage types
 (``uint8_t`` wraps).
 
-Exact shortcuts that keep the searches fast (each tested against the plain C loop in test_kquants):
+Exact shortcuts that keep the searches fast (each covered by tests/test_kquants.py):
 
 * ``nearest_int`` followed by a clamp and a cast to float is done in float (``np.rint``, round half to
   even like the magic-number trick, then ``np.clip``), which is the same value whenever every
