@@ -5,8 +5,8 @@ Conventions used by every family module:
 * Everything stays float32. Constants are ``np.float32`` so nothing promotes to float64.
 * Blocks are processed *element-major*: an array of shape ``(n, *batch)`` holds element ``j`` of every
   block in row ``j`` (``blocks_t`` builds it), so a C loop ``for (j = 0; j < n; ++j) acc += f(x[j])`` becomes
-  a Python loop over the first axis on contiguous ``batch`` vectors (``seq_sum``), in the same order as C.
-  Never use ``np.sum``/``np.dot`` for such sums: numpy sums contiguous axes pairwise.
+  a sum over the first axis, adding whole ``batch`` vectors in the C order (``seq_sum``).
+  Never use ``np.sum``/``np.dot`` along a contiguous axis for such sums: numpy sums those pairwise.
 * The comments name the ggml function (ggml/src/ggml-quants.c, ggml-impl.h) a helper mirrors.
 """
 from __future__ import annotations
@@ -35,7 +35,6 @@ __all__ = [
     "safe_recip",
     "seq_sum",
     "trunc_int",
-    "untranspose",
 ]
 
 # ggml-quants.c: #define GROUP_MAX_EPS 1e-15f
@@ -113,7 +112,7 @@ def fp16_bits(x: np.ndarray) -> np.ndarray:
             base *= F32(2.0**-110)  # scale_to_zero
             np.left_shift(w, U32(1), out=shl1)
             np.bitwise_and(shl1, U32(0xFF000000), out=bits)  # bias
-            np.maximum(bits, U32(0x71000000), out=bits)
+            np.clip(bits, U32(0x71000000), U32(0xFF000000), out=bits)  # max(bias, 0x71000000)
             bits >>= U32(1)
             bits += U32(0x07800000)
             bits.view(F32)[...] += base  # the float addition rounds
@@ -171,11 +170,6 @@ def blocks_t(rows: np.ndarray, block: int) -> np.ndarray:
     """
     flat = np.asarray(rows, dtype=F32).reshape(-1, block)
     return np.ascontiguousarray(flat.T)
-
-
-def untranspose(q: np.ndarray) -> np.ndarray:
-    """Element-major ``(m, nblk)`` -> block-major ``(nblk, m)`` contiguous."""
-    return np.ascontiguousarray(q.T)
 
 
 def seq_sum(a: np.ndarray, start_zero: bool = True) -> np.ndarray:
@@ -290,8 +284,7 @@ def make_qx_quants(nmax: int, x: np.ndarray, rmse_type: int, qw: np.ndarray | No
 
     def levels(isc):
         v = isc * x
-        np.maximum(v, lo, out=v)
-        np.minimum(v, hi, out=v)
+        np.clip(v, lo, hi, out=v)  # one clip call: np.maximum/minimum with a scalar are much slower
         return np.rint(v, out=v)
 
     def final_levels(isc):

@@ -91,8 +91,7 @@ class _NearestLut:
 
     def index(self, al: np.ndarray) -> np.ndarray:
         """``best_index_int8`` of every element of float32 ``al`` (intp). Modifies nothing."""
-        a = np.maximum(al, F32(-128.0))  # clamping keeps every comparison with a threshold
-        np.minimum(a, F32(128.0), out=a)
+        a = np.clip(al, F32(-128.0), F32(128.0))  # clamping keeps every comparison with a threshold
         ci = np.add(a, F32(128.5)).astype(np.intp)
         idx = self.base[ci]
         idx += a >= self.thr[ci]  # thr = +inf where a cell has no threshold; a is finite here

@@ -187,7 +187,7 @@ class Q4_0(_Legacy, qtype=T.Q4_0):
         d = _first_absmax_bm(xb)[1] / F32(-8)
         id_ = safe_recip(d)
         u = _scaled(xb, id_, None, F32(8.5))
-        np.minimum(u, np.uint8(15), out=u)
+        np.clip(u, np.uint8(0), np.uint8(15), out=u)  # clip: far faster than minimum with a scalar
         return _fill(cls.type_size, _h16(d), _nibbles_bm(u, False)), _bad(d, id_)
 
     @staticmethod
@@ -210,7 +210,7 @@ class Q4_1(_Legacy, qtype=T.Q4_1):
         d = (mx - mn) / F32(15)
         id_ = safe_recip(d)
         u = _scaled(xb, id_, mn, F32(0.5))
-        np.minimum(u, np.uint8(15), out=u)
+        np.clip(u, np.uint8(0), np.uint8(15), out=u)  # clip: far faster than minimum with a scalar
         return _fill(cls.type_size, _h16(d), _h16(mn), _nibbles_bm(u, False)), _bad(d, id_)
 
     @staticmethod
@@ -232,7 +232,7 @@ class Q5_0(_Legacy, qtype=T.Q5_0):
         d = _first_absmax_bm(xb)[1] / F32(-16)
         id_ = safe_recip(d)
         u = _scaled(xb, id_, None, F32(16.5))
-        np.minimum(u, np.uint8(31), out=u)
+        np.clip(u, np.uint8(0), np.uint8(31), out=u)
         return _fill(cls.type_size, _h16(d), _qh_bm(u), _nibbles_bm(u, True)), _bad(d, id_)
 
     @staticmethod
