@@ -3,7 +3,8 @@
 ``oracle_quantize`` calls ``ggml_quantize_chunk`` of the ``libggml-base.so`` shipped inside the
 ``llama_cpp`` package, the exact code ``llama-quantize`` runs. Nothing heavy happens at import: the package
 is located with ``importlib.util.find_spec`` (the ``llama_cpp`` module itself is never imported here) and
-the library is loaded on first use.
+the library is loaded on first use. ``GPUQUANT_ORACLE_LIB_DIR`` may point at another directory holding
+``libggml-base.so``.
 
 Tests that need it are marked ``@requires_oracle`` (a ``skipif`` plus ``pytest.mark.oracle``), so the
 default suite passes, skipping them, where llama-cpp-python is not installed.
@@ -37,7 +38,7 @@ def lib_dir() -> Path | None:
     """``site-packages/llama_cpp/lib`` of the installed llama-cpp-python, or None."""
     override = os.environ.get("GPUQUANT_ORACLE_LIB_DIR")
     if override:
-        return Path(override)
+        return Path(override) if (Path(override) / _LIB_NAME).is_file() else None
     try:
         spec = importlib.util.find_spec("llama_cpp")
     except (ImportError, ValueError):
