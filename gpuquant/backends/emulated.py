@@ -92,6 +92,7 @@ def compile_family(family: str, cxx: str | None = None, kernel_dir: Path | None 
     if lib.is_file():
         return lib
     out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale(out_dir)
     shim_dir = K.kernel_dir()
     fd, tmp = tempfile.mkstemp(prefix=f".{family}-", suffix=".so", dir=out_dir)
     os.close(fd)
@@ -110,6 +111,19 @@ def compile_family(family: str, cxx: str | None = None, kernel_dir: Path | None 
             if os.path.exists(tmp):
                 os.unlink(tmp)
     return lib
+
+
+def _remove_stale(out_dir: Path, age_s: float = 3600.0) -> None:
+    """Temporary files of builds that were killed (an interrupted process) and are over an hour old."""
+    import time
+
+    now = time.time()
+    for p in out_dir.glob(".*"):
+        try:
+            if now - p.stat().st_mtime > age_s:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        except OSError:
+            pass
 
 
 _KERNEL_RE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(')
