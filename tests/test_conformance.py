@@ -25,6 +25,7 @@ from gpuquant.quants import QUANT_SIZES, quantize, registered
 from gpuquant.quants import GGMLQuantizationType as T
 from tests.golden import TYPES as GOLDEN_TYPES
 from tests.golden import first_difference, iter_cases
+from tests.oracle import lib_dir, oracle_quantize, requires_oracle
 
 F32 = np.float32
 FAMILIES = K.available_families()
@@ -380,3 +381,46 @@ def test_supports_and_plan_geometry():
     q = p.launches[-1]
     assert q.grid == (96 * 128 // 128, 1, 8) and q.block == (128, 1, 1) and q.use_rowstat and q.use_qw
     assert p.scratch_bytes == 96 * 8 * 4096 * 4 and p.rowstat_bytes == 96 * 8 * 4
+
+
+# ------------------------------------------------------------------------------------------------------
+# against llama.cpp itself (skipped without the oracle)
+# ------------------------------------------------------------------------------------------------------
+
+ORACLE_TYPES = [t for t in TYPES if K.KERNELS[t].family in ("floats", "legacy", "iq4") and t != T.F32]
+
+
+@requires_oracle
+@pytest.mark.parametrize("qtype", ORACLE_TYPES, ids=_id)
+def test_oracle_quantize(dev, qtype: T):
+    """Fresh random and edge rows (not the committed golden inputs), with and without importance weights."""
+    x = make_rows(qtype, 12, 4 if QUANT_SIZES[qtype][0] == 256 else 24, seed=777 + int(qtype))
+    x[5] *= F32(1e-30)
+    x[6] *= F32(3e5)
+    rng = np.random.default_rng(8)
+    for qw in (None, (rng.random(x.shape[1]) ** 4).astype(F32)):
+        got = run_device(dev, x, T.F32, qtype, x.shape[1], None if qw is None else qw[None])
+        assert_bytes(got, oracle_quantize(x, qtype, qw), qtype, x, "vs llama.cpp")
+
+
+@requires_oracle
+@pytest.mark.parametrize("qtype", [t for t in ORACLE_TYPES if K.KERNELS[t].dequantize], ids=_id)
+def test_oracle_dequantize(dev, qtype: T):
+    """dequantize_<type> against llama.cpp's dequantize_row_<type>, on bytes with random scales."""
+    import ctypes
+
+    fn = getattr(ctypes.CDLL(str(lib_dir() / "libggml-base.so")), f"dequantize_row_{qtype.name.lower()}")
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    fn.restype = None
+    block, tsize = QUANT_SIZES[qtype]
+    n = 4 * max(block, 64)
+    raw = np.random.default_rng(int(qtype)).integers(0, 256, (3, n // block * tsize), dtype=np.uint8)
+    blocks = raw.reshape(-1, tsize)
+    halves = np.random.default_rng(1).standard_normal((blocks.shape[0], 2)).astype(np.float16).view(np.uint8)
+    blocks[:, :2] = halves[:, :2]  # finite d (and m) in the first bytes of every block layout used here
+    if qtype in (T.Q4_1, T.Q5_1):
+        blocks[:, 2:4] = halves[:, 2:4]
+    want = np.zeros((3, n), F32)
+    fn(raw.ctypes.data, want.ctypes.data, want.size)
+    got = run_device(dev, raw, qtype, T.F32, n).view(F32)
+    np.testing.assert_array_equal(got, want)
