@@ -265,3 +265,18 @@ def test_cuda_device_bad_index(fake_cuda):
 
     with pytest.raises(DeviceError, match="only 1 GPU"):
         cuda.CudaDevice(3)
+
+
+def test_cuda_out_of_memory_is_retryable(fake_cuda, monkeypatch):
+    """CuPy's OutOfMemoryError becomes DeviceOutOfMemory, which the pipeline retries with smaller slabs."""
+    from gpuquant.backends import DeviceOutOfMemory
+
+    dev, _, _ = fake_cuda
+    cp = sys.modules["cupy"]
+
+    def no_memory(shape, dtype):
+        raise cp.cuda.memory.OutOfMemoryError()
+
+    monkeypatch.setattr(cp, "empty", no_memory)
+    with pytest.raises(DeviceOutOfMemory, match="--max-buffer-size"):
+        dev.device_buffer(1 << 20)

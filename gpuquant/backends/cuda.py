@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..quants import GGMLQuantizationType
-from . import Device, DeviceError, Event, SlabJob, Stream
+from . import Device, DeviceError, DeviceOutOfMemory, Event, SlabJob, Stream
 from . import kernels as K
 
 __all__ = ["CudaDevice", "device_count"]
@@ -142,9 +142,9 @@ class CudaDevice(Device):
                 return cp.empty((nbytes,), dtype=cp.uint8)
         except cp.cuda.memory.OutOfMemoryError as e:
             free, total = self._mem_info()
-            raise DeviceError(f"{self.name}: out of memory allocating {nbytes / 2**20:.1f} MiB for {what} "
-                              f"({free / 2**20:.0f} of {total / 2**20:.0f} MiB free); "
-                              f"try a smaller --slab-mb") from e
+            raise DeviceOutOfMemory(f"{self.name}: out of memory allocating {nbytes / 2**20:.1f} MiB for {what} "
+                                    f"({free / 2**20:.0f} of {total / 2**20:.0f} MiB free); "
+                                    f"try a smaller --max-buffer-size") from e
 
     def _mem_info(self) -> tuple[int, int]:
         with self._dev:

@@ -155,12 +155,8 @@ def _load_families() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
     import importlib
 
     for fam in _FAMILIES:
-        try:
-            importlib.import_module(f"{__name__}.{fam}")
-        except ModuleNotFoundError as e:  # a family not written yet
-            if e.name != f"{__name__}.{fam}":
-                raise
+        importlib.import_module(f"{__name__}.{fam}")
+    _loaded = True
