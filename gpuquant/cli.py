@@ -84,6 +84,18 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 # ---------------------------------------------------------------------------------------------- run
 
 
+def _write_json(path: Path, text: str) -> bool:
+    """Write a ``--json`` report to ``path`` (``-``: stdout); True when it went to stdout."""
+    if str(path) == "-":
+        sys.stdout.write(text + "\n")
+        return True
+    try:
+        path.write_text(text + "\n")
+    except OSError as e:
+        _fail(f"--json: cannot write {str(path)!r}: {e.strerror}")
+    return False
+
+
 def _read_tensor_type_file(path: Path) -> list[str]:
     try:
         return path.read_text().split()
@@ -291,14 +303,7 @@ def run(
     dest = "dry run" if result.output is None else str(result.output)
     out.print(f"{escape(dest)}: {rep.summary_line(result)}", soft_wrap=True)
     if json_out is not None:
-        text = rep.to_json(result, measured) + "\n"
-        if json_stdout:
-            sys.stdout.write(text)
-        else:
-            try:
-                json_out.write_text(text)
-            except OSError as e:
-                _fail(f"--json: cannot write {str(json_out)!r}: {e.strerror}")
+        _write_json(json_out, rep.to_json(result, measured))
 
 
 def _measure(result, quiet: bool):
@@ -383,15 +388,8 @@ def inspect(
         info = inspect_cmd.inspect_model(model)
     except GGUFError as e:
         _fail(str(e))
-    if json_out is not None:
-        text = inspect_cmd.to_json(info) + "\n"
-        if str(json_out) == "-":
-            sys.stdout.write(text)
-            return
-        try:
-            json_out.write_text(text)
-        except OSError as e:
-            _fail(f"--json: cannot write {str(json_out)!r}: {e.strerror}")
+    if json_out is not None and _write_json(json_out, inspect_cmd.to_json(info)):
+        return
     inspect_cmd.show(info, Console(highlight=False), tensors=tensors, all_metadata=all_metadata)
 
 
@@ -429,15 +427,8 @@ def bench(
                                      log=lambda m: err.print(f"[dim]{escape(m)}[/]", soft_wrap=True))
     except ValueError as e:
         _fail(str(e))
-    if json_out is not None:
-        text = bench_cmd.to_json(result) + "\n"
-        if str(json_out) == "-":
-            sys.stdout.write(text)
-            return
-        try:
-            json_out.write_text(text)
-        except OSError as e:
-            _fail(f"--json: cannot write {str(json_out)!r}: {e.strerror}")
+    if json_out is not None and _write_json(json_out, bench_cmd.to_json(result)):
+        return
     Console(highlight=False).print(bench_cmd.table(result))
     if result.mismatches:
         _fail("; ".join(result.mismatches))
