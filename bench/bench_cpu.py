@@ -48,21 +48,35 @@ with open(sys.argv[2], "wb") as f:
 """
 
 
+# Started from this small launcher, not from the benchmark process: Linux keeps a forked child's RSS
+# high-water mark from before exec, so ru_maxrss would include whatever the parent held.
+LAUNCHER = r"""
+import os, subprocess, sys, time
+t0 = time.perf_counter()
+p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+err = p.stderr.read()
+_, status, ru = os.wait4(p.pid, 0)
+wall = time.perf_counter() - t0
+sys.stderr.buffer.write(err[-2000:])
+print(wall, ru.ru_maxrss * 1024, os.waitstatus_to_exitcode(status))
+"""
+
+
 def timed(cmd: list[str]) -> tuple[float, int]:
     """Wall seconds and peak RSS (bytes) of one child process."""
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t0
-    err = p.stderr.read().decode(errors="replace") if p.stderr else ""
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{err[-2000:]}")
-    return wall, ru.ru_maxrss * 1024
+    r = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], capture_output=True, text=True)
+    wall, rss, rc = r.stdout.split()
+    if int(rc) != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({rc}):\n{r.stderr}")
+    return float(wall), int(rss)
 
 
 def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def machine() -> dict:
