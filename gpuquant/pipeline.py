@@ -226,10 +226,10 @@ class Pipeline:
 
         host_in = [dev.host_buffer(max_in) for _ in range(HOST_IN)]
         host_out = [dev.host_buffer(max_out) for _ in range(SLOTS)]
-        any_quant = any(s.job for s in slabs)
+        any_quant = any(s.job for s in slabs) and not dev.zero_copy
         dev_in = [dev.device_buffer(max_in) for _ in range(SLOTS)] if any_quant else []
         dev_out = [dev.device_buffer(max_out) for _ in range(SLOTS)] if any_quant else []
-        dev_qw = [dev.device_buffer(max_qw) for _ in range(SLOTS)] if max_qw else []
+        dev_qw = [dev.device_buffer(max_qw) for _ in range(SLOTS)] if max_qw and any_quant else []
         # staged weights share the life of the slab's host_in buffer (free again once its download is done)
         host_qw = [dev.host_buffer(max_qw) for _ in range(HOST_IN)] if max_qw else []
         h2d, compute, d2h = dev.stream(), dev.stream(), dev.stream()
@@ -264,15 +264,21 @@ class Pipeline:
                 s = n_issued % SLOTS
                 n_issued += 1
                 job = slab.job
+                qw = None
+                if slab.quant_weights is not None:
+                    qw = host_qw[b_in]
+                    qw[: job.quant_weight_bytes] = slab.quant_weights.astype(np.float32).reshape(-1).view(np.uint8)
+                if dev.zero_copy:  # compute straight from the staging buffers
+                    b_out = self._get(free_out)
+                    dev.quantize(job, host_in[b_in], host_out[b_out], qw, compute)
+                    self._put(to_write, (slab, b_in, b_out, dev.record(compute)))
+                    continue
                 # device buffers of slot s are free once slab (i - SLOTS) finished computing / downloading
                 if compute_done[s] is not None:
                     dev.wait(h2d, compute_done[s])
                 dev.upload(dev_in[s], host_in[b_in], job.src_bytes, h2d)
-                qw = None
-                if slab.quant_weights is not None:
-                    hq = host_qw[b_in]
-                    hq[: job.quant_weight_bytes] = slab.quant_weights.astype(np.float32).reshape(-1).view(np.uint8)
-                    dev.upload(dev_qw[s], hq, job.quant_weight_bytes, h2d)
+                if qw is not None:
+                    dev.upload(dev_qw[s], qw, job.quant_weight_bytes, h2d)
                     qw = dev_qw[s]
                 uploaded = dev.record(h2d)
                 dev.wait(compute, uploaded)

@@ -19,15 +19,22 @@ _F16_FIELDS: dict[T, tuple[int, ...]] = {
 }
 
 
+_FLOAT_LIMITS = {
+    T.F32: (np.uint32, np.uint32(0x7FFFFFFF), 0x7F800000),
+    T.F16: (np.uint16, np.uint16(0x7FFF), 0x7C00),
+    T.BF16: (np.uint16, np.uint16(0x7FFF), 0x7F80),
+}
+
+
 def first_invalid(qtype: T, data: np.ndarray) -> int | None:
     """Index of the first invalid element (float types) or block (quantized types), or None."""
     raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
-    if qtype == T.F32:
-        bad = (raw.view(np.uint32) & 0x7F800000) == 0x7F800000
-    elif qtype == T.F16:
-        bad = (raw.view(np.uint16) & 0x7C00) == 0x7C00
-    elif qtype == T.BF16:
-        bad = (raw.view(np.uint16) & 0x7FFF) >= 0x7F80
+    if qtype in _FLOAT_LIMITS:  # |bits| at or above the all-ones exponent is Inf or NaN
+        view, mask, limit = _FLOAT_LIMITS[qtype]
+        mag = raw.view(view) & mask
+        if mag.size == 0 or mag.max() < limit:  # one pass in the common, valid case
+            return None
+        bad = mag >= limit
     elif qtype in _F16_FIELDS:
         type_size = QUANT_SIZES[qtype][1]
         blocks = raw.reshape(-1, type_size)

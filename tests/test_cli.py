@@ -131,9 +131,10 @@ def test_closing_tables_and_json_report(model, tmp_path):
     assert sum(t["tensors"] for t in doc["types"]) == len(m.tensors)
     q4k = next(t for t in doc["types"] if t["type"] == "Q4_K")
     assert q4k["bpw"] == 4.5 and q4k["output_bytes"] == sum(t.nbytes for t in m.tensors if t.type == T.Q4_K)
-    assert [s["stage"] for s in doc["stages"]] == ["read", "h2d", "kernel", "d2h", "write"]
+    # the numpy device computes in the staging buffers (zero copy): no h2d/d2h stages
+    assert [s["stage"] for s in doc["stages"]] == ["read", "kernel", "write"]
     ov = doc["overlap"]
-    assert ov["bottleneck"] in ("read", "h2d", "kernel", "d2h", "write") and 0 < ov["efficiency"] <= 1.0 + 1e-9
+    assert ov["bottleneck"] in ("read", "kernel", "write") and 0 < ov["efficiency"] <= 1.0 + 1e-9
     assert math.isclose(ov["busy_seconds"], sum(s["seconds"] for s in doc["stages"]))
     assert doc["stats"] is None
 

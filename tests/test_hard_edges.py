@@ -402,7 +402,10 @@ def test_no_gpu_device(src, tmp_path):
 
 
 class OOMDevice(NumpyDevice):
-    """The numpy device, with device allocations above ``limit`` bytes failing like cudaMalloc does."""
+    """The numpy device with GPU-style device buffers, allocations above ``limit`` bytes failing like
+    cudaMalloc does."""
+
+    zero_copy = False
 
     def __init__(self, limit: int) -> None:
         super().__init__(threads=1)

@@ -106,7 +106,10 @@ def test_copies_and_conversions_in_one_run(tmp_path):
 
 
 class SlowDevice(NumpyDevice):
-    """Numpy device whose stages take a fixed time and log when they ran."""
+    """Numpy device whose stages take a fixed time and log when they ran; with device buffers and copies,
+    as on a GPU."""
+
+    zero_copy = False
 
     def __init__(self):
         super().__init__(threads=1)
@@ -166,3 +169,24 @@ def test_slow_uploads_never_see_weights_of_a_later_slab(tmp_path):
         dev.close()
     want = expected(arr, T.Q4_0, qw)
     assert got[: len(want)] == want
+
+
+@pytest.mark.parametrize("zero_copy", [True, False])
+def test_emulated_device_with_and_without_device_buffers(tmp_path, zero_copy):
+    """The emulated device computes in the staging buffers (zero copy) or, like a GPU, through device
+    buffers with uploads and downloads: the same bytes either way."""
+    from gpuquant.backends.emulated import EmulatedDevice
+
+    rng = np.random.default_rng(5)
+    arr = rng.standard_normal((3, 4, 256)).astype(np.float32)
+    qw = (rng.random((3, 256)) + 0.1).astype(np.float32)
+    src = make_source(tmp_path, arr)
+    dev = EmulatedDevice(threads=2, precompile=False)
+    dev.zero_copy = zero_copy
+    try:
+        got = run(dev, [TensorWork(src, "t", T.Q4_K, qw)], 3000)
+        stages = dev.stage_times()
+    finally:
+        dev.close()
+    assert got[: 12 * 144] == expected(arr, T.Q4_K, qw)
+    assert ("h2d" in stages) == (not zero_copy) and stages["kernel"] > 0

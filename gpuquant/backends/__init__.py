@@ -80,6 +80,9 @@ class Device(ABC):
 
     #: short name shown to users: "numpy", "emulated", "cuda:0"
     name: str = "?"
+    #: kernels read and write host buffers directly (host devices): the pipeline then computes in its staging
+    #: buffers and skips upload/download, like zero-copy mapped memory on a GPU
+    zero_copy: bool = False
 
     @abstractmethod
     def supports(self, src_type: GGMLQuantizationType, dst_type: GGMLQuantizationType) -> bool:

@@ -25,7 +25,7 @@ import numpy as np
 from ..quants import GGMLQuantizationType
 from . import Device, DeviceError, Event, SlabJob, Stream
 from . import kernels as K
-from .host_streams import HostStream
+from .host_streams import HostStream, StageClock
 
 __all__ = ["EmulatedDevice", "HOST_CXX_FLAGS", "compile_family", "find_compiler", "cache_dir"]
 
@@ -261,7 +261,12 @@ def _ptr(a: np.ndarray) -> int:
 
 class EmulatedDevice(Device):
     """The kernels on the host, ``threads`` host threads per launch. ``precompile``: build every kernel
-    family in a background thread right away (each is built once per source version and cached)."""
+    family in a background thread right away (each is built once per source version and cached).
+
+    ``zero_copy`` (default): kernels work in the pipeline's host staging buffers; False runs the GPU's
+    upload/compute/download sequence through separate "device" buffers (tests cover both)."""
+
+    zero_copy = True
 
     def __init__(self, threads: int | None = None, precompile: bool = True) -> None:
         self.threads = max(1, int(threads or os.cpu_count() or 1))
@@ -271,6 +276,7 @@ class EmulatedDevice(Device):
         self._families = K.available_families()
         self._libs: dict[str, KernelLibrary] = {}
         self._streams: list[HostStream] = []
+        self._clock = StageClock()
         if precompile:  # a cold build takes tens of seconds: start it now, not at the first slab
             threading.Thread(target=self._precompile, name="gpuquant-emulated-build", daemon=True).start()
 
@@ -343,14 +349,14 @@ class EmulatedDevice(Device):
 
     def upload(self, dst: Any, src: np.ndarray, nbytes: int, stream: Stream) -> None:
         n = int(nbytes)
-        _host(stream).enqueue(lambda: np.copyto(dst[:n], src.reshape(-1).view(np.uint8)[:n]))
+        _host(stream).enqueue(self._clock.timed("h2d", lambda: np.copyto(dst[:n], src.reshape(-1).view(np.uint8)[:n])))
 
     def download(self, dst: np.ndarray, src: Any, nbytes: int, stream: Stream) -> None:
         n = int(nbytes)
-        _host(stream).enqueue(lambda: np.copyto(dst.reshape(-1).view(np.uint8)[:n], src[:n]))
+        _host(stream).enqueue(self._clock.timed("d2h", lambda: np.copyto(dst.reshape(-1).view(np.uint8)[:n], src[:n])))
 
     def quantize(self, job: SlabJob, src: Any, dst: Any, quant_weights: Any | None, stream: Stream) -> None:
-        _host(stream).enqueue(lambda: self.run_plan(job, src, dst, quant_weights))
+        _host(stream).enqueue(self._clock.timed("kernel", lambda: self.run_plan(job, src, dst, quant_weights)))
 
     def record(self, stream: Stream) -> Event:
         return _host(stream).record()
@@ -360,6 +366,9 @@ class EmulatedDevice(Device):
 
     def memory_budget(self) -> int:
         return 1 << 30
+
+    def stage_times(self) -> dict[str, float]:
+        return self._clock.times()
 
     def close(self) -> None:
         for s in self._streams:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Callable
 
 from . import Event, Stream
@@ -69,3 +70,24 @@ class HostStream(Stream):
     def close(self) -> None:
         self._q.put(None)
         self._thread.join(timeout=5)
+
+
+class StageClock:
+    """Seconds per device stage ("h2d", "kernel", "d2h"), summed over the operations host streams ran."""
+
+    def __init__(self) -> None:
+        self._times: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def timed(self, stage: str, fn: Callable[[], None]) -> Callable[[], None]:
+        def op() -> None:
+            t0 = time.perf_counter()
+            fn()
+            with self._lock:
+                self._times[stage] = self._times.get(stage, 0.0) + time.perf_counter() - t0
+
+        return op
+
+    def times(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._times)

@@ -1,8 +1,6 @@
 """The numpy reference device: host buffers, worker-thread streams, the registered numpy quantizers."""
 from __future__ import annotations
 
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -10,7 +8,7 @@ import numpy as np
 from .. import quants
 from ..quants import GGMLQuantizationType as T
 from . import Device, Event, SlabJob, Stream
-from .host_streams import HostStream
+from .host_streams import HostStream, StageClock
 
 # rows per task handed to the thread pool: big enough to amortize numpy's per-call overhead, small enough
 # to stay in cache and to spread a slab over all threads
@@ -59,25 +57,17 @@ def quantize_host(src: np.ndarray, dst: np.ndarray, job: SlabJob, quant_weights:
 
 class NumpyDevice(Device):
     name = "numpy"
+    zero_copy = True
 
     def __init__(self, threads: int = 1) -> None:
         self.threads = max(1, int(threads))
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gpuquant-np") if self.threads > 1 else None
         self._streams: list[HostStream] = []
-        self._times: dict[str, float] = {"h2d": 0.0, "kernel": 0.0, "d2h": 0.0}
-        self._lock = threading.Lock()
-
-    def _timed(self, stage: str, fn):
-        def op() -> None:
-            t0 = time.perf_counter()
-            fn()
-            with self._lock:
-                self._times[stage] += time.perf_counter() - t0
-        return op
+        self._clock = StageClock()
+        self._timed = self._clock.timed
 
     def stage_times(self) -> dict[str, float]:
-        with self._lock:
-            return dict(self._times)
+        return self._clock.times()
 
     def supports(self, src_type: T, dst_type: T) -> bool:
         try:
