@@ -291,6 +291,8 @@ def quantize_file(
 
     dev = device if isinstance(device, Device) else open_device(device, threads)
     report.device = dev.name
+    if isinstance(device, str) and device.strip().lower() == "auto" and not dev.name.startswith("cuda"):
+        report.notes.append(f"no CUDA device visible (CuPy and a GPU are needed): running on the CPU ({dev.name})")
     for w in works:
         if w.quantize and not dev.supports(w.src.type, w.dst_type):
             raise UsageError(f"device {dev.name}: cannot quantize tensor {w.name!r} from "

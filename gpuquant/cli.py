@@ -289,7 +289,7 @@ def run(
 
     if dry_run:
         out.print(rep.plan_table(result.tensors))
-    for note in result.notes:
+    for note in [] if quiet else result.notes:
         err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     if not quiet:
         out.print(rep.type_table(result))

@@ -300,3 +300,11 @@ def test_imatrix_file_name_is_stored_as_typed(model, tmp_path):
     assert m.kv("quantize.imatrix.file") == "./im.gguf"
     assert m.kv("quantize.imatrix.dataset") == "synthetic.txt"
     assert m.kv("quantize.imatrix.chunks_count") == 12
+
+
+def test_auto_device_without_gpu_says_so_once(model, tmp_path):
+    r = gpuquant("run", model, "--type", "Q8_0", "-o", tmp_path / "o.gguf")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("no CUDA device visible") == 1
+    r = gpuquant("run", model, "--type", "Q8_0", "-o", tmp_path / "o.gguf", "--force", "--quiet")
+    assert r.returncode == 0 and "no CUDA device" not in r.stderr
