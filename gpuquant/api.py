@@ -12,7 +12,8 @@ from gguf import GGUFValueType
 
 from . import mixes, quants
 from .backends import Device, DeviceError, DeviceOutOfMemory, open_device
-from .gguf_io import GGUFError, GGUFModel, KVList, OutTensor, StreamWriter, encode_header, read_model, temp_path_for
+from .gguf_io import GGUFError, read_model
+from .gguf_writer import KVList, OutTensor, StreamWriter, encode_header, temp_path_for
 from .pipeline import Pipeline, QuantizeError, StageTimes, TensorWork
 from .quants import GGMLQuantizationType as T, type_name
 

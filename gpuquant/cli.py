@@ -226,7 +226,7 @@ def run(
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the report as JSON to this file ('-': stdout, tables go to stderr)"),
 ) -> None:
     from . import api, report as rep
-    from .gguf_io import OutputError
+    from .gguf_writer import OutputError
 
     out_pos, qtype, pos_threads = parse_positional(args or [], type)
     if out_pos is not None and output is not None:

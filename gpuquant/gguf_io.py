@@ -1,21 +1,14 @@
-"""Reading GGUF models (through the ``gguf`` package) and writing them the way llama-quantize does.
-
-Output layout mirrors ``gguf_write_out`` (ggml/src/gguf.cpp) as driven by ``llama_model_quantize_impl``
-(src/llama-quant.cpp): GGUF v3 header, the input's key/value pairs in order (raw bytes copied), then the keys
-llama-quantize sets (each ``gguf_set_val_*`` removes a key and appends it at the end), tensor infos in
-llama-quantize's tensor order with offsets padded to 32 bytes, meta padded to 32, then each tensor's data
-padded to 32 bytes.
-"""
+"""Reading GGUF models with the checks of ggml/src/gguf.cpp (``gguf_init_from_file``) and clear messages,
+and the size helpers shared with the writer (``gguf_writer``)."""
 from __future__ import annotations
 
-import errno
 import os
 import re
 import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from gguf import GGUFValueType
@@ -135,7 +128,7 @@ GGUF_MAX_STRING_LENGTH = 1 << 30
 GGUF_MAX_ARRAY_ELEMENTS = 1 << 30
 INT64_MAX = (1 << 63) - 1
 
-_SCALAR_FMT = {
+SCALAR_FMT = {
     GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
     GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i", GGUFValueType.FLOAT32: "<f",
     GGUFValueType.UINT64: "<Q", GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d", GGUFValueType.BOOL: "<?",
@@ -254,7 +247,7 @@ def _read_kv(cur: _Cursor, i: int) -> KV:
     elif vtype == GGUFValueType.STRING:
         value = _text(cur.string(what))
     else:
-        value = cur.unpack(_SCALAR_FMT[vtype], what)
+        value = cur.unpack(SCALAR_FMT[vtype], what)
         if vtype == GGUFValueType.BOOL:
             value = bool(value)
     end = cur.pos
@@ -457,149 +450,3 @@ def read_rows(t: SourceTensor, first_byte: int, buf: np.ndarray, nbytes: int, fd
     finally:
         if own:
             os.close(fd)
-
-
-# ---------------------------------------------------------------------------------------------- writing
-
-
-
-def _str(s: str | bytes) -> bytes:
-    b = s.encode("utf-8") if isinstance(s, str) else s
-    return struct.pack("<Q", len(b)) + b
-
-
-def encode_kv(key: str, vtype: GGUFValueType, value: Any, subtype: GGUFValueType | None = None) -> KV:
-    """Serialize one key/value pair as gguf_write_out does."""
-    out = _str(key) + struct.pack("<I", int(vtype))
-    if vtype == GGUFValueType.STRING:
-        out += _str(value)
-    elif vtype == GGUFValueType.ARRAY:
-        assert subtype is not None
-        out += struct.pack("<IQ", int(subtype), len(value))
-        if subtype == GGUFValueType.STRING:
-            out += b"".join(_str(v) for v in value)
-        else:
-            out += b"".join(struct.pack(_SCALAR_FMT[subtype], v) for v in value)
-    else:
-        out += struct.pack(_SCALAR_FMT[vtype], value)
-    return KV(key, vtype, value, out, subtype)
-
-
-class KVList:
-    """Ordered key/values with gguf's semantics: setting a key removes it and appends it at the end."""
-
-    def __init__(self, kvs: Iterable[KV]) -> None:
-        self.items: list[KV] = list(kvs)
-
-    def remove(self, key: str) -> None:
-        self.items = [kv for kv in self.items if kv.key != key]
-
-    def set(self, key: str, vtype: GGUFValueType, value: Any, subtype: GGUFValueType | None = None) -> None:
-        self.remove(key)
-        self.items.append(encode_kv(key, vtype, value, subtype))
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return next((kv.value for kv in self.items if kv.key == key), default)
-
-
-@dataclass
-class OutTensor:
-    name: str
-    ne: tuple[int, ...]
-    type: GGMLQuantizationType
-
-    @property
-    def nbytes(self) -> int:
-        return tensor_nbytes(self.type, self.ne)
-
-
-def encode_header(kvs: KVList, tensors: list[OutTensor]) -> bytes:
-    """Header, key/values and tensor infos, padded to the alignment (gguf_get_meta_data)."""
-    parts = [GGUF_MAGIC, struct.pack("<IQQ", GGUF_VERSION, len(tensors), len(kvs.items))]
-    parts += [kv.raw for kv in kvs.items]
-    offset = 0
-    for t in tensors:
-        nd = n_dims(t.ne)
-        parts.append(_str(t.name) + struct.pack("<I", nd) + struct.pack(f"<{nd}q", *t.ne[:nd])
-                     + struct.pack("<iQ", int(t.type), offset))
-        offset += pad(t.nbytes)
-    meta = b"".join(parts)
-    return meta + b"\0" * (pad(len(meta)) - len(meta))
-
-
-def temp_path_for(dst: Path) -> Path:
-    """The clearly named temporary file beside ``dst`` that becomes ``dst`` on success."""
-    return dst.with_name(f".{dst.name}.gpuquant-partial-{os.getpid()}")
-
-
-class OutputError(OSError):
-    """The output file could not be created or written; the message names it and the reason."""
-
-
-def _why(e: OSError) -> str:
-    name = errno.errorcode.get(e.errno or 0, "")
-    return f"{e.strerror or e} ({name})" if name else str(e.strerror or e)
-
-
-class StreamWriter:
-    """Writes one output file sequentially into a temporary file beside the target, renamed on commit.
-
-    The temporary file ``.NAME.gpuquant-partial-PID`` is the only thing that can be left behind (by a
-    SIGKILL); any failure raises :class:`OutputError` and :meth:`abort` removes it.
-    """
-
-    def __init__(self, dst: Path, header: bytes) -> None:
-        self.dst = dst
-        self.tmp = temp_path_for(dst)
-        try:
-            self._f = open(self.tmp, "wb")
-        except OSError as e:
-            raise OutputError(e.errno, f"output: cannot create a file in {str(dst.parent)!r}: {_why(e)}") from None
-        self.header_bytes = len(header)
-        self.bytes_written = 0
-        self.write(header)
-
-    def write(self, data) -> None:
-        mv = memoryview(data).cast("B")
-        try:
-            self._f.write(mv)
-        except OSError as e:
-            raise self._failed(e) from None
-        self.bytes_written += mv.nbytes
-
-    def _failed(self, e: OSError) -> OutputError:
-        hint = " (disk full, quota or file size limit)" if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else ""
-        return OutputError(e.errno, f"output: writing {str(self.dst)!r} failed after {self.bytes_written} bytes: "
-                                    f"{_why(e)}{hint}; nothing was written at {str(self.dst)!r}")
-
-    def pad(self) -> None:
-        n = pad(self.bytes_written) - self.bytes_written
-        if n:
-            self.write(b"\0" * n)
-
-    def rewind(self) -> None:
-        """Back to just after the header (to write the tensor data again, e.g. with smaller slabs)."""
-        try:
-            self._f.seek(self.header_bytes)
-            self._f.truncate()
-        except OSError as e:
-            raise self._failed(e) from None
-        self.bytes_written = self.header_bytes
-
-    def commit(self) -> None:
-        try:
-            self._f.close()
-            os.replace(self.tmp, self.dst)
-        except OSError as e:
-            raise self._failed(e) from None
-
-    def abort(self) -> None:
-        try:
-            self._f.close()
-        except OSError:
-            pass  # the close flushes; a full disk fails it again
-        finally:
-            try:
-                self.tmp.unlink()
-            except FileNotFoundError:
-                pass

@@ -19,7 +19,8 @@ import numpy as np
 
 from . import validate
 from .backends import Device, Event, SlabJob
-from .gguf_io import SourceTensor, StreamWriter, read_rows, tensor_nbytes
+from .gguf_io import SourceTensor, read_rows, tensor_nbytes
+from .gguf_writer import StreamWriter
 from .quants import QUANT_SIZES, GGMLQuantizationType as T, row_size, type_name
 
 SLOTS = 3  # device buffer sets: upload, compute and download in flight at once

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from gguf import GGUFValueType
 
-from gpuquant.gguf_io import KVList, OutTensor, encode_header, pad, read_model
+from gpuquant.gguf_io import pad, read_model
+from gpuquant.gguf_writer import KVList, OutTensor, encode_header
 from gpuquant.quants import GGMLQuantizationType as T
 from tests.synthetic import write_llama
 
