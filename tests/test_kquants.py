@@ -1,8 +1,8 @@
 """K-quants Q2_K..Q6_K: the numpy reference against llama.cpp, byte for byte.
 
 Default suite: committed golden vectors (with and without importance weights), invariants the C code
-fixes (all-zero input, chunking), and the exact shortcuts of ``kquants_search`` against the plain
-element-by-element C loop.  Oracle suite: random, edge-case and weight-like tensors against
+fixes (all-zero input, chunking), and the exact shortcuts of the searches (``common``, ``kquants_search``)
+against the plain element-by-element C loop.  Oracle suite: random, edge-case and weight-like tensors against
 ``ggml_quantize_chunk`` with and without importance weights.
 """
 from __future__ import annotations
@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 
 from gpuquant.quants import QUANT_SIZES, GGMLQuantizationType, quantize
-from gpuquant.quants import kquants, kquants_search
-from gpuquant.quants.common import F32, nearest_int
-from tests.golden.cases import build_cases
+from gpuquant.quants import common, kquants, kquants_search
+from gpuquant.quants.common import F32, nearest_int, seq_sum
 from tests.oracle import oracle_quantize, requires_oracle
-from tests.quant_checks import assert_bytes, check_golden
+from tests.quant_checks import assert_bytes, check_fresh_edge_cases, check_golden
 
 TYPES = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 
@@ -71,12 +70,12 @@ def test_float_rounding_equals_nearest_int():
     ]).astype(F32)
     for lo, hi in ((-32, 31), (0, 15), (-4194304, 4194303)):
         want = np.clip(nearest_int(t), lo, hi).astype(F32)
-        got = kquants_search._levels_f32(t.copy(), lo, hi, exact=True)
+        got = common.levels_f32(t.copy(), lo, hi, exact=True)
         np.testing.assert_array_equal(got, want)  # equal values; -0.0 for 0 is allowed (see the module doc)
     # 4194303.5 rounds to 2**22, where the magic-number trick wraps: the float path must not be used
-    assert not kquants_search._below_exact(np.array([4194303.5, 1.0], F32))
+    assert not common.below_exact(np.array([4194303.5, 1.0], F32))
     assert np.clip(nearest_int(np.array([4194303.5], F32)), 0, 2**23)[0] == 0
-    assert not kquants_search._below_exact(np.array([np.nan], F32))
+    assert not common.below_exact(np.array([np.nan], F32))
 
 
 def test_first_absmax_equals_the_c_loop():
@@ -93,9 +92,31 @@ def test_first_absmax_equals_the_c_loop():
             gt = np.abs(data[i]) > amax
             amax = np.where(gt, np.abs(data[i]), amax)
             vmax = np.where(gt, data[i], vmax)
-        got = kquants_search.first_absmax(data)
+        got = common.absmax_first(data)
         np.testing.assert_array_equal(got[0].view(np.int32), amax.view(np.int32))
         np.testing.assert_array_equal(got[1].view(np.int32), vmax.view(np.int32))
+
+
+def test_first_min_max_equals_the_c_loop():
+    # ``min = max = x[0]; if (x[i] < min) min = x[i]; if (x[i] > max) max = x[i];`` (make_qkx2/3_quants):
+    # the sign of a zero minimum is the first zero's (it is written out as Q4_1/Q5_1's m)
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 3, (32, 4000)).astype(F32)
+    x[rng.random(x.shape) < 0.3] = -0.0
+    x[:, :10] = 0
+    x[:, 10:20] = -0.0
+    x[:, 20:40] = rng.integers(-2, 3, (32, 20))
+    later_nan, first_nan = x.copy(), x.copy()
+    later_nan[7, 50] = np.nan  # skipped by the comparisons (the loop fallback)
+    first_nan[0, 60] = np.nan  # a NaN first element sticks
+    for data in (x, later_nan, first_nan):
+        mn, mx = data[0].copy(), data[0].copy()
+        for v in data[1:]:
+            mn = np.where(v < mn, v, mn)
+            mx = np.where(v > mx, v, mx)
+        got_mn, got_mx = common._first_min_max_from0(data)
+        np.testing.assert_array_equal(got_mn.view(np.int32), mn.view(np.int32))
+        np.testing.assert_array_equal(got_mx, mx)  # the sign of a zero maximum is not used
 
 
 def _refine_sequential(x, w, wx, L, sumlx, suml2, lo, hi, qp):
@@ -144,8 +165,8 @@ def test_round_based_itry_passes_equal_the_c_loop(qp):
         L = np.clip(nearest_int((F32(-4) / x[np.abs(x).argmax(0), np.arange(m)]) * x), lo, hi)
     wx = w * x
     Lf = L.astype(F32)
-    sumlx = kquants_search.seq_sum(wx * Lf)
-    suml2 = kquants_search.seq_sum(w * Lf * Lf)
+    sumlx = seq_sum(wx * Lf)
+    suml2 = seq_sum(w * Lf * Lf)
     with np.errstate(all="ignore"):
         want = _refine_sequential(x, w, wx, L, sumlx, suml2, lo, hi, qp)
     got_L = L.copy()
@@ -175,10 +196,7 @@ def test_random_vs_oracle(qtype, n_per_row, weights):
 def test_fresh_edge_cases_vs_oracle(qtype):
     """The golden edge-case kinds (zeros, signed zeros, denormals, GROUP_MAX_EPS, fp16 overflow, x*x
     overflow, ties, outliers, ...) drawn with another seed."""
-    for case_id, rows, imatrix in build_cases("b256", seed=23):
-        for w in (None, imatrix):
-            assert_bytes(quantize(rows, qtype, w), oracle_quantize(rows, qtype, w), qtype, rows,
-                         f"{case_id} {'imatrix' if w is not None else 'plain'}")
+    check_fresh_edge_cases(qtype, "b256", seed=23)
 
 
 @requires_oracle

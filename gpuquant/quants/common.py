@@ -20,11 +20,14 @@ __all__ = [
     "F32",
     "GROUP_MAX_EPS",
     "absmax_first",
-    "blocks_t",
+    "below_exact",
     "bf16_bits",
+    "blocks_t",
     "fp16_bits",
     "fp16_to_fp32",
-    "make_qkx3_quants",
+    "levels_f32",
+    "levels_int",
+    "make_qkx_quants",
     "make_qx_quants",
     "nearest_int",
     "pack_nibbles",
@@ -208,19 +211,29 @@ def row_sum_sq(rows: np.ndarray) -> np.ndarray:
 def absmax_first(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``amax = 0; max = 0; for (j) if (fabsf(x[j]) > amax) { amax = fabsf(x[j]); max = x[j]; }``.
 
-    Element-major ``x`` ``(n, *batch)``; returns ``(amax, max)`` with the first element of largest
+    Element-major ``x`` ``(n, batch)``; returns ``(amax, max)`` with the first element of largest
     magnitude (strict ``>``), and ``max = +0.0`` where every element is zero. NaNs never win (``>`` is
-    false), as in C.
+    false), as in C. The extremes come from ``max``/``min`` reductions over axis 0 (whole rows at a time);
+    only when both ``+a`` and ``-a`` occur is the first one looked up, and NaN takes the C loop.
     """
-    ax = np.abs(x)
-    nan = np.isnan(ax)
-    if nan.any():
-        ax = np.where(nan, F32(-1), ax)
-    idx = np.argmax(ax, axis=0)
-    amax = np.take_along_axis(ax, idx[None], axis=0)[0]
-    mx = np.take_along_axis(x, idx[None], axis=0)[0]
-    mx = np.where(amax > 0, mx, F32(0.0)).astype(F32, copy=False)
-    return np.maximum(amax, F32(0)), mx
+    hi, lo = x.max(axis=0), x.min(axis=0)
+    if np.isnan(hi).any() or np.isnan(lo).any():
+        amax = np.zeros(x.shape[1:], F32)
+        vmax = np.zeros(x.shape[1:], F32)
+        for v in x:
+            ax = np.abs(v)
+            gt = ax > amax
+            amax = np.where(gt, ax, amax)
+            vmax = np.where(gt, v, vmax)
+        return amax, vmax
+    amax = np.maximum(np.abs(hi), np.abs(lo))
+    vmax = np.where(hi > -lo, hi, lo)
+    tie = np.flatnonzero((hi == -lo) & (hi > 0))
+    if tie.size:
+        sub = x[:, tie]
+        first = np.argmax(np.abs(sub) == amax[tie], axis=0)
+        vmax[tie] = sub[first, np.arange(tie.size)]
+    return amax, np.where(amax > 0, vmax, F32(0)).astype(F32, copy=False)
 
 
 def row_chunks(nrows: int, n_per_row: int, target: int = 1 << 16):
@@ -250,136 +263,174 @@ def pack_qh(L: np.ndarray) -> np.ndarray:
     return np.packbits(bits.reshape(4, 8, -1), axis=1, bitorder="little")[:, 0, :]
 
 
-# ----------------------------------------------------------------------------- block quantizers
+# ----------------------------------------------------------------------------- scale searches
+#
+# The make_q*_quants searches shared by the legacy types (their _impl paths) and the K-quants. They take
+# element-major groups ``x[i, g]`` (row ``i`` the position inside a group, column ``g`` one group: a
+# 32-element legacy block, a 16/32-value K sub-block, or the scales of a super-block). The C code runs one
+# group at a time; here all groups take the same steps and every branch becomes a mask, keeping the C
+# order of every sum (``seq_sum``). Exact shortcuts:
+#
+# * ``nearest_int`` followed by a clamp and a cast to float is done in float (``np.rint``, round half to
+#   even like the magic-number trick, then ``np.clip``), the same value whenever every ``|t| < 2**22 - 1``;
+#   that bound is checked per call from the group extremes, and the integer trick runs otherwise.
+#   (``np.rint`` gives -0.0 where the trick gives 0; a zero level only ever enters products that are
+#   summed from +0.0, so the sign cannot show.)
+# * A search remembers the best step's parameters, not its levels; the levels are recomputed once at the
+#   end from those parameters (the same float operations give the same integers).
+# * Group extremes come from ``max``/``min`` reductions; NaN takes the C loop.
+
+_EXACT = F32(4194303.0)  # below this, round(t) < 2**22 and the float rounding equals nearest_int
 
 
-def _rmse_weights(x: np.ndarray, rmse_type: int, qw: np.ndarray | None) -> np.ndarray:
-    if qw is not None:
-        return qw
-    if rmse_type == 1:
-        return x * x
-    if rmse_type == 2:
-        return np.ones_like(x)
-    if rmse_type == 3:
-        return np.abs(x)
-    return np.sqrt(np.abs(x))
+def levels_int(t: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """``MAX(lo, MIN(hi, nearest_int(t)))`` as int32."""
+    return np.clip(nearest_int(t), lo, hi)
 
 
-def make_qx_quants(nmax: int, x: np.ndarray, rmse_type: int, qw: np.ndarray | None = None
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """ggml ``make_qx_quants(n, nmax, x, L, rmse_type, qw)`` on element-major ``x`` ``(n, *batch)``.
+def levels_f32(t: np.ndarray, lo: int, hi: int, exact: bool) -> np.ndarray:
+    """``(float)MAX(lo, MIN(hi, nearest_int(t)))``, in place in ``t`` when ``exact`` (``below_exact``)."""
+    if not exact:
+        return levels_int(t, lo, hi).astype(F32)
+    np.rint(t, out=t)
+    return np.clip(t, F32(lo), F32(hi), out=t)
 
-    Returns ``(scale float32 batch, L int32 (n, *batch))`` with ``L`` in ``[0, 2*nmax-1]``.
 
-    ``|iscale * x| <= nmax + 1`` for every candidate scale, so ``nearest_int`` then clamping equals
-    clamping then ``rint`` in float32: the levels stay float (no int round trip). The winning candidate's
-    scale is remembered and its levels recomputed once at the end.
+def below_exact(*bounds: np.ndarray) -> bool:
+    """True when every |bound| < 4194303 (NaN and inf fail): ``levels_f32`` may round in float."""
+    return all(bool((np.abs(b) < _EXACT).all()) for b in bounds)
+
+
+def make_qx_quants(x: np.ndarray, nmax: int, qw: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """ggml ``make_qx_quants(n, nmax, x, L, rmse_type=1, qw)`` (the only rmse_type ggml-quants.c uses).
+
+    ``qw`` None means the C default weights ``x*x``. Returns (scale, L as int32 in [0, 2*nmax)).
     """
-    x = np.asarray(x, dtype=F32)
-    fnmax = F32(nmax)
-    lo, hi = F32(-nmax), F32(nmax - 1)
-    amax, mx = absmax_first(x)
-    zero = amax < GROUP_MAX_EPS
-    mx = np.where(zero, F32(1), mx).astype(F32)  # all-zero blocks: computed, then discarded
+    lo, hi = -nmax, nmax - 1
+    with np.errstate(all="ignore"):
+        amax, vmax = absmax_first(x)
+        zero = amax < GROUP_MAX_EPS
+        w = x * x if qw is None else qw
+        wx = w * x
+        t = np.empty_like(x)
+        prod = np.empty_like(x)
 
-    def levels(isc):
-        v = isc * x
-        np.clip(v, lo, hi, out=v)  # one clip call: np.maximum/minimum with a scalar are much slower
-        return np.rint(v, out=v)
+        def sums(iscale):
+            # |iscale*x| <= |iscale*max| for every x of a group; all-zero groups are discarded at the end
+            iscale = np.where(zero, F32(0), iscale)
+            np.multiply(x, iscale, out=t)
+            lf = levels_f32(t, lo, hi, below_exact(iscale * vmax))
+            np.multiply(wx, lf, out=prod)
+            sumlx = seq_sum(prod)
+            np.multiply(w, lf, out=prod)
+            np.multiply(prod, lf, out=prod)
+            return iscale, sumlx, seq_sum(prod)
 
-    def final_levels(isc):
-        return np.where(zero, 0, levels(isc).astype(np.int32) + nmax)
-
-    iscale = np.divide(-fnmax, mx, dtype=F32)
-    if rmse_type == 0:
-        return np.where(zero, F32(0), np.divide(F32(1), iscale, dtype=F32)).astype(F32), final_levels(iscale)
-    return_early = rmse_type < 0
-    w = _rmse_weights(x, abs(rmse_type), qw)
-    wx = w * x
-
-    def sums(lf):
-        t = wx * lf
-        sumlx = seq_sum(t)
-        np.multiply(w, lf, out=t)
-        t *= lf
-        return sumlx, seq_sum(t)
-
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        sumlx, suml2 = sums(levels(iscale))
-        scale = np.where(suml2 != 0, sumlx / suml2, F32(0)).astype(F32)
-        if return_early:
-            inv = np.divide(F32(1), iscale, dtype=F32)
-            s = np.where(suml2 > 0, F32(0.5) * (scale + inv), inv).astype(F32)
-            return np.where(zero, F32(0), s).astype(F32), final_levels(iscale)
+        best_iscale, sumlx, suml2 = sums(F32(-nmax) / vmax)
+        scale = np.where(suml2 != 0, sumlx / suml2, F32(0))
         best = scale * sumlx
-        best_isc = iscale
-        for is_ in range(-9, 10):
-            if is_ == 0:
+        for step in range(-9, 10):
+            if step == 0:
                 continue
-            isc = np.divide(-(fnmax + F32(0.1) * F32(is_)), mx, dtype=F32)
-            sumlx, suml2 = sums(levels(isc))
-            better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-            if better.any():
-                best_isc = np.where(better, isc, best_isc).astype(F32)
-                scale = np.where(better, sumlx / suml2, scale).astype(F32)
-                best = np.where(better, scale * sumlx, best).astype(F32)
-    return np.where(zero, F32(0), scale).astype(F32), final_levels(best_isc)
+            iscale, sumlx, suml2 = sums(-(F32(nmax) + F32(0.1) * F32(step)) / vmax)
+            upd = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+            new_scale = sumlx / suml2
+            scale = np.where(upd, new_scale, scale)
+            best = np.where(upd, new_scale * sumlx, best)
+            best_iscale = np.where(upd, iscale, best_iscale)
+        L = levels_int(x * best_iscale, lo, hi) + nmax
+        L[:, zero] = 0
+        scale = np.where(zero, F32(0), scale)
+    return scale, L
 
 
-def make_qkx3_quants(nmax: int, x: np.ndarray, weights: np.ndarray | None, rmin: float, rdelta: float,
-                     nstep: int, use_mad: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ggml ``make_qkx3_quants`` on element-major ``x`` ``(n, *batch)``.
+def _first_min_max_from0(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``min = max = x[0]; for (i = 1..) { if (x[i] < min) min = x[i]; if (x[i] > max) max = x[i]; }``.
 
-    Returns ``(scale, the_min, L)``: float32 batch, float32 batch (``*the_min = -min``), int32 ``(n, *batch)``.
+    Reductions give the values; a zero minimum then takes the sign of the group's first zero (the one C
+    keeps, as nothing negative follows and ``-0.0 < +0.0`` is false). The sign of a zero maximum is not
+    matched: ``make_qkx_quants`` only uses it in ``max <= min`` and ``max - min`` with ``min < 0``.
+    NaN takes the C loop (a NaN in ``x[0]`` sticks, later ones are skipped).
     """
-    x = np.asarray(x, dtype=F32)
-    w = weights if weights is not None else x * x
-    # min/max and the weighted sums start from element 0, then run over 1..n-1; the first minimum
-    # (strict <) is kept, which decides the sign of a zero minimum (and NaNs are skipped unless first)
-    mn, mx = x[0], x[0]
-    for v in x[1:]:
-        mn = np.where(v < mn, v, mn)
-        mx = np.where(v > mx, v, mx)
-    sum_w = seq_sum(w, start_zero=False)
-    wx = w * x
-    sum_x = seq_sum(wx, start_zero=False)  # sum_x = sum_w * x[0] = w[0]*x[0], then += w*x[i]
-    mn = np.where(mn > 0, F32(0), mn).astype(F32)  # if (min > 0) min = 0
-    flat = mx <= mn
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        iscale = np.divide(F32(nmax), mx - mn, dtype=F32)
-        scale = np.divide(F32(1), iscale, dtype=F32)
+    xmin, xmax = x.min(axis=0), x.max(axis=0)
+    if np.isnan(xmin).any() or np.isnan(xmax).any():
+        xmin, xmax = x[0].copy(), x[0].copy()
+        for v in x[1:]:
+            xmin = np.where(v < xmin, v, xmin)
+            xmax = np.where(v > xmax, v, xmax)
+        return xmin, xmax
+    z = np.flatnonzero(xmin == 0)
+    if z.size:
+        sub = x[:, z]
+        xmin[z] = sub[np.argmax(sub == 0, axis=0), np.arange(z.size)]
+    return xmin, xmax
 
-        def diff_sum(sc, Lf, m):
-            d = (sc * Lf + m) - x
-            d = np.abs(d) if use_mad else d * d
-            return seq_sum(w * d)
 
-        L = np.clip(nearest_int(iscale * (x - mn)), 0, nmax)
-        best_mad = diff_sum(scale, L.astype(F32), mn)
-        the_min = mn  # C's `min`, which the search below updates (and then uses in later steps)
-        for is_ in range(nstep + 1) if nstep >= 1 else ():
-            isc = np.divide(F32(rmin) + F32(rdelta) * F32(is_) + F32(nmax), mx - the_min, dtype=F32)
-            la = np.clip(nearest_int(isc * (x - the_min)), 0, nmax)
-            lf = la.astype(F32)
-            wl = w * lf
-            sum_l = seq_sum(wl)
-            sum_l2 = seq_sum(wl * lf)
-            sum_xl = seq_sum(wl * x)
+def make_qkx_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int,
+                    use_mad: bool, qkx3: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``make_qkx2_quants`` (qkx3=False) / ``make_qkx3_quants`` (qkx3=True) with explicit weights.
+
+    Returns (scale, the_min, L as int32 in [0, nmax]), ``the_min`` being C's ``*the_min = -min``. The two
+    C functions differ only in the flat-group test (``max == min`` vs ``max <= min``) and in the default
+    weights (callers pass them). ``min`` is updated inside the step loop in C, and later steps use the
+    new one. ``nstep >= 1`` (every caller in ggml).
+    """
+    with np.errstate(all="ignore"):
+        xmin, xmax = _first_min_max_from0(x)
+        sum_w = seq_sum(w, start_zero=False)  # sum_w = weights[0], then += weights[i]
+        sum_x = seq_sum(w * x, start_zero=False)  # sum_x = sum_w * x[0], then += w * x[i]
+        mn = np.where(xmin > 0, F32(0), xmin)
+        flat = (xmax <= mn) if qkx3 else (xmax == mn)
+        flat_min = -mn
+        lf = np.empty_like(x)
+        prod = np.empty_like(x)
+
+        def levels(iscale, mn):
+            # iscale*(x - min) is monotonic in x, so its extremes bound every value of the group;
+            # flat groups (whose iscale is inf) are discarded at the end
+            iscale = np.where(flat, F32(0), iscale)
+            np.subtract(x, mn, out=lf)
+            np.multiply(lf, iscale, out=lf)
+            exact = below_exact(iscale * (xmax - mn), iscale * (xmin - mn))
+            return iscale, levels_f32(lf, 0, nmax, exact)
+
+        def error(scale, lf, mn):
+            np.multiply(lf, scale, out=prod)
+            np.add(prod, mn, out=prod)
+            np.subtract(prod, x, out=prod)
+            if use_mad:
+                np.abs(prod, out=prod)
+            else:
+                np.multiply(prod, prod, out=prod)
+            np.multiply(w, prod, out=prod)
+            return seq_sum(prod)
+
+        iscale, l0 = levels(F32(nmax) / (xmax - mn), mn)
+        scale = F32(1) / iscale
+        best = error(scale, l0, mn)
+        best_iscale, best_mn = iscale, mn
+        for step in range(nstep + 1):
+            iscale, l = levels((F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / (xmax - mn), mn)
+            np.multiply(w, l, out=prod)
+            sum_l = seq_sum(prod)
+            sum_xl = seq_sum(prod * x)
+            np.multiply(prod, l, out=prod)
+            sum_l2 = seq_sum(prod)
             D = sum_w * sum_l2 - sum_l * sum_l
-            ok = D > 0
             this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
             this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
             pos = this_min > 0
-            this_min = np.where(pos, F32(0), this_min).astype(F32)
-            this_scale = np.where(pos, sum_xl / sum_l2, this_scale).astype(F32)
-            mad = diff_sum(this_scale, lf, this_min)
-            better = ok & (mad < best_mad)
-            if better.any():
-                L = np.where(better, la, L)
-                best_mad = np.where(better, mad, best_mad).astype(F32)
-                scale = np.where(better, this_scale, scale).astype(F32)
-                the_min = np.where(better, this_min, the_min).astype(F32)
-    scale = np.where(flat, F32(0), scale).astype(F32)
-    the_min = np.where(flat, mn, the_min).astype(F32)
-    L = np.where(flat, 0, L)
-    return scale, -the_min, L
+            this_min = np.where(pos, F32(0), this_min)
+            this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
+            cur = error(this_scale, l, this_min)
+            upd = (D > 0) & (cur < best)
+            best = np.where(upd, cur, best)
+            scale = np.where(upd, this_scale, scale)
+            best_iscale = np.where(upd, iscale, best_iscale)
+            best_mn = np.where(upd, mn, best_mn)
+            mn = np.where(upd, this_min, mn)
+        L = levels_int((x - best_mn) * best_iscale, 0, nmax)
+        L[:, flat] = 0
+        scale = np.where(flat, F32(0), scale)
+        the_min = np.where(flat, flat_min, -mn)
+    return scale, the_min, L

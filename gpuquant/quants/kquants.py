@@ -4,24 +4,17 @@ Without importance weights ``ggml_quantize_chunk`` runs ``quantize_row_qN_K_ref`
 ``quantize_row_qN_K_impl`` (Q6_K's impl with weights only swaps x*x for the weights).  Each class mirrors
 both.  Work is done on chunks of super-blocks so the float32 temporaries stay in cache; inside a chunk the
 16/32-value sub-blocks are laid out as columns (``_groups``) and the scale searches of
-``kquants_search`` run on all of them at once.
+``common`` and ``kquants_search`` run on all of them at once.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from . import GGMLQuantizationType, QuantType
-from .common import F32, GROUP_MAX_EPS, nearest_int, seq_sum
+from .common import F32, GROUP_MAX_EPS, absmax_first, make_qkx_quants, make_qx_quants, nearest_int, seq_sum
 from .common import fp16_bits as fp32_to_fp16_bits
 from .common import fp16_to_fp32 as fp16_bits_to_fp32
-from .kquants_search import (
-    first_absmax,
-    make_q3_quants,
-    make_qkx_quants,
-    make_qp_quants,
-    make_qx_quants,
-    running_max,
-)
+from .kquants_search import make_q3_quants, make_qp_quants, running_max
 
 QK_K = 256
 # super-blocks per chunk: 2048 * 256 float32 = 2 MiB per temporary (measured best of 512..8192:
@@ -164,7 +157,7 @@ class Q6_K(_KQuant, qtype=GGMLQuantizationType.Q6_K):
         xt = _groups(x, 16)
         scales, L = make_qx_quants(xt, 32, None if qw is None else _groups(qw, 16))
         sc = scales.reshape(S, 16)
-        max_abs, max_scale = first_absmax(sc.T)
+        max_abs, max_scale = absmax_first(sc.T)
         iscale = F32(-128) / max_scale
         d16 = fp32_to_fp16_bits(F32(1) / iscale)
         qsc = np.minimum(127, nearest_int(iscale[:, None] * sc)).astype(np.int8)
@@ -190,8 +183,24 @@ class _Q45K(_KQuant):
     clamp_impl_scales: bool  # quantize_row_q5_K_impl applies MIN(63, ...) to Ls/Lm, q4_K's does not
 
     @classmethod
+    def _superblocks(cls, x, qw):
+        """d, dmin (fp16), the 12 packed scale/min bytes, then the quants (``_pack_quants``)."""
+        L, packed, d16, dmin16 = cls._scales(x, qw)
+        out = np.empty((x.shape[0], cls.type_size), np.uint8)
+        out[:, 0:2] = _fp16_bytes(d16)
+        out[:, 2:4] = _fp16_bytes(dmin16)
+        out[:, 4:16] = packed
+        cls._pack_quants(L, out[:, 16:])
+        return out
+
+    @staticmethod
+    def _pack_quants(L: np.ndarray, q: np.ndarray) -> None:
+        """Levels (S, 256) uint8 -> the quant bytes ``q`` (S, type_size - 16), in place."""
+        raise NotImplementedError
+
+    @classmethod
     def _scales(cls, x, qw):
-        """Search each 32-block; returns (xt, L, packed scales (S,12), d16, dmin16)."""
+        """Search each 32-block; returns (L (S, 256) uint8, packed scales (S, 12), d16, dmin16)."""
         S = x.shape[0]
         xt = _groups(x, 32)
         if qw is None:  # quantize_row_qN_K_ref
@@ -233,20 +242,12 @@ class Q5_K(_Q45K, qtype=GGMLQuantizationType.Q5_K):
     ref_search = (-0.5, 0.1, 15)
     clamp_impl_scales = True
 
-    @classmethod
-    def _superblocks(cls, x, qw):
-        S = x.shape[0]
-        L, packed, d16, dmin16 = cls._scales(x, qw)
+    @staticmethod
+    def _pack_quants(L, q):
+        S = L.shape[0]
         Lr = L.reshape(S, 4, 2, 32)
-        ql = (Lr[:, :, 0] & 0xF) | ((Lr[:, :, 1] & 0xF) << 4)
-        qh = _bitplane(L.reshape(S, 8, 32) >> 4)  # bit 2p+h of qh[j]: L[64p + 32h + j] > 15
-        out = np.empty((S, cls.type_size), np.uint8)
-        out[:, 0:2] = _fp16_bytes(d16)
-        out[:, 2:4] = _fp16_bytes(dmin16)
-        out[:, 4:16] = packed
-        out[:, 16:48] = qh
-        out[:, 48:176] = ql.reshape(S, 128)
-        return out
+        q[:, 0:32] = _bitplane(L.reshape(S, 8, 32) >> 4)  # qh: bit 2p+h of qh[j] is L[64p + 32h + j] > 15
+        q[:, 32:160] = ((Lr[:, :, 0] & 0xF) | ((Lr[:, :, 1] & 0xF) << 4)).reshape(S, 128)  # ql
 
 
 class Q4_K(_Q45K, qtype=GGMLQuantizationType.Q4_K):
@@ -256,18 +257,10 @@ class Q4_K(_Q45K, qtype=GGMLQuantizationType.Q4_K):
     ref_search = (-1.0, 0.1, 20)
     clamp_impl_scales = False
 
-    @classmethod
-    def _superblocks(cls, x, qw):
-        S = x.shape[0]
-        L, packed, d16, dmin16 = cls._scales(x, qw)
-        Lr = L.reshape(S, 4, 2, 32)
-        q = Lr[:, :, 0] | (Lr[:, :, 1] << 4)
-        out = np.empty((S, cls.type_size), np.uint8)
-        out[:, 0:2] = _fp16_bytes(d16)
-        out[:, 2:4] = _fp16_bytes(dmin16)
-        out[:, 4:16] = packed
-        out[:, 16:144] = q.reshape(S, 128)
-        return out
+    @staticmethod
+    def _pack_quants(L, q):
+        Lr = L.reshape(L.shape[0], 4, 2, 32)
+        q[...] = (Lr[:, :, 0] | (Lr[:, :, 1] << 4)).reshape(-1, 128)
 
 
 class Q3_K(_KQuant, qtype=GGMLQuantizationType.Q3_K):
@@ -280,7 +273,7 @@ class Q3_K(_KQuant, qtype=GGMLQuantizationType.Q3_K):
         if qw is None:  # quantize_row_q3_K_ref
             scales, L = make_q3_quants(xt, 4)
             sc = scales.reshape(S, 16)
-            _, max_scale = first_absmax(sc.T)
+            _, max_scale = absmax_first(sc.T)
             nz = max_scale != 0
             iscale = F32(-32) / max_scale
             l = nearest_int(iscale[:, None] * sc).astype(np.int8).astype(np.int32)

@@ -1,58 +1,18 @@
-"""Scale searches of the K-quants, vectorized across groups (ggml-quants.c ``make_q*_quants``).
+"""The K-quant-only scale searches of ggml-quants.c: ``make_q3_quants`` and ``make_qp_quants``.
 
-Every function takes a group of ``n`` values laid out as ``x[i, g]``: row ``i`` is the position inside a
-group, column ``g`` one group (a 16- or 32-value sub-block, or the 8/16 scales of a super-block).
-The C code runs one group at a time; here all groups take the same number of steps and every branch
-becomes a mask.  Inside a group the operation order of the C loop is kept: sums run sequentially over
-``i`` (``seq_sum``, never ``np.sum``), every value is float32 (constants are ``np.float32``), and
-``a*b + c`` is two roundings, as in gcc -O3 without FMA.  Integer results follow the C storage types
-(``uint8_t`` wraps).
-
-Exact shortcuts that keep the searches fast (each covered by tests/test_kquants.py):
-
-* ``nearest_int`` followed by a clamp and a cast to float is done in float (``np.rint``, round half to
-  even like the magic-number trick, then ``np.clip``), which is the same value whenever every
-  ``|t| < 2**22 - 1``; that bound is checked per call from the group extremes, and the integer trick runs
-  otherwise.  (``np.rint`` gives -0.0 where the trick gives 0; a zero level only ever enters products
-  that are summed from +0.0, so the sign cannot show.)
-* A search remembers the best step's parameters, not its levels; the levels are recomputed once at the
-  end from those parameters (the same float operations give the same integers).
-* Group extremes come from ``max``/``min`` reductions (order-free without NaN; NaN takes the C loop).
-* The ``itry`` refinement passes run as rounds over all groups at once (``_refine``).
+Both end in the ``itry`` refinement passes (``_refine``). Groups are element-major ``x[i, g]`` like the
+shared searches in ``common`` (``make_qx_quants``, ``make_qkx_quants``; read the notes there): all
+groups take the same steps, branches become masks, sums keep the C order (``seq_sum``), every value is
+float32, and integer results follow the C storage types (``uint8_t`` wraps).  The ``itry`` passes run
+as rounds over all groups at once (``_refine``); ``tests/test_kquants.py`` checks them against the C loop.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .common import F32, GROUP_MAX_EPS, nearest_int, seq_sum
+from .common import F32, GROUP_MAX_EPS, absmax_first, levels_int, nearest_int, seq_sum
 
-__all__ = ["first_absmax", "make_q3_quants", "make_qkx_quants", "make_qp_quants", "make_qx_quants",
-           "running_max"]
-
-_EXACT = F32(4194303.0)  # below this, round(t) < 2**22 and the float rounding equals nearest_int
-
-
-def first_absmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``if (fabsf(x[i]) > amax) { amax = fabsf(x[i]); max = x[i]; }`` from amax = max = 0, over axis 0."""
-    hi, lo = x.max(axis=0), x.min(axis=0)
-    if not (np.isnan(hi).any() or np.isnan(lo).any()):  # C skips NaN (comparisons with it are false)
-        amax = np.maximum(np.abs(hi), np.abs(lo))
-        # the largest magnitude is +hi or lo, unless both +a and -a occur: then the first one counts
-        vmax = np.where(hi > -lo, hi, lo)
-        tie = np.flatnonzero((hi == -lo) & (hi > 0))
-        if tie.size:
-            sub = x[:, tie]
-            first = np.argmax(np.abs(sub) == amax[tie], axis=0)
-            vmax[tie] = sub[first, np.arange(tie.size)]
-        return amax, np.where(amax > 0, vmax, F32(0))
-    amax = np.zeros(x.shape[1:], F32)
-    vmax = np.zeros(x.shape[1:], F32)
-    for i in range(x.shape[0]):
-        ax = np.abs(x[i])
-        gt = ax > amax
-        amax = np.where(gt, ax, amax)
-        vmax = np.where(gt, x[i], vmax)
-    return amax, vmax
+__all__ = ["make_q3_quants", "make_qp_quants", "running_max"]
 
 
 def running_max(x: np.ndarray) -> np.ndarray:
@@ -61,64 +21,6 @@ def running_max(x: np.ndarray) -> np.ndarray:
     for i in range(x.shape[0]):
         m = np.where(x[i] > m, x[i], m)
     return m
-
-
-def _levels_int(t: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """``MAX(lo, MIN(hi, nearest_int(t)))`` as int32."""
-    return np.clip(nearest_int(t), lo, hi, out=None)
-
-
-def _levels_f32(t: np.ndarray, lo: int, hi: int, exact: bool) -> np.ndarray:
-    """``(float)MAX(lo, MIN(hi, nearest_int(t)))``, in place in ``t`` when ``exact`` (``_below_exact``)."""
-    if not exact:
-        return _levels_int(t, lo, hi).astype(F32)
-    np.rint(t, out=t)
-    return np.clip(t, F32(lo), F32(hi), out=t)
-
-
-def _below_exact(*bounds: np.ndarray) -> bool:
-    """True when every |bound| < 4194303 (NaN and inf fail)."""
-    return all(bool((np.abs(b) < _EXACT).all()) for b in bounds)
-
-
-def make_qx_quants(x: np.ndarray, nmax: int, qw: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """``make_qx_quants(n, nmax, x, L, rmse_type=1, qw)``: returns (scale, L as int32 in [0, 2*nmax))."""
-    lo, hi = -nmax, nmax - 1
-    with np.errstate(all="ignore"):
-        amax, vmax = first_absmax(x)
-        zero = amax < GROUP_MAX_EPS
-        w = x * x if qw is None else qw
-        wx = w * x
-        t = np.empty_like(x)
-        prod = np.empty_like(x)
-
-        def sums(iscale):
-            # |iscale*x| <= |iscale*max| for every x of a group; all-zero groups are discarded at the end
-            iscale = np.where(zero, F32(0), iscale)
-            np.multiply(x, iscale, out=t)
-            lf = _levels_f32(t, lo, hi, _below_exact(iscale * vmax))
-            np.multiply(wx, lf, out=prod)
-            sumlx = seq_sum(prod)
-            np.multiply(w, lf, out=prod)
-            np.multiply(prod, lf, out=prod)
-            return iscale, sumlx, seq_sum(prod)
-
-        best_iscale, sumlx, suml2 = sums(F32(-nmax) / vmax)
-        scale = np.where(suml2 != 0, sumlx / suml2, F32(0))
-        best = scale * sumlx
-        for step in range(-9, 10):
-            if step == 0:
-                continue
-            iscale, sumlx, suml2 = sums(-(F32(nmax) + F32(0.1) * F32(step)) / vmax)
-            upd = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-            new_scale = sumlx / suml2
-            scale = np.where(upd, new_scale, scale)
-            best = np.where(upd, new_scale * sumlx, best)
-            best_iscale = np.where(upd, iscale, best_iscale)
-        L = _levels_int(x * best_iscale, lo, hi) + nmax
-        L[:, zero] = 0
-        scale = np.where(zero, F32(0), scale)
-    return scale, L
 
 
 def _accepted_changes(x, w, wx, L, s1, s2, wxl, wll, lo, hi, qp, element_major=False):
@@ -210,8 +112,8 @@ def _refine(x, w, wx, L, sumlx, suml2, wxl, wll, lo, hi, qp):
 def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     """``make_q3_quants(n, nmax, x, L, do_rmse=true)``: returns (scale, L as int32 in [0, 2*nmax))."""
     with np.errstate(all="ignore"):
-        amax, vmax = first_absmax(x)
-        L = _levels_int((F32(-nmax) / vmax) * x, -nmax, nmax - 1)
+        amax, vmax = absmax_first(x)
+        L = levels_int((F32(-nmax) / vmax) * x, -nmax, nmax - 1)
         w = x * x
         wx = w * x
         Lf = L.astype(F32)
@@ -223,84 +125,6 @@ def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
         L[:, zero] = 0
         scale = np.where(zero, F32(0), scale)
     return scale, L
-
-
-def make_qkx_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int,
-                    use_mad: bool, qkx3: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``make_qkx2_quants`` (qkx3=False) / ``make_qkx3_quants`` (qkx3=True) with explicit weights.
-
-    Returns (scale, the_min, L as int32 in [0, nmax]).  The two C functions differ only in the
-    flat-group test (``max == min`` vs ``max <= min``) and in the default weights (callers pass them).
-    Note ``min`` is updated inside the step loop in C, and later steps use the new one.
-    """
-    n = x.shape[0]
-    with np.errstate(all="ignore"):
-        # min and max: np.min/np.max are the C loop's values unless a NaN is there; they may differ in the
-        # sign of a zero minimum, which cannot show (it only ever meets +-0 sums, subtractions from
-        # nonzero values, squares, and nearest_int/fp16 of +-0)
-        xmin, xmax = x.min(axis=0), x.max(axis=0)
-        if np.isnan(xmin).any() or np.isnan(xmax).any():
-            xmin, xmax = x[0].copy(), x[0].copy()
-            for i in range(1, n):
-                xmin = np.where(x[i] < xmin, x[i], xmin)
-                xmax = np.where(x[i] > xmax, x[i], xmax)
-        sum_w = seq_sum(w, start_zero=False)  # sum_w = weights[0], then += weights[i]
-        sum_x = seq_sum(w * x, start_zero=False)  # sum_x = sum_w * x[0], then += w * x[i]
-        mn = np.where(xmin > 0, F32(0), xmin)
-        flat = (xmax <= mn) if qkx3 else (xmax == mn)
-        flat_min = -mn
-        lf = np.empty_like(x)
-        prod = np.empty_like(x)
-
-        def levels(iscale, mn):
-            # iscale*(x - min) is monotonic in x, so its extremes bound every value of the group;
-            # flat groups (whose iscale is inf) are discarded at the end
-            iscale = np.where(flat, F32(0), iscale)
-            np.subtract(x, mn, out=lf)
-            np.multiply(lf, iscale, out=lf)
-            exact = _below_exact(iscale * (xmax - mn), iscale * (xmin - mn))
-            return iscale, _levels_f32(lf, 0, nmax, exact)
-
-        def error(scale, lf, mn):
-            np.multiply(lf, scale, out=prod)
-            np.add(prod, mn, out=prod)
-            np.subtract(prod, x, out=prod)
-            if use_mad:
-                np.abs(prod, out=prod)
-            else:
-                np.multiply(prod, prod, out=prod)
-            np.multiply(w, prod, out=prod)
-            return seq_sum(prod)
-
-        iscale, l0 = levels(F32(nmax) / (xmax - mn), mn)
-        scale = F32(1) / iscale
-        best = error(scale, l0, mn)
-        best_iscale, best_mn = iscale, mn
-        for step in range(nstep + 1):
-            iscale, l = levels((F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / (xmax - mn), mn)
-            np.multiply(w, l, out=prod)
-            sum_l = seq_sum(prod)
-            sum_xl = seq_sum(prod * x)
-            np.multiply(prod, l, out=prod)
-            sum_l2 = seq_sum(prod)
-            D = sum_w * sum_l2 - sum_l * sum_l
-            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
-            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
-            pos = this_min > 0
-            this_min = np.where(pos, F32(0), this_min)
-            this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
-            cur = error(this_scale, l, this_min)
-            upd = (D > 0) & (cur < best)
-            best = np.where(upd, cur, best)
-            scale = np.where(upd, this_scale, scale)
-            best_iscale = np.where(upd, iscale, best_iscale)
-            best_mn = np.where(upd, mn, best_mn)
-            mn = np.where(upd, this_min, mn)
-        L = _levels_int((x - best_mn) * best_iscale, 0, nmax)
-        L[:, flat] = 0
-        scale = np.where(flat, F32(0), scale)
-        the_min = np.where(flat, flat_min, -mn)
-    return scale, the_min, L
 
 
 def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

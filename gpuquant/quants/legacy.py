@@ -25,7 +25,7 @@ from .common import (
     absmax_first,
     blocks_t,
     fp16_bits,
-    make_qkx3_quants,
+    make_qkx_quants,
     make_qx_quants,
     pack_nibbles,
     pack_qh,
@@ -143,9 +143,15 @@ def _blocks(*fields: np.ndarray) -> np.ndarray:
     return np.concatenate(fields, axis=1)
 
 
-def _q5_fields(xi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """qh (4 bytes: bit j = bit 4 of element j) and qs (low nibbles) of 5-bit values ``(32, nblk)``."""
-    return pack_qh(xi).T, pack_nibbles(xi & 0x0F).T
+def _quants_bm(u: np.ndarray, five: bool) -> tuple[np.ndarray, ...]:
+    """The quant fields of block-major levels ``(nblk, 32)`` uint8: ``qs`` (4 bits), or ``qh``, ``qs`` (5)."""
+    return (_qh_bm(u), _nibbles_bm(u, True)) if five else (_nibbles_bm(u, False),)
+
+
+def _quants_em(xi: np.ndarray, five: bool) -> tuple[np.ndarray, ...]:
+    """``_quants_bm`` of element-major levels ``(32, nblk)`` uint8, as ``(nblk, k)`` byte fields:
+    ``qs`` (4 bits), or ``qh`` (bit j = bit 4 of element j) and ``qs`` (low nibbles) (5 bits)."""
+    return (pack_qh(xi).T, pack_nibbles(xi & 0x0F).T) if five else (pack_nibbles(xi).T,)
 
 
 class _Legacy(QuantType):
@@ -181,93 +187,78 @@ class _Legacy(QuantType):
         return out
 
 
-class Q4_0(_Legacy, qtype=T.Q4_0):
+class _Symmetric(_Legacy):
+    """Q4_0 / Q5_0: ``d = max/-nmax`` from the first value of largest magnitude, levels ``x/d + nmax``."""
+
+    nmax: int  # 8 (Q4_0) or 16 (Q5_0); the levels are 0..2*nmax-1
+
     @classmethod
-    def _fast(cls, xb):  # quantize_row_q4_0_ref, block-major
-        d = _first_absmax_bm(xb)[1] / F32(-8)
+    def _fast(cls, xb):  # quantize_row_q{4,5}_0_ref, block-major
+        d = _first_absmax_bm(xb)[1] / F32(-cls.nmax)
         id_ = safe_recip(d)
-        u = _scaled(xb, id_, None, F32(8.5))
-        np.clip(u, np.uint8(0), np.uint8(15), out=u)  # clip: far faster than minimum with a scalar
-        return _fill(cls.type_size, _h16(d), _nibbles_bm(u, False)), _bad(d, id_)
+        u = _scaled(xb, id_, None, F32(cls.nmax + 0.5))
+        np.clip(u, np.uint8(0), np.uint8(2 * cls.nmax - 1), out=u)  # MIN(2*nmax-1, ...)
+        return _fill(cls.type_size, _h16(d), *_quants_bm(u, cls.nmax == 16)), _bad(d, id_)
 
-    @staticmethod
-    def _ref(xt):  # quantize_row_q4_0_ref
-        _, mx = absmax_first(xt)
-        d = mx / F32(-8)
-        xi = np.minimum(_int8(xt * safe_recip(d) + F32(8.5)), 15).astype(np.uint8)
-        return _blocks(_h(d), pack_nibbles(xi).T)
-
-    @staticmethod
-    def _impl(xt, w):  # quantize_row_q4_0_impl
-        d, L = make_qx_quants(8, xt, 1, w)
-        return _blocks(_h(d), pack_nibbles(L).T)
-
-
-class Q4_1(_Legacy, qtype=T.Q4_1):
     @classmethod
-    def _fast(cls, xb):  # quantize_row_q4_1_ref, block-major
+    def _ref(cls, xt):  # quantize_row_q{4,5}_0_ref: MIN(2*nmax-1, (int8_t)(x*id + nmax + 0.5f))
+        d = absmax_first(xt)[1] / F32(-cls.nmax)
+        xi = np.minimum(_int8(xt * safe_recip(d) + F32(cls.nmax + 0.5)), 2 * cls.nmax - 1)
+        return _blocks(_h(d), *_quants_em(xi.astype(np.uint8), cls.nmax == 16))
+
+    @classmethod
+    def _impl(cls, xt, w):  # quantize_row_q{4,5}_0_impl
+        d, L = make_qx_quants(xt, cls.nmax, w)
+        return _blocks(_h(d), *_quants_em(L.astype(np.uint8), cls.nmax == 16))
+
+
+class _Affine(_Legacy):
+    """Q4_1 / Q5_1: ``d = (max - min)/nmax``, ``m = min``, levels ``(x - min)/d``."""
+
+    nmax: int  # 15 (Q4_1) or 31 (Q5_1)
+    clamp: bool  # quantize_row_q4_1_ref applies MIN(15, (int8_t)...), q5_1's stores (uint8_t) directly
+
+    @classmethod
+    def _fast(cls, xb):  # quantize_row_q{4,5}_1_ref, block-major
         mn, mx = _first_min_max_bm(xb)
-        d = (mx - mn) / F32(15)
+        d = (mx - mn) / F32(cls.nmax)
         id_ = safe_recip(d)
         u = _scaled(xb, id_, mn, F32(0.5))
-        np.clip(u, np.uint8(0), np.uint8(15), out=u)  # clip: far faster than minimum with a scalar
-        return _fill(cls.type_size, _h16(d), _h16(mn), _nibbles_bm(u, False)), _bad(d, id_)
+        if cls.clamp:
+            np.clip(u, np.uint8(0), np.uint8(cls.nmax), out=u)
+        return _fill(cls.type_size, _h16(d), _h16(mn), *_quants_bm(u, cls.nmax == 31)), _bad(d, id_)
 
-    @staticmethod
-    def _ref(xt):  # quantize_row_q4_1_ref
-        mn, mx = _first_min_max(xt)
-        d = (mx - mn) / F32(15)
-        xi = np.minimum(_int8((xt - mn) * safe_recip(d) + F32(0.5)), 15).astype(np.uint8)
-        return _blocks(_h(d), _h(mn), pack_nibbles(xi).T)
-
-    @staticmethod
-    def _impl(xt, w):  # quantize_row_q4_1_impl
-        d, the_min, L = make_qkx3_quants(15, xt, w, -0.9, 0.05, 36, False)
-        return _blocks(_h(d), _h(-the_min), pack_nibbles(L).T)
-
-
-class Q5_0(_Legacy, qtype=T.Q5_0):
     @classmethod
-    def _fast(cls, xb):  # quantize_row_q5_0_ref, block-major
-        d = _first_absmax_bm(xb)[1] / F32(-16)
-        id_ = safe_recip(d)
-        u = _scaled(xb, id_, None, F32(16.5))
-        np.clip(u, np.uint8(0), np.uint8(31), out=u)
-        return _fill(cls.type_size, _h16(d), _qh_bm(u), _nibbles_bm(u, True)), _bad(d, id_)
-
-    @staticmethod
-    def _ref(xt):  # quantize_row_q5_0_ref
-        _, mx = absmax_first(xt)
-        d = mx / F32(-16)
-        xi = np.minimum(_int8(xt * safe_recip(d) + F32(16.5)), 31).astype(np.uint8)
-        return _blocks(_h(d), *_q5_fields(xi))
-
-    @staticmethod
-    def _impl(xt, w):  # quantize_row_q5_0_impl
-        d, L = make_qx_quants(16, xt, 1, w)
-        return _blocks(_h(d), *_q5_fields(L.astype(np.uint8)))
-
-
-class Q5_1(_Legacy, qtype=T.Q5_1):
-    @classmethod
-    def _fast(cls, xb):  # quantize_row_q5_1_ref, block-major
-        mn, mx = _first_min_max_bm(xb)
-        d = (mx - mn) / F32(31)
-        id_ = safe_recip(d)
-        u = _scaled(xb, id_, mn, F32(0.5))
-        return _fill(cls.type_size, _h16(d), _h16(mn), _qh_bm(u), _nibbles_bm(u, True)), _bad(d, id_)
-
-    @staticmethod
-    def _ref(xt):  # quantize_row_q5_1_ref
+    def _ref(cls, xt):  # quantize_row_q{4,5}_1_ref
         mn, mx = _first_min_max(xt)
-        d = (mx - mn) / F32(31)
-        xi = _int8((xt - mn) * safe_recip(d) + F32(0.5)).astype(np.uint8)  # (uint8_t)(x0 + 0.5f)
-        return _blocks(_h(d), _h(mn), *_q5_fields(xi))
+        d = (mx - mn) / F32(cls.nmax)
+        xi = _int8((xt - mn) * safe_recip(d) + F32(0.5))
+        if cls.clamp:
+            xi = np.minimum(xi, cls.nmax)
+        return _blocks(_h(d), _h(mn), *_quants_em(xi.astype(np.uint8), cls.nmax == 31))
 
-    @staticmethod
-    def _impl(xt, w):  # quantize_row_q5_1_impl
-        d, the_min, L = make_qkx3_quants(31, xt, w, -0.9, 0.05, 36, False)
-        return _blocks(_h(d), _h(-the_min), *_q5_fields(L.astype(np.uint8)))
+    @classmethod
+    def _impl(cls, xt, w):  # quantize_row_q{4,5}_1_impl: make_qkx3_quants(.., -0.9f, 0.05f, 36, false)
+        d, the_min, L = make_qkx_quants(xt, w, cls.nmax, -0.9, 0.05, 36, False, True)
+        return _blocks(_h(d), _h(-the_min), *_quants_em(L.astype(np.uint8), cls.nmax == 31))
+
+
+class Q4_0(_Symmetric, qtype=T.Q4_0):
+    nmax = 8
+
+
+class Q5_0(_Symmetric, qtype=T.Q5_0):
+    nmax = 16
+
+
+class Q4_1(_Affine, qtype=T.Q4_1):
+    nmax = 15
+    clamp = True
+
+
+class Q5_1(_Affine, qtype=T.Q5_1):
+    nmax = 31
+    clamp = False
 
 
 class Q8_0(_Legacy, qtype=T.Q8_0):
