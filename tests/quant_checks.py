@@ -1,10 +1,12 @@
-"""Shared assertions for the per-family numpy tests (test_floats, test_legacy, test_iq4)."""
+"""Shared assertions for the per-family numpy tests (test_floats, test_legacy, test_iq4, test_kquants)."""
 from __future__ import annotations
 
 import numpy as np
 
 from gpuquant.quants import QUANT_SIZES, parse_type, quantize
 from tests.golden import first_difference, iter_cases
+from tests.golden.cases import build_cases
+from tests.oracle import oracle_quantize
 
 
 def assert_bytes(got: np.ndarray, want: np.ndarray, qtype: str, rows: np.ndarray, what: str = "") -> None:
@@ -46,3 +48,44 @@ def nonfinite_rows(seed: int, nrows: int = 8, n: int = 512) -> np.ndarray:
     x[3, 96] = x[3, 127] = np.nan
     x[4] = np.where(rng.random(n) < 0.5, np.nan, 1.0)
     return x
+
+
+def check_fresh_edge_cases(qtype: str, group: str, seed: int) -> None:
+    """The golden edge-case kinds of ``group`` drawn with another seed, with and without their weights,
+    against the oracle."""
+    for case_id, rows, imatrix in build_cases(group, seed=seed):
+        for w in (None, imatrix):
+            assert_bytes(quantize(rows, qtype, w), oracle_quantize(rows, qtype, w), qtype, rows,
+                         f"{case_id} {'imatrix' if w is not None else 'plain'}")
+
+
+def check_nonfinite(qtype: str, seed: int) -> None:
+    """``nonfinite_rows`` with and without weights (some zero) against the oracle; no float warning may
+    escape ``quantize``. llama-quantize refuses such tensors, but ggml_quantize_chunk's bytes are matched."""
+    x = nonfinite_rows(seed)
+    w = np.abs(np.random.default_rng(seed).standard_normal(x.shape[1])).astype(np.float32)
+    w[:100] = 0
+    for qw in (None, w):
+        with np.errstate(all="raise"):
+            got = quantize(x, qtype, qw)
+        assert_bytes(got, oracle_quantize(x, qtype, qw), qtype, x, f"NaN/Inf seed {seed}")
+
+
+def random_imatrix(rng: np.random.Generator, n: int, kind: str) -> np.ndarray | None:
+    """Importance weights of one row: ``"none"`` (None), ``"imatrix"`` (squared normals, as llama-imatrix
+    collects) or ``"sparse"`` (the same with about 40% zeros)."""
+    if kind == "none":
+        return None
+    w = (rng.standard_normal(n) ** 2).astype(np.float32)
+    if kind == "sparse":
+        w[rng.random(n) < 0.4] = 0
+    return w
+
+
+def check_random(qtype: str, shape: tuple[int, int], imat: str) -> None:
+    """Normal rows with per-row scales from 0.01 to 10 and ``random_imatrix`` weights of kind ``imat``,
+    seeded by the type, the row length and the kind, against the oracle."""
+    rng = np.random.default_rng([sum(map(ord, qtype)), shape[1], len(imat)])
+    x = (rng.standard_normal(shape) * rng.uniform(0.01, 10, (shape[0], 1))).astype(np.float32)
+    w = random_imatrix(rng, shape[1], imat)
+    assert_bytes(quantize(x, qtype, w), oracle_quantize(x, qtype, w), qtype, x, f"random {shape} {imat}")

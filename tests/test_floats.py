@@ -52,22 +52,7 @@ FP16_CASES = [
     (0x00000001, 0x0000),  # float32 denormal -> 0
 ]
 
-
-def test_fp16_bits_known_values():
-    src = np.array([c[0] for c in FP16_CASES], dtype=U32)
-    want = np.array([c[1] for c in FP16_CASES], dtype=np.uint16)
-    got = fp16_bits(src.view(np.float32))
-    bad = np.flatnonzero(got != want)
-    assert bad.size == 0, [(hex(src[i]), hex(got[i]), hex(want[i])) for i in bad]
-
-
-def test_fp16_round_trip_of_every_half():
-    h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
-    finite = (h & 0x7C00) != 0x7C00
-    back = fp16_bits(fp16_to_fp32(h[finite]))
-    assert np.array_equal(back, h[finite])
-
-
+# ggml_compute_fp32_to_bf16: round to nearest even, NaN forced quiet.
 BF16_CASES = [
     (0x3F800000, 0x3F80), (0x3F808000, 0x3F80),  # tie -> even (down)
     (0x3F818000, 0x3F82),  # tie -> even (up)
@@ -77,12 +62,21 @@ BF16_CASES = [
 ]
 
 
-def test_bf16_bits_known_values():
-    src = np.array([c[0] for c in BF16_CASES], dtype=U32)
-    want = np.array([c[1] for c in BF16_CASES], dtype=np.uint16)
-    got = bf16_bits(src.view(np.float32))
+@pytest.mark.parametrize("convert,cases", [(fp16_bits, FP16_CASES), (bf16_bits, BF16_CASES)],
+                         ids=["F16", "BF16"])
+def test_known_bits(convert, cases):
+    src = np.array([c[0] for c in cases], dtype=U32)
+    want = np.array([c[1] for c in cases], dtype=np.uint16)
+    got = convert(src.view(np.float32))
     bad = np.flatnonzero(got != want)
     assert bad.size == 0, [(hex(src[i]), hex(got[i]), hex(want[i])) for i in bad]
+
+
+def test_fp16_round_trip_of_every_half():
+    h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    finite = (h & 0x7C00) != 0x7C00
+    back = fp16_bits(fp16_to_fp32(h[finite]))
+    assert np.array_equal(back, h[finite])
 
 
 def _random_bits(seed: int, n: int) -> np.ndarray:

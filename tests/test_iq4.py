@@ -11,9 +11,8 @@ import pytest
 
 from gpuquant.quants import quantize
 from gpuquant.quants.iq4 import KVALUES, LUT
-from tests.golden.cases import build_cases
-from tests.oracle import oracle_quantize, requires_oracle
-from tests.quant_checks import assert_bytes, check_golden, nonfinite_rows
+from tests.oracle import requires_oracle
+from tests.quant_checks import check_fresh_edge_cases, check_golden, check_nonfinite, check_random
 
 TYPES = ["IQ4_NL", "IQ4_XS"]
 F32 = np.float32
@@ -91,35 +90,18 @@ def test_all_zero_input(qtype):
 @pytest.mark.parametrize("imat", ["none", "imatrix", "sparse"])
 @pytest.mark.parametrize("shape", [(9, 256), (3, 4096)])
 def test_random_against_oracle(qtype, imat, shape):
-    rng = np.random.default_rng([sum(map(ord, qtype)), shape[1], len(imat)])
-    x = (rng.standard_normal(shape) * rng.uniform(0.01, 10, (shape[0], 1))).astype(F32)
-    w = None
-    if imat != "none":
-        w = (rng.standard_normal(shape[1]) ** 2).astype(F32)
-        if imat == "sparse":
-            w[rng.random(shape[1]) < 0.4] = 0
-    assert_bytes(quantize(x, qtype, w), oracle_quantize(x, qtype, w), qtype, x, f"random {shape} {imat}")
+    check_random(qtype, shape, imat)
 
 
 @requires_oracle
 @pytest.mark.parametrize("qtype,group", [("IQ4_NL", "b32"), ("IQ4_NL", "b256"), ("IQ4_XS", "b256")])
 def test_fresh_edge_cases_against_oracle(qtype, group):
     """The golden edge-case kinds drawn with another seed (IQ4_XS rows are multiples of 256)."""
-    for case_id, rows, imatrix in build_cases(group, seed=11):
-        for w in (None, imatrix):
-            assert_bytes(quantize(rows, qtype, w), oracle_quantize(rows, qtype, w), qtype, rows,
-                         f"{case_id} {'imatrix' if w is not None else 'plain'}")
+    check_fresh_edge_cases(qtype, group, seed=11)
 
 
 @requires_oracle
 @pytest.mark.parametrize("qtype", TYPES)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_nan_inf_inputs_against_oracle(qtype, seed):
-    """llama-quantize refuses such tensors, but ggml_quantize_chunk's bytes for them are matched too."""
-    x = nonfinite_rows(seed)
-    w = np.abs(np.random.default_rng(seed).standard_normal(x.shape[1])).astype(F32)
-    w[:100] = 0
-    for qw in (None, w):
-        with np.errstate(all="raise"):  # no stray float warnings escape quantize
-            got = quantize(x, qtype, qw)
-        assert_bytes(got, oracle_quantize(x, qtype, qw), qtype, x, f"NaN/Inf seed {seed}")
+    check_nonfinite(qtype, seed)

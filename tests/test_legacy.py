@@ -14,9 +14,8 @@ import pytest
 
 from gpuquant.quants import get, quantize
 from gpuquant.quants.common import nearest_int, roundf
-from tests.golden.cases import build_cases
-from tests.oracle import oracle_quantize, requires_oracle
-from tests.quant_checks import assert_bytes, check_golden, nonfinite_rows
+from tests.oracle import requires_oracle
+from tests.quant_checks import check_fresh_edge_cases, check_golden, check_nonfinite, check_random
 
 TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]
 F32 = np.float32
@@ -76,24 +75,12 @@ def test_nearest_int_is_round_half_even():
 # ----------------------------------------------------------------------------- oracle
 
 
-def _imatrix(rng, n, kind):
-    if kind == "none":
-        return None
-    w = (rng.standard_normal(n) ** 2).astype(F32)
-    if kind == "sparse":
-        w[rng.random(n) < 0.4] = 0
-    return w
-
-
 @requires_oracle
 @pytest.mark.parametrize("qtype", TYPES)
 @pytest.mark.parametrize("imat", ["none", "imatrix", "sparse"])
 @pytest.mark.parametrize("shape", [(7, 32), (5, 96), (3, 4096)])
 def test_random_against_oracle(qtype, imat, shape):
-    rng = np.random.default_rng([sum(map(ord, qtype)), shape[1], len(imat)])
-    x = (rng.standard_normal(shape) * rng.uniform(0.01, 10, (shape[0], 1))).astype(F32)
-    w = _imatrix(rng, shape[1], imat)
-    assert_bytes(quantize(x, qtype, w), oracle_quantize(x, qtype, w), qtype, x, f"random {shape} {imat}")
+    check_random(qtype, shape, imat)
 
 
 @requires_oracle
@@ -101,21 +88,11 @@ def test_random_against_oracle(qtype, imat, shape):
 @pytest.mark.parametrize("group", ["b32", "b256"])
 def test_fresh_edge_cases_against_oracle(qtype, group):
     """The golden edge-case kinds drawn with another seed."""
-    for case_id, rows, imatrix in build_cases(group, seed=11):
-        for w in (None, imatrix):
-            assert_bytes(quantize(rows, qtype, w), oracle_quantize(rows, qtype, w), qtype, rows,
-                         f"{case_id} {'imatrix' if w is not None else 'plain'}")
+    check_fresh_edge_cases(qtype, group, seed=11)
 
 
 @requires_oracle
 @pytest.mark.parametrize("qtype", TYPES)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_nan_inf_inputs_against_oracle(qtype, seed):
-    """llama-quantize refuses such tensors, but ggml_quantize_chunk's bytes for them are matched too."""
-    x = nonfinite_rows(seed)
-    w = np.abs(np.random.default_rng(seed).standard_normal(x.shape[1])).astype(F32)
-    w[:100] = 0
-    for qw in (None, w):
-        with np.errstate(all="raise"):  # no stray float warnings escape quantize
-            got = quantize(x, qtype, qw)
-        assert_bytes(got, oracle_quantize(x, qtype, qw), qtype, x, f"NaN/Inf seed {seed}")
+    check_nonfinite(qtype, seed)

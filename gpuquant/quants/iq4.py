@@ -177,78 +177,89 @@ def _sigma2(xt_sb: np.ndarray, S: int) -> np.ndarray:
     return seq_sum(xt_sb * xt_sb) * F32(2.0 / S)
 
 
-class IQ4_NL(QuantType, qtype=T.IQ4_NL):
+class _IQ4(QuantType):
+    """Shared row driver: cache-sized chunks of rows, the importance weights laid out once."""
+
+    @classmethod
+    def quantize_rows(cls, rows: np.ndarray, quant_weights: np.ndarray | None) -> np.ndarray:
+        rows = np.asarray(rows, dtype=F32)
+        nrows, n = rows.shape
+        out = np.empty((nrows, cls.row_size(n)), dtype=np.uint8)
+        qw_t = None
+        if quant_weights is not None:
+            qw_t = np.ascontiguousarray(cls._weights_t(np.asarray(quant_weights, dtype=F32), n))
+        for sl in row_chunks(nrows, n, 1 << 17):
+            x = rows[sl]
+            out[sl] = cls._rows(x, qw_t).reshape(x.shape[0], -1)
+        return out
+
+    @staticmethod
+    def _weights_t(qw: np.ndarray, n: int) -> np.ndarray:
+        """The weights of one row in the element-major layout of ``_rows``."""
+        raise NotImplementedError
+
+    @classmethod
+    def _rows(cls, x: np.ndarray, qw_t: np.ndarray | None) -> np.ndarray:
+        """Rows ``(nr, n)`` -> their blocks ``(nr * blocks per row, type_size)`` uint8."""
+        raise NotImplementedError
+
+
+class IQ4_NL(_IQ4, qtype=T.IQ4_NL):
     """``quantize_iq4_nl``: ``quantize_row_iq4_nl_impl(32, 32, ..., ntry=7)`` per block."""
 
+    @staticmethod
+    def _weights_t(qw, n):  # (32, nb): element j of block ib
+        return qw.reshape(n // 32, 32).T
+
     @classmethod
-    def quantize_rows(cls, rows: np.ndarray, quant_weights: np.ndarray | None) -> np.ndarray:
-        rows = np.asarray(rows, dtype=F32)
-        nrows, n = rows.shape
-        nb = n // 32
-        out = np.empty((nrows, cls.row_size(n)), dtype=np.uint8)
-        qw_t = None
-        if quant_weights is not None:
-            qw_t = np.ascontiguousarray(np.asarray(quant_weights, dtype=F32).reshape(nb, 32).T)
-        for sl in row_chunks(nrows, n, 1 << 17):
-            x = rows[sl]
-            nr = x.shape[0]
-            xt = np.ascontiguousarray(x.reshape(-1, 32).T)  # (32, nr*nb)
-            with np.errstate(over="ignore", invalid="ignore"):
-                sigma2 = _sigma2(xt, 32)
-                qwb = None if qw_t is None else np.tile(qw_t, (1, nr))
-                w = _weights(xt, qwb, sigma2)
-            d = _search_scales(xt, w)
-            # dh = fp16(scales[0]); L = best_index(1/scales[0] * x)
-            L = _map_elements(xt, safe_recip(d))
-            blk = np.concatenate([fp16_bits(d).view(np.uint8).reshape(-1, 2), pack_nibbles(L).T], axis=1)
-            out[sl] = blk.reshape(nr, -1)
-        return out
+    def _rows(cls, x, qw_t):
+        nr = x.shape[0]
+        xt = np.ascontiguousarray(x.reshape(-1, 32).T)  # (32, nr*nb)
+        with np.errstate(over="ignore", invalid="ignore"):
+            sigma2 = _sigma2(xt, 32)
+            qwb = None if qw_t is None else np.tile(qw_t, (1, nr))
+            w = _weights(xt, qwb, sigma2)
+        d = _search_scales(xt, w)
+        # dh = fp16(scales[0]); L = best_index(1/scales[0] * x)
+        L = _map_elements(xt, safe_recip(d))
+        return np.concatenate([fp16_bits(d).view(np.uint8).reshape(-1, 2), pack_nibbles(L).T], axis=1)
 
 
-class IQ4_XS(QuantType, qtype=T.IQ4_XS):
+class IQ4_XS(_IQ4, qtype=T.IQ4_XS):
     """``quantize_iq4_xs``: ``quantize_row_iq4_nl_impl(256, 32, ..., ntry=7)`` per super-block."""
 
+    @staticmethod
+    def _weights_t(qw, n):  # (32, 8, nsb_row): element j of block ib of super-block s
+        return qw.reshape(n // 256, 8, 32).transpose(2, 1, 0)
+
     @classmethod
-    def quantize_rows(cls, rows: np.ndarray, quant_weights: np.ndarray | None) -> np.ndarray:
-        rows = np.asarray(rows, dtype=F32)
-        nrows, n = rows.shape
-        nsb_row = n // 256
-        out = np.empty((nrows, cls.row_size(n)), dtype=np.uint8)
-        qw_t = None
-        if quant_weights is not None:
-            # (32, 8, nsb_row): element j of block ib of super-block s
-            qw_t = np.ascontiguousarray(
-                np.asarray(quant_weights, dtype=F32).reshape(nsb_row, 8, 32).transpose(2, 1, 0))
-        for sl in row_chunks(nrows, n, 1 << 17):
-            x = rows[sl]
-            nr = x.shape[0]
-            nsb = nr * nsb_row
-            x3 = x.reshape(nsb, 8, 32)
-            with np.errstate(over="ignore", invalid="ignore"):
-                sigma2 = _sigma2(np.ascontiguousarray(x.reshape(nsb, 256).T), 256)  # (nsb,)
-                xt = np.ascontiguousarray(x3.transpose(2, 1, 0))  # (32, 8, nsb)
-                qwb = None if qw_t is None else np.tile(qw_t, (1, 1, nr))
-                w = _weights(xt, qwb, sigma2)
-            scales = _search_scales(xt.reshape(32, -1), w.reshape(32, -1)).reshape(8, nsb)
-            # super-block scale: first block scale of largest magnitude; d = -max_scale/32
-            _, max_scale = absmax_first(scales)
-            d = -max_scale / F32(32)
-            idd = safe_recip(d)
-            l = np.clip(nearest_int(idd * scales), -32, 31)  # (8, nsb)
-            dl = d * l.astype(F32)
-            L = _map_elements(xt.reshape(32, -1), safe_recip(dl).reshape(-1))  # (32, 8*nsb)
-            L = L.reshape(32, 8, nsb)
-            l = (l + 32).astype(np.uint8)
-            scales_l = (l[0::2] & 0x0F) | ((l[1::2] & 0x0F) << 4)  # (4, nsb)
-            scales_h = np.zeros(nsb, dtype=np.uint16)
-            for ib in range(8):
-                scales_h |= (l[ib] >> 4).astype(np.uint16) << (2 * ib)
-            qs = pack_nibbles(L)  # (16, 8, nsb): qs[16*ib + j]
-            blk = np.concatenate([
-                fp16_bits(d).view(np.uint8).reshape(-1, 2),
-                scales_h.view(np.uint8).reshape(-1, 2),
-                scales_l.T,
-                qs.transpose(2, 1, 0).reshape(nsb, 128),
-            ], axis=1)
-            out[sl] = blk.reshape(nr, -1)
-        return out
+    def _rows(cls, x, qw_t):
+        nr = x.shape[0]
+        nsb = x.size // 256
+        x3 = x.reshape(nsb, 8, 32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            sigma2 = _sigma2(np.ascontiguousarray(x.reshape(nsb, 256).T), 256)  # (nsb,)
+            xt = np.ascontiguousarray(x3.transpose(2, 1, 0))  # (32, 8, nsb)
+            qwb = None if qw_t is None else np.tile(qw_t, (1, 1, nr))
+            w = _weights(xt, qwb, sigma2)
+        scales = _search_scales(xt.reshape(32, -1), w.reshape(32, -1)).reshape(8, nsb)
+        # super-block scale: first block scale of largest magnitude; d = -max_scale/32
+        _, max_scale = absmax_first(scales)
+        d = -max_scale / F32(32)
+        idd = safe_recip(d)
+        l = np.clip(nearest_int(idd * scales), -32, 31)  # (8, nsb)
+        dl = d * l.astype(F32)
+        L = _map_elements(xt.reshape(32, -1), safe_recip(dl).reshape(-1))  # (32, 8*nsb)
+        L = L.reshape(32, 8, nsb)
+        l = (l + 32).astype(np.uint8)
+        scales_l = (l[0::2] & 0x0F) | ((l[1::2] & 0x0F) << 4)  # (4, nsb)
+        scales_h = np.zeros(nsb, dtype=np.uint16)
+        for ib in range(8):
+            scales_h |= (l[ib] >> 4).astype(np.uint16) << (2 * ib)
+        qs = pack_nibbles(L)  # (16, 8, nsb): qs[16*ib + j]
+        return np.concatenate([
+            fp16_bits(d).view(np.uint8).reshape(-1, 2),
+            scales_h.view(np.uint8).reshape(-1, 2),
+            scales_l.T,
+            qs.transpose(2, 1, 0).reshape(nsb, 128),
+        ], axis=1)
