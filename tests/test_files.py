@@ -134,3 +134,13 @@ def test_emulated_device_writes_the_same_file_as_numpy(ftype, moe_f16, tmp_path)
     quantize_file(moe_f16, a, ftype, device="cpu", threads=2, imatrix=imatrix)
     quantize_file(moe_f16, b, ftype, device="emulated", threads=2, imatrix=imatrix, slab_bytes=40 << 10)
     assert_same(b, a)
+
+
+@requires_oracle
+@pytest.mark.parametrize("ftype", FOUNDATION_FTYPES)
+def test_synthetic_moe_matches_llama_quantize(ftype, moe_f16, tmp_path):
+    """qwen3moe with 3-D expert tensors: every foundation ftype, slabs cut inside and across experts."""
+    ours, ref = tmp_path / "ours.gguf", tmp_path / "ref.gguf"
+    quantize_file(moe_f16, ours, ftype, device="cpu", threads=2, slab_bytes=80 << 10)
+    oracle_quantize_file(moe_f16, ref, ftype_id(ftype))
+    assert_same(ours, ref)
