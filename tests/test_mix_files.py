@@ -130,3 +130,20 @@ def test_mix_requiring_an_imatrix_is_refused_without_one(ftype, llama_f16, tmp_p
 def test_oracle_refuses_q2_k_s_without_imatrix_too(llama_f16, tmp_path):
     with pytest.raises(RuntimeError):
         oracle_quantize_file(llama_f16, tmp_path / "r.gguf", ftype_id("Q2_K_S"))
+
+
+@requires_oracle
+def test_tensor_type_file_via_cli(llama_f16, tmp_path):
+    """--tensor-type-file: whitespace-separated NAME=TYPE entries, as llama-quantize reads them."""
+    import subprocess
+    import sys
+
+    tt = tmp_path / "types.txt"
+    tt.write_text("attn_q=q8_0\n  ffn_up=Q5_1 blk\\.[02]\\.attn_v=q6_k\n")
+    ours, ref = tmp_path / "ours.gguf", tmp_path / "ref.gguf"
+    r = subprocess.run([sys.executable, "-m", "gpuquant", "run", str(llama_f16), str(ours), "Q4_K_S", "--device", "emulated",
+                        "--tensor-type-file", str(tt), "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    oracle_quantize_file(llama_f16, ref, ftype_id("Q4_K_S"),
+                         tensor_types=[("attn_q", 8), ("ffn_up", 7), (r"blk\.[02]\.attn_v", 14)])
+    assert_same(ours, ref)
