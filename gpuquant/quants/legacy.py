@@ -5,10 +5,13 @@ Without importance weights ``ggml_quantize_chunk`` runs the ``quantize_row_*_ref
 ``qw[j] * sqrtf(sigma2 + x[j]*x[j])`` with ``sigma2`` the mean square of the *whole row*. Q8_0 ignores the
 weights. The weighted searches run element-major (see ``common``), a few rows at a time.
 
-The ``_ref`` paths run block-major on a ``(nblk, 32)`` view of the rows (``_fast``), which is exact as long
-as the scale and its inverse are finite; the rare blocks where they are not (a scale so small that
-``1.0f/d`` overflows, an overflowing range) are redone by the element-major ``_ref`` that emulates C's
-float->int conversions of inf/NaN.
+The ``_ref`` functions without weights run as ``_fast`` on a *quad-major* copy of a cache-sized run of
+blocks (``_quads``: row ``r`` holds elements ``4r..4r+3`` of every block), where the per-block extremes are
+row reductions and every other step is a long contiguous numpy loop; the quants go straight into their
+place in the output (``_column``) and the fp16 scales of the whole tensor are converted in one call at the
+end. That is exact as long as the scale and its inverse are finite; the rare blocks where they are not (a
+scale so small that ``1.0f/d`` overflows, an overflowing range, NaN) are redone by the element-major
+``_ref`` that emulates C's float->int conversions of inf/NaN.
 
 llama-quantize refuses NaN/Inf tensors when loading (so does gpuquant's pipeline); they are still
 emulated (NaN never wins a C ``>``/``<`` comparison, Q8_0's ``MAX`` macro restarts after a NaN) and the
@@ -16,13 +19,16 @@ oracle tests check them.
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from . import GGMLQuantizationType as T
 from . import QuantType
 from .common import (
     F32,
-    absmax_first,
+    absmax_from_extremes,
+    absmax_loop,
     blocks_t,
     fp16_bits,
     make_qkx_quants,
@@ -38,6 +44,13 @@ from .common import (
 
 QK = 32
 _HALF_DOWN = F32(0.49999997)  # nextafterf(0.5f, 0): trunc(v + copysign(this, v)) == roundf(v)
+# blocks per step of the plain path: 8192 * 32 float32 = 1 MiB per work array (measured: 4096..32768)
+_CHUNK_BLOCKS = 8192
+_V16 = np.dtype("V16")  # four float32 moved as one opaque item
+_QH_SHIFT = np.arange(0, 32, 4, dtype=np.uint32)[:, None]
+
+
+# ----------------------------------------------------------------------------- the C emulation (element-major)
 
 
 def _int8(x: np.ndarray) -> np.ndarray:
@@ -57,82 +70,6 @@ def _first_min_max(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mn, mx
 
 
-def _take_bm(xb: np.ndarray, i: np.ndarray) -> np.ndarray:
-    """``xb[b, i[b]]`` for every block ``b`` of a contiguous ``(nblk, 32)`` array."""
-    return xb.reshape(-1)[i + np.arange(0, xb.size, QK)]
-
-
-def _first_absmax_bm(xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Block-major ``absmax_first``: ``(amax, max)``, the first element of largest magnitude (max = +0.0
-    if all zero)."""
-    a = np.abs(xb)
-    i = np.argmax(a, axis=1)
-    mx = _take_bm(xb, i)
-    return _take_bm(a, i), np.where(mx == 0, F32(0), mx).astype(F32, copy=False)
-
-
-def _first_min_max_bm(xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Block-major ``_first_min_max``."""
-    return _take_bm(xb, np.argmin(xb, axis=1)), _take_bm(xb, np.argmax(xb, axis=1))
-
-
-def _fill(ts: int, *fields: np.ndarray) -> np.ndarray:
-    """Per-block fields side by side into ``(nblk, ts)`` uint8; each field is ``(nblk, k)`` of any
-    dtype whose item size divides its offset (uint16 fp16 scales, uint64 packed nibbles...)."""
-    out = np.empty((fields[0].shape[0], ts), dtype=np.uint8)
-    o = 0
-    for f in fields:
-        width = f.shape[1] * f.itemsize
-        assert o % f.itemsize == 0 and ts % f.itemsize == 0
-        out.view(f.dtype)[:, o // f.itemsize:(o + width) // f.itemsize] = f
-        o += width
-    assert o == ts
-    return out
-
-
-def _scaled(xb: np.ndarray, id_: np.ndarray, offset: np.ndarray | None, add: F32) -> np.ndarray:
-    """``(uint8)((x - offset)*id + add)`` block-major, for finite ``id`` (values in [0, 256))."""
-    v = np.repeat(id_, QK).reshape(-1, QK)  # a full-size factor: long inner loops, no broadcasting
-    if offset is not None:
-        v *= xb - np.repeat(offset, QK).reshape(-1, QK)
-    else:
-        v *= xb
-    v += add
-    return v.astype(np.uint8)
-
-
-_U64 = np.uint64
-
-
-def _nibbles_bm(u: np.ndarray, mask: bool) -> np.ndarray:
-    """``qs[j] = lo[j] | (hi[j] << 4)`` on ``(nblk, 32)`` uint8 with values <= 15 (after ``& 0x0F`` if
-    ``mask``), eight bytes at a time: returns the 16 bytes of each block as ``(nblk, 8)`` uint16."""
-    w = u.view(_U64)  # (nblk, 4)
-    lo, hi = w[:, :2], w[:, 2:]
-    if mask:
-        m = _U64(0x0F0F0F0F0F0F0F0F)
-        lo = lo & m
-        hi = hi & m
-    return (lo | (hi << _U64(4))).view(np.uint16)
-
-
-def _qh_bm(u: np.ndarray) -> np.ndarray:
-    """Bit 4 of each of the 32 values -> 4 little-endian bytes (``qh``)."""
-    return np.packbits((u >> 4) & 1, axis=1, bitorder="little").view(np.uint16)
-
-
-def _bad(*v: np.ndarray) -> np.ndarray:
-    bad = ~np.isfinite(v[0])
-    for a in v[1:]:
-        bad |= ~np.isfinite(a)
-    return bad
-
-
-def _h16(v: np.ndarray) -> np.ndarray:
-    """fp16 bits of per-block values as an ``(nblk, 1)`` uint16 field."""
-    return fp16_bits(v)[:, None]
-
-
 def _h(v: np.ndarray) -> np.ndarray:
     """fp16 field of every block: ``(nblk,)`` float32 -> ``(nblk, 2)`` bytes."""
     return fp16_bits(v).view(np.uint8).reshape(-1, 2)
@@ -143,48 +80,118 @@ def _blocks(*fields: np.ndarray) -> np.ndarray:
     return np.concatenate(fields, axis=1)
 
 
-def _quants_bm(u: np.ndarray, five: bool) -> tuple[np.ndarray, ...]:
-    """The quant fields of block-major levels ``(nblk, 32)`` uint8: ``qs`` (4 bits), or ``qh``, ``qs`` (5)."""
-    return (_qh_bm(u), _nibbles_bm(u, True)) if five else (_nibbles_bm(u, False),)
-
-
 def _quants_em(xi: np.ndarray, five: bool) -> tuple[np.ndarray, ...]:
-    """``_quants_bm`` of element-major levels ``(32, nblk)`` uint8, as ``(nblk, k)`` byte fields:
-    ``qs`` (4 bits), or ``qh`` (bit j = bit 4 of element j) and ``qs`` (low nibbles) (5 bits)."""
+    """The quant fields of element-major levels ``(32, nblk)`` uint8, as ``(nblk, k)`` bytes: ``qs``
+    (4 bits), or ``qh`` (bit j = bit 4 of element j) and ``qs`` (low nibbles) (5 bits)."""
     return (pack_qh(xi).T, pack_nibbles(xi & 0x0F).T) if five else (pack_nibbles(xi).T,)
 
 
+# ----------------------------------------------------------------------------- the fast path (quad-major)
+
+
+def _quads(xb: np.ndarray) -> np.ndarray:
+    """Block-major ``(nblk, 32)`` -> quad-major ``(8, 4*nblk)`` float32 copy: ``[r, 4b + k]`` is element
+    ``4r + k`` of block ``b``. Moving 16-byte items is a plain copy of a quarter as many items as a float
+    transpose (bits untouched)."""
+    return np.ascontiguousarray(xb.view(_V16).T).view(F32)
+
+
+def _per_quad(v: np.ndarray) -> np.ndarray:
+    """A per-block value ``(nblk,)`` for every column of a quad-major row ``(4*nblk,)``."""
+    return np.repeat(v, 4)
+
+
+def _block_max_min(xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-block maximum and minimum of quad-major ``xq``: NaN propagates (the block goes to ``_ref``), the
+    sign of a zero extreme is numpy's choice (callers that need C's first one fix it)."""
+    h = xq.max(axis=0).reshape(-1, 4)
+    lo = xq.min(axis=0).reshape(-1, 4)
+    return (np.maximum(np.maximum(h[:, 0], h[:, 1]), np.maximum(h[:, 2], h[:, 3])),
+            np.minimum(np.minimum(lo[:, 0], lo[:, 1]), np.minimum(lo[:, 2], lo[:, 3])))
+
+
+def _column(out: np.ndarray, offset: int, dtype: str) -> np.ndarray:
+    """The field at byte ``offset`` of every block row of ``out`` ``(nblk, type_size)`` as a ``(nblk,)``
+    view of ``dtype`` (unaligned is fine): one long strided loop per write."""
+    return out[:, offset:offset + np.dtype(dtype).itemsize].view(dtype)[:, 0]
+
+
+def _write_quants(out: np.ndarray, offset: int, u: np.ndarray, five: bool) -> None:
+    """``qs`` (after ``qh`` for 5 bits) of quad-major levels ``u`` ``(8, 4*nblk)`` uint8 into ``out``.
+
+    ``qs[j] = L[j] | L[j + 16] << 4``: rows 0-3 hold elements 0-15, rows 4-7 elements 16-31, so the four
+    bytes ``4r..4r+3`` of every block are one uint32 of ``u[r] | u[r + 4] << 4``. ``qh`` bit ``j`` is bit 4
+    of ``L[j]``: per row, the four 0/1 bytes are gathered into a nibble by one multiplication (the
+    products of ``0x10204080`` with bits 0, 8, 16, 24 land on distinct bits, so nothing carries).
+    """
+    w = u.view("<u4")  # (8, nblk)
+    if five:
+        nib = ((w >> 4) & 0x01010101) * 0x10204080 >> 28
+        nib <<= _QH_SHIFT
+        _column(out, offset, "<u4")[...] = np.bitwise_or.reduce(nib, axis=0)
+        offset += 4
+        w = w & 0x0F0F0F0F
+    q = w[:4] | (w[4:] << 4)
+    for r in range(4):
+        _column(out, offset + 4 * r, "<u4")[...] = q[r]
+
+
+def _bad(*v: np.ndarray) -> np.ndarray:
+    bad = ~np.isfinite(v[0])
+    for a in v[1:]:
+        bad |= ~np.isfinite(a)
+    return bad
+
+
 class _Legacy(QuantType):
-    """Shared row driver: ``_ref(xt)`` without weights, ``_impl(xt, w)`` with them (element-major)."""
+    """Shared row driver: ``_fast`` (``_ref`` for the blocks it flags) without weights, ``_impl(xt, w)``
+    with them (element-major)."""
 
     uses_weights = True
+    n_fp16: ClassVar[int] = 1  # fp16 fields at the start of a block (d; or d and m)
 
     @classmethod
     def quantize_rows(cls, rows: np.ndarray, quant_weights: np.ndarray | None) -> np.ndarray:
-        rows = np.asarray(rows, dtype=F32)
+        rows = np.ascontiguousarray(rows, dtype=F32)
         nrows, n = rows.shape
         nb = n // QK
         out = np.empty((nrows, cls.row_size(n)), dtype=np.uint8)
-        use_w = quant_weights is not None and cls.uses_weights
-        if use_w:
-            qw_t = np.ascontiguousarray(np.asarray(quant_weights, dtype=F32).reshape(nb, QK).T)[:, None, :]
         with np.errstate(divide="ignore", over="ignore", invalid="ignore", under="ignore"):
-            for sl in row_chunks(nrows, n, 1 << 18 if not use_w else 1 << 16):
+            if quant_weights is None or not cls.uses_weights:
+                cls._plain(rows.reshape(-1, QK), out.reshape(-1, cls.type_size))
+                return out
+            qw_t = np.ascontiguousarray(np.asarray(quant_weights, dtype=F32).reshape(nb, QK).T)[:, None, :]
+            for sl in row_chunks(nrows, n, 1 << 16):
                 x = rows[sl]
                 nr = x.shape[0]
-                if use_w:
-                    xt = blocks_t(x, QK)
-                    sigma2 = row_sum_sq(x) / F32(n)
-                    x3 = xt.reshape(QK, nr, nb)
-                    w = qw_t * np.sqrt(sigma2[None, :, None] + x3 * x3)
-                    blk = cls._impl(xt, w.reshape(QK, nr * nb))
-                else:
-                    blk, bad = cls._fast(np.ascontiguousarray(x).reshape(-1, QK))
-                    if bad.any():
-                        idx = np.nonzero(bad)[0]
-                        blk[idx] = cls._ref(np.ascontiguousarray(x.reshape(-1, QK)[idx].T))
-                out[sl] = blk.reshape(nr, -1)
+                xt = blocks_t(x, QK)
+                sigma2 = row_sum_sq(x) / F32(n)
+                x3 = xt.reshape(QK, nr, nb)
+                w = qw_t * np.sqrt(sigma2[None, :, None] + x3 * x3)
+                out[sl] = cls._impl(xt, w.reshape(QK, nr * nb)).reshape(nr, -1)
         return out
+
+    @classmethod
+    def _plain(cls, xb: np.ndarray, out: np.ndarray) -> None:
+        """``quantize_row_*_ref`` of blocks ``xb`` ``(nblk, 32)`` into ``out`` ``(nblk, type_size)``."""
+        nblk = xb.shape[0]
+        scales = np.empty((nblk, cls.n_fp16), F32)
+        bad = np.empty(nblk, bool)
+        for b0 in range(0, nblk, _CHUNK_BLOCKS):
+            sl = slice(b0, b0 + _CHUNK_BLOCKS)
+            scales[sl], bad[sl] = cls._fast(xb[sl], out[sl])
+        h = fp16_bits(scales)
+        for k in range(cls.n_fp16):
+            _column(out, 2 * k, "<u2")[...] = h[:, k]
+        redo = np.flatnonzero(bad)
+        if redo.size:
+            out[redo] = cls._ref(np.ascontiguousarray(xb[redo].T))
+
+    @classmethod
+    def _fast(cls, xb: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``_ref`` of ``xb`` ``(nblk, 32)`` for finite scales: writes the quants into ``out``; returns the
+        float32 fp16 fields ``(nblk, n_fp16)`` and the blocks that ``_ref`` must redo."""
+        raise NotImplementedError
 
 
 class _Symmetric(_Legacy):
@@ -193,16 +200,21 @@ class _Symmetric(_Legacy):
     nmax: int  # 8 (Q4_0) or 16 (Q5_0); the levels are 0..2*nmax-1
 
     @classmethod
-    def _fast(cls, xb):  # quantize_row_q{4,5}_0_ref, block-major
-        d = _first_absmax_bm(xb)[1] / F32(-cls.nmax)
+    def _fast(cls, xb, out):  # quantize_row_q{4,5}_0_ref
+        xq = _quads(xb)
+        amax, mx = absmax_from_extremes(*_block_max_min(xq), lambda idx: xb[idx].T)
+        d = mx / F32(-cls.nmax)
         id_ = safe_recip(d)
-        u = _scaled(xb, id_, None, F32(cls.nmax + 0.5))
+        xq *= _per_quad(id_)
+        xq += F32(cls.nmax + 0.5)
+        u = xq.astype(np.uint8)  # (int8_t) of values in [0, 17): truncation
         np.clip(u, np.uint8(0), np.uint8(2 * cls.nmax - 1), out=u)  # MIN(2*nmax-1, ...)
-        return _fill(cls.type_size, _h16(d), *_quants_bm(u, cls.nmax == 16)), _bad(d, id_)
+        _write_quants(out, 2, u, cls.nmax == 16)
+        return d[:, None], _bad(d, id_) | np.isnan(amax)
 
     @classmethod
     def _ref(cls, xt):  # quantize_row_q{4,5}_0_ref: MIN(2*nmax-1, (int8_t)(x*id + nmax + 0.5f))
-        d = absmax_first(xt)[1] / F32(-cls.nmax)
+        d = absmax_loop(xt)[1] / F32(-cls.nmax)
         xi = np.minimum(_int8(xt * safe_recip(d) + F32(cls.nmax + 0.5)), 2 * cls.nmax - 1)
         return _blocks(_h(d), *_quants_em(xi.astype(np.uint8), cls.nmax == 16))
 
@@ -217,16 +229,28 @@ class _Affine(_Legacy):
 
     nmax: int  # 15 (Q4_1) or 31 (Q5_1)
     clamp: bool  # quantize_row_q4_1_ref applies MIN(15, (int8_t)...), q5_1's stores (uint8_t) directly
+    n_fp16 = 2
 
     @classmethod
-    def _fast(cls, xb):  # quantize_row_q{4,5}_1_ref, block-major
-        mn, mx = _first_min_max_bm(xb)
+    def _fast(cls, xb, out):  # quantize_row_q{4,5}_1_ref
+        xq = _quads(xb)
+        mx, mn = _block_max_min(xq)
+        # C keeps the first of equal extremes, which decides the sign of a zero min (m) or max (d = -0.0
+        # for a block of zeros starting with -0.0): argmin/argmax return first occurrences
+        z = np.flatnonzero((mn == 0) | (mx == 0))
+        if z.size:
+            sub, r = xb[z], np.arange(z.size)
+            mn[z], mx[z] = sub[r, np.argmin(sub, axis=1)], sub[r, np.argmax(sub, axis=1)]
         d = (mx - mn) / F32(cls.nmax)
         id_ = safe_recip(d)
-        u = _scaled(xb, id_, mn, F32(0.5))
+        xq -= _per_quad(mn)
+        xq *= _per_quad(id_)
+        xq += F32(0.5)
+        u = xq.astype(np.uint8)  # values in [0, nmax + 1)
         if cls.clamp:
             np.clip(u, np.uint8(0), np.uint8(cls.nmax), out=u)
-        return _fill(cls.type_size, _h16(d), _h16(mn), *_quants_bm(u, cls.nmax == 31)), _bad(d, id_)
+        _write_quants(out, 4, u, cls.nmax == 31)
+        return np.stack([d, mn], axis=1), _bad(d, id_)
 
     @classmethod
     def _ref(cls, xt):  # quantize_row_q{4,5}_1_ref
@@ -265,14 +289,17 @@ class Q8_0(_Legacy, qtype=T.Q8_0):
     uses_weights = False  # quantize_q8_0 ignores quant_weights
 
     @classmethod
-    def _fast(cls, xb):  # quantize_row_q8_0_ref, block-major
-        d = _first_absmax_bm(xb)[0] / F32(127)
+    def _fast(cls, xb, out):  # quantize_row_q8_0_ref
+        xq = _quads(xb)
+        hi, lo = _block_max_min(xq)
+        d = np.maximum(np.abs(hi), np.abs(lo)) / F32(127)  # amax; NaN propagates
         id_ = safe_recip(d)
-        v = np.repeat(id_, QK).reshape(-1, QK)
-        v *= xb
-        v += np.copysign(_HALF_DOWN, v)
-        q = v.astype(np.int8)  # trunc: (int8_t)roundf(x*id)
-        return _fill(cls.type_size, _h16(d), q.view(np.uint8)), _bad(d, id_)
+        xq *= _per_quad(id_)
+        xq += np.copysign(_HALF_DOWN, xq)
+        w = xq.astype(np.int8).view("<u4")  # trunc: (int8_t)roundf(x*id); (8, nblk)
+        for r in range(8):
+            _column(out, 2 + 4 * r, "<u4")[...] = w[r]
+        return d[:, None], _bad(d, id_)
 
     @staticmethod
     def _ref(xt):  # quantize_row_q8_0_ref
