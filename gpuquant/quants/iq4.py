@@ -22,7 +22,7 @@ from .common import (
     GROUP_MAX_EPS,
     absmax_first,
     fp16_bits,
-    nearest_int,
+    levels_int,
     pack_nibbles,
     row_chunks,
     safe_recip,
@@ -247,7 +247,7 @@ class IQ4_XS(_IQ4, qtype=T.IQ4_XS):
         _, max_scale = absmax_first(scales)
         d = -max_scale / F32(32)
         idd = safe_recip(d)
-        l = np.clip(nearest_int(idd * scales), -32, 31)  # (8, nsb)
+        l = levels_int(idd * scales, -32, 31)  # (8, nsb)
         dl = d * l.astype(F32)
         L = _map_elements(xt.reshape(32, -1), safe_recip(dl).reshape(-1))  # (32, 8*nsb)
         L = L.reshape(32, 8, nsb)

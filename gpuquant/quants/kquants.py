@@ -11,7 +11,17 @@ from __future__ import annotations
 import numpy as np
 
 from . import GGMLQuantizationType, QuantType
-from .common import F32, GROUP_MAX_EPS, absmax_first, make_qkx_quants, make_qx_quants, nearest_int, seq_sum
+from .common import (
+    F32,
+    GROUP_MAX_EPS,
+    absmax_first,
+    at_most,
+    levels_int,
+    make_qkx_quants,
+    make_qx_quants,
+    nearest_int,
+    seq_sum,
+)
 from .common import fp16_bits as fp32_to_fp16_bits
 from .common import fp16_to_fp32 as fp16_bits_to_fp32
 from .kquants_search import make_q3_quants, make_qp_quants, running_max
@@ -57,7 +67,7 @@ def _requant(xt: np.ndarray, L: np.ndarray, d: np.ndarray, dm: np.ndarray | None
     ``L = clamp(nearest_int((x + dm)/d))`` (``x/d`` without a min), offset so the result is >= 0."""
     d = d.reshape(-1)
     v = xt if dm is None else xt + dm.reshape(-1)
-    lq = np.clip(nearest_int(v / d), lo, hi) - lo
+    lq = levels_int(v / d, lo, hi) - lo
     return np.where(d != 0, lq, L)
 
 
@@ -160,7 +170,7 @@ class Q6_K(_KQuant, qtype=GGMLQuantizationType.Q6_K):
         max_abs, max_scale = absmax_first(sc.T)
         iscale = F32(-128) / max_scale
         d16 = fp32_to_fp16_bits(F32(1) / iscale)
-        qsc = np.minimum(127, nearest_int(iscale[:, None] * sc)).astype(np.int8)
+        qsc = at_most(nearest_int(iscale[:, None] * sc), 127).astype(np.int8)
         d = fp16_bits_to_fp32(d16)[:, None] * qsc.astype(F32)
         L = _levels_u8(_requant(xt, L, d, None, -32, 31), S)
         Lr = L.reshape(S, 2, 4, 32)
@@ -212,8 +222,8 @@ class _Q45K(_KQuant):
             max_scale, max_min = running_max(sc.T), running_max(mi.T)
             inv_scale = np.where(max_scale > 0, F32(63) / max_scale, F32(0))
             inv_min = np.where(max_min > 0, F32(63) / max_min, F32(0))
-            ls = np.minimum(nearest_int(inv_scale[:, None] * sc) & 0xFF, 63)
-            lm = np.minimum(nearest_int(inv_min[:, None] * mi) & 0xFF, 63)
+            ls = at_most(nearest_int(inv_scale[:, None] * sc) & 0xFF, 63)
+            lm = at_most(nearest_int(inv_min[:, None] * mi) & 0xFF, 63)
             d_block, m_block = max_scale / F32(63), max_min / F32(63)
         else:  # quantize_row_qN_K_impl
             sigma2 = F32(2) * _sum_x2(x) / F32(QK_K)
@@ -225,7 +235,7 @@ class _Q45K(_KQuant):
             m_block, lm = make_qp_quants(np.ascontiguousarray(mins.reshape(S, 8).T), 63, swt)
             ls, lm = ls.T, lm.T
             if cls.clamp_impl_scales:
-                ls, lm = np.minimum(63, ls), np.minimum(63, lm)
+                ls, lm = at_most(ls, 63), at_most(lm, 63)
         packed = _pack_k4(ls, lm)
         d16, dmin16 = fp32_to_fp16_bits(d_block), fp32_to_fp16_bits(m_block)
         sc, m = _unpack_k4(packed)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import F32, GROUP_MAX_EPS, absmax_first, levels_int, nearest_int, seq_sum
+from .common import F32, GROUP_MAX_EPS, absmax_first, at_most, levels_int, nearest_int, seq_sum
 
 __all__ = ["make_q3_quants", "make_qp_quants", "running_max"]
 
@@ -36,7 +36,7 @@ def _accepted_changes(x, w, wx, L, s1, s2, wxl, wll, lo, hi, qp, element_major=F
     sl2 = s2b - wll
     ok = (slx > 0) & (sl2 > 0) if qp else slx > 0
     new_l = nearest_int(x * sl2 / slx)
-    new_l = np.minimum(new_l, hi) if qp else np.clip(new_l, lo, hi, out=new_l)
+    new_l = at_most(new_l, hi) if qp else np.clip(new_l, np.int32(lo), np.int32(hi), out=new_l)
     ok &= new_l != L
     # the rest only where a level would change (flat indices; np.take is much faster than [g, i])
     k = np.flatnonzero(ok)
@@ -143,13 +143,13 @@ def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[np.ndarray
                 continue
             iscale_is = (F32(0.1) * F32(step) + F32(nmax)) / vmax
             scale_is = F32(1) / iscale_is
-            l = np.minimum(nearest_int(iscale_is * x), nmax)
+            l = at_most(nearest_int(iscale_is * x), nmax)
             diff = x - scale_is * l.astype(F32)
             mse = seq_sum(qw * diff * diff)
             upd = mse < best
             best = np.where(upd, mse, best)
             iscale = np.where(upd, iscale_is, iscale)
-        l = np.minimum(nearest_int(iscale * x), nmax)
+        l = at_most(nearest_int(iscale * x), nmax)
         L = l & 0xFF
         lf = l.astype(F32)
         wx = qw * x
