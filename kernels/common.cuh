@@ -12,6 +12,8 @@
 //   through gq_fp32_to_fp16 / gq_fp32_to_bf16 (ggml's software conversions), never __float2half.
 // * NaN bits differ between x86 and a GPU (see "NaN bits" below): never read the bits of a computed
 //   float except through gq_nearest_int, gq_fp32_to_fp16 or gq_float_bits.
+// * One implementation of each ggml function: the scale searches shared by several families
+//   (make_qx_quants, make_qkx2/qkx3_quants) are here, the K-quant-only ones in kquants_search.cuh.
 // * ABI of a quantize entry point (see GQ_QUANTIZE_PARAMS): extern "C" __global__ quantize_<dst>_<src>,
 //   src in f32/f16/bf16. The slab is n_expert experts of rows_per_expert rows; expert = blockIdx.z, its
 //   rows start at blockIdx.z * rows_per_expert, its importance weights at qw + blockIdx.z * n_per_row
@@ -111,8 +113,10 @@ static __device__ const int8_t gq_kvalues_iq4nl[16] = {
 // sign set, mantissa 0x400000) and is propagated unchanged; a GPU makes the canonical 0x7FFFFFFF. ggml
 // reads float bits in nearest_int and in the fp16 conversion, so those two helpers below answer for a
 // NaN what x86 computes, and every other float->bits read of a computed value goes through
-// gq_float_bits (tests patch it to return the GPU's NaN, proving the kernels never depend on NaN bits).
-// NaNs do occur with finite inputs: denormal blocks make 1/d = inf, and huge blocks overflow x*x.
+// gq_float_bits. NaNs do occur with finite inputs: denormal blocks make 1/d = inf, huge blocks overflow
+// x*x, and a dequantized block with an inf scale holds inf*0. The tests build the kernels with
+// GQ_PORTABLE and a gq_float_bits that returns the GPU's NaN (tests/test_conformance.py, gpu_nan_kernel_dir):
+// that build must give the x86 build's bytes, and does not once a NaN guard below is dropped.
 #define GQ_X86_DEFAULT_NAN 0xFFC00000u
 
 // On an x86-64 host (the emulated device) the kernels run on the reference machine itself: NaN bits and
@@ -134,13 +138,12 @@ __device__ __forceinline__ float gq_x86_nan(float f) {
 #endif
 }
 
-// ggml_compute_fp32_to_fp16 of the exact bits of f (source values, e.g. the F16 destination): software
-// binary16 conversion, round to nearest even, NaN -> sign | 0x7E00.
-__device__ __forceinline__ gq_half gq_fp32_to_fp16_bits(float f) {
+// ggml_compute_fp32_to_fp16 of f, whose bits are w: software binary16 conversion, round to nearest even,
+// NaN -> sign | 0x7E00.
+__device__ __forceinline__ gq_half gq_fp16_of(float f, uint32_t w) {
     const float to_inf = __uint_as_float(0x77800000u);   // 2^112
     const float to_zero = __uint_as_float(0x08800000u);  // 2^-110
     float base = (fabsf(f) * to_inf) * to_zero;
-    const uint32_t w = __float_as_uint(f);
     const uint32_t w2 = w + w;
     const uint32_t sign = w & 0x80000000u;
     uint32_t bias = w2 & 0xFF000000u;
@@ -151,12 +154,15 @@ __device__ __forceinline__ gq_half gq_fp32_to_fp16_bits(float f) {
     return (gq_half)((sign >> 16) | (w2 > 0xFF000000u ? 0x7E00u : nonsign));
 }
 
-// GGML_FP32_TO_FP16 of a computed value (scales, mins): as above, a NaN being x86's default NaN.
+// GGML_FP32_TO_FP16 of the exact bits of a source value (the F16 destination).
+__device__ __forceinline__ gq_half gq_fp32_to_fp16_bits(float f) { return gq_fp16_of(f, __float_as_uint(f)); }
+
+// GGML_FP32_TO_FP16 of a computed value (scales, mins): a NaN is x86's default NaN, 0xFE00.
 __device__ __forceinline__ gq_half gq_fp32_to_fp16(float f) {
 #ifndef GQ_X86_HOST
     if (f != f) return (gq_half)0xFE00u;
 #endif
-    return gq_fp32_to_fp16_bits(f);
+    return gq_fp16_of(f, gq_float_bits(f));
 }
 
 // ggml_compute_fp16_to_fp32 (exact).
@@ -216,7 +222,7 @@ __device__ __forceinline__ int gq_best_index_int8(int n, const int8_t* val, floa
 }
 
 // make_qx_quants: symmetric quantization of n values to [-nmax, nmax-1] (+nmax offset in L), with an
-// RMSE search over 18 scales. Used by Q4_0/Q5_0 with importance weights and by Q3_K/Q6_K.
+// RMSE search over 18 scales. Used by Q4_0/Q5_0 with importance weights and by Q3_K/Q6_K (rmse_type 1).
 __device__ __forceinline__ float gq_make_qx_quants(int n, int nmax, const float* x, int8_t* L, int rmse_type,
                                           const float* qw) {
     float max = 0;
@@ -279,10 +285,13 @@ __device__ __forceinline__ float gq_make_qx_quants(int n, int nmax, const float*
     return scale;
 }
 
-// make_qkx3_quants: asymmetric (scale, min) quantization to [0, nmax] with a weighted least-squares
-// search over nstep+1 scales. weights == nullptr means x*x. Used by Q4_1/Q5_1 with importance weights
-// and by Q2_K/Q4_K/Q5_K.
-__device__ __forceinline__ float gq_make_qkx3_quants(int n, int nmax, const float* x, const float* weights, uint8_t* L,
+// make_qkx3_quants, and make_qkx2_quants with the same arguments: asymmetric (scale, min) quantization
+// to [0, nmax] with a weighted least-squares search over nstep+1 scales; *the_min = -min. weights ==
+// nullptr (make_qkx3_quants only) means x*x. The two functions run the same float operations and differ
+// only in the degenerate-range test (qkx2: max == min, qkx3: max <= min), which agree because min <= max
+// always holds after `if (min > 0) min = 0` (a NaN x[0] fails both). Used by Q4_1/Q5_1 with importance weights and by
+// Q2_K/Q4_K/Q5_K.
+__device__ __forceinline__ float gq_make_qkx_quants(int n, int nmax, const float* x, const float* weights, uint8_t* L,
                                             float* the_min, uint8_t* Laux, float rmin, float rdelta, int nstep,
                                             bool use_mad) {
     float min = x[0];

@@ -5,269 +5,13 @@
 // (and so ggml_quantize_chunk) dispatches to. The k-quants' statistics (sigma2 of the _impl paths) are per
 // super-block, so no row pre-pass is needed and rowstat is unused.
 //
-// The scale searches (ggml-quants.c) are local, NaN-exact versions: make_qx_quants (rmse_type 1),
-// make_q3_quants, make_qp_quants, and make_qkx2_quants / make_qkx3_quants as one kq_make_qkx_quants: with
-// the weights given those two run the same float operations and differ only in the degenerate-range test
-// (max == min vs max <= min), which agree because after `if (min > 0) min = 0` min <= max always holds.
-//
-// NaN: ggml's nearest_int and fp16 conversion read float bits. On x86 a NaN made by arithmetic is the
-// default NaN 0xFFC00000 (mantissa 0x400000, sign set) and it propagates unchanged; a GPU makes the
-// canonical 0x7FFFFFFF instead. So for a NaN kq_nearest_int returns what x86 computes, 0, and
-// kq_fp32_to_fp16 returns 0xFE00. NaNs do occur: denormal sub-blocks make nmax/(max - min) = inf, then
-// inf*0 in the qkx search; scales past the fp16 range make d = inf, then inf*0 when requantizing; w*x
-// overflows for huge values, then inf*0 (l = 0) gives a NaN sub-block scale that the second-level
-// make_qx_quants/make_qp_quants rounds. common.cuh's gq_nearest_int and its make_qx/qkx3 helpers read
-// the GPU's NaN bits, hence the local copies (candidates for common.cuh once gq_nearest_int and
-// gq_fp32_to_fp16 handle NaN this way). tests/test_kquants_kernels.py checks this with a GPU-NaN build.
-#include "common.cuh"
-
-// ---------------------------------------------------------------------------------------------------
-// NaN-exact rounding/conversion and the scale searches (ggml-quants.c)
-// ---------------------------------------------------------------------------------------------------
-
-// nearest_int, NaN-exact (see the top of the file)
-__device__ __forceinline__ int kq_nearest_int(float f) { return f != f ? 0 : gq_nearest_int(f); }
-
-// GGML_FP32_TO_FP16, NaN-exact (see the top of the file)
-__device__ __forceinline__ gq_half kq_fp32_to_fp16(float f) { return f != f ? (gq_half)0xFE00 : gq_fp32_to_fp16(f); }
-
-// make_qx_quants with rmse_type == 1 (the k-quants' only one): symmetric quantization of n values to
-// [-nmax, nmax-1] (+nmax in L), an RMSE search over 18 more scales. qw == nullptr: weights x*x.
-__device__ static __noinline__ float kq_make_qx_quants(int n, int nmax, const float* x, int8_t* L,
-                                                       const float* qw) {
-    float max = 0;
-    float amax = 0;
-    for (int i = 0; i < n; ++i) {
-        const float ax = fabsf(x[i]);
-        if (ax > amax) { amax = ax; max = x[i]; }
-    }
-    if (amax < GQ_GROUP_MAX_EPS) {  // all zero
-        for (int i = 0; i < n; ++i) L[i] = 0;
-        return 0.f;
-    }
-    float iscale = -nmax / max;
-    float sumlx = 0;
-    float suml2 = 0;
-    for (int i = 0; i < n; ++i) {
-        int l = kq_nearest_int(iscale * x[i]);
-        l = GQ_MAX(-nmax, GQ_MIN(nmax - 1, l));
-        L[i] = (int8_t)(l + nmax);
-        const float w = qw ? qw[i] : x[i] * x[i];
-        sumlx += w * x[i] * l;
-        suml2 += w * l * l;
-    }
-    float scale = suml2 ? sumlx / suml2 : 0.0f;
-    float best = scale * sumlx;
-    for (int is = -9; is <= 9; ++is) {
-        if (is == 0) continue;
-        iscale = -(nmax + 0.1f * is) / max;
-        sumlx = suml2 = 0;
-        for (int i = 0; i < n; ++i) {
-            int l = kq_nearest_int(iscale * x[i]);
-            l = GQ_MAX(-nmax, GQ_MIN(nmax - 1, l));
-            const float w = qw ? qw[i] : x[i] * x[i];
-            sumlx += w * x[i] * l;
-            suml2 += w * l * l;
-        }
-        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
-            for (int i = 0; i < n; ++i) {
-                const int l = kq_nearest_int(iscale * x[i]);
-                L[i] = (int8_t)(nmax + GQ_MAX(-nmax, GQ_MIN(nmax - 1, l)));
-            }
-            scale = sumlx / suml2;
-            best = scale * sumlx;
-        }
-    }
-    return scale;
-}
-
-// make_qkx2_quants / make_qkx3_quants with weights: (scale, min) quantization of n values to [0, nmax],
-// a weighted least-squares search over nstep+1 candidate scales. Returns the scale, *the_min = -min.
-__device__ static __noinline__ float kq_make_qkx_quants(int n, int nmax, const float* x, const float* weights,
-                                                        uint8_t* L, float* the_min, uint8_t* Laux, float rmin,
-                                                        float rdelta, int nstep, bool use_mad) {
-    float min = x[0];
-    float max = x[0];
-    float sum_w = weights[0];
-    float sum_x = sum_w * x[0];
-    for (int i = 1; i < n; ++i) {
-        if (x[i] < min) min = x[i];
-        if (x[i] > max) max = x[i];
-        const float w = weights[i];
-        sum_w += w;
-        sum_x += w * x[i];
-    }
-    if (min > 0) min = 0;
-    if (max == min) {
-        for (int i = 0; i < n; ++i) L[i] = 0;
-        *the_min = -min;
-        return 0.f;
-    }
-    float iscale = nmax / (max - min);
-    float scale = 1 / iscale;
-    float best_error = 0;
-    for (int i = 0; i < n; ++i) {
-        const int l = kq_nearest_int(iscale * (x[i] - min));
-        L[i] = (uint8_t)GQ_MAX(0, GQ_MIN(nmax, l));
-        float diff = scale * L[i] + min - x[i];
-        diff = use_mad ? fabsf(diff) : diff * diff;
-        const float w = weights[i];
-        best_error += w * diff;
-    }
-    // (ggml returns here when nstep < 1; every k-quant call has nstep >= 15)
-    for (int is = 0; is <= nstep; ++is) {
-        iscale = (rmin + rdelta * is + nmax) / (max - min);
-        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
-        for (int i = 0; i < n; ++i) {
-            int l = kq_nearest_int(iscale * (x[i] - min));
-            l = GQ_MAX(0, GQ_MIN(nmax, l));
-            Laux[i] = (uint8_t)l;
-            const float w = weights[i];
-            sum_l += w * l;
-            sum_l2 += w * l * l;
-            sum_xl += w * l * x[i];
-        }
-        const float D = sum_w * sum_l2 - sum_l * sum_l;
-        if (D > 0) {
-            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
-            float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
-            if (this_min > 0) {
-                this_min = 0;
-                this_scale = sum_xl / sum_l2;
-            }
-            float cur_error = 0;
-            for (int i = 0; i < n; ++i) {
-                float diff = this_scale * Laux[i] + this_min - x[i];
-                diff = use_mad ? fabsf(diff) : diff * diff;
-                const float w = weights[i];
-                cur_error += w * diff;
-            }
-            if (cur_error < best_error) {
-                for (int i = 0; i < n; ++i) L[i] = Laux[i];
-                best_error = cur_error;
-                scale = this_scale;
-                min = this_min;
-            }
-        }
-    }
-    *the_min = -min;
-    return scale;
-}
-
-// make_q3_quants with do_rmse == true (its only use, quantize_row_q3_K_ref): L in [0, 2*nmax).
-__device__ static __noinline__ float kq_make_q3_quants(int n, int nmax, const float* x, int8_t* L) {
-    float max = 0;
-    float amax = 0;
-    for (int i = 0; i < n; ++i) {
-        const float ax = fabsf(x[i]);
-        if (ax > amax) { amax = ax; max = x[i]; }
-    }
-    if (amax < GQ_GROUP_MAX_EPS) {  // all zero
-        for (int i = 0; i < n; ++i) L[i] = 0;
-        return 0.f;
-    }
-    const float iscale = -nmax / max;
-    float sumlx = 0;
-    float suml2 = 0;
-    for (int i = 0; i < n; ++i) {
-        int l = kq_nearest_int(iscale * x[i]);
-        l = GQ_MAX(-nmax, GQ_MIN(nmax - 1, l));
-        L[i] = (int8_t)l;
-        const float w = x[i] * x[i];
-        sumlx += w * x[i] * l;
-        suml2 += w * l * l;
-    }
-    for (int itry = 0; itry < 5; ++itry) {
-        int n_changed = 0;
-        for (int i = 0; i < n; ++i) {
-            const float w = x[i] * x[i];
-            float slx = sumlx - w * x[i] * L[i];
-            if (slx > 0) {
-                float sl2 = suml2 - w * L[i] * L[i];
-                int new_l = kq_nearest_int(x[i] * sl2 / slx);
-                new_l = GQ_MAX(-nmax, GQ_MIN(nmax - 1, new_l));
-                if (new_l != L[i]) {
-                    slx += w * x[i] * new_l;
-                    sl2 += w * new_l * new_l;
-                    if (sl2 > 0 && slx * slx * suml2 > sumlx * sumlx * sl2) {
-                        L[i] = (int8_t)new_l; sumlx = slx; suml2 = sl2;
-                        ++n_changed;
-                    }
-                }
-            }
-        }
-        if (!n_changed) break;
-    }
-    for (int i = 0; i < n; ++i) L[i] = (int8_t)(L[i] + nmax);
-    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
-}
-
-// make_qp_quants: the sub-block scales (or mins) of an _impl path quantized to [0, nmax] with weights.
-// L is uint8_t as in ggml (a negative nearest_int wraps), and the float reads below see that value.
-__device__ static __noinline__ float kq_make_qp_quants(int n, int nmax, const float* x, uint8_t* L,
-                                                       const float* quant_weights) {
-    float max = 0;
-    for (int i = 0; i < n; ++i) max = GQ_MAX(max, x[i]);
-    if (max < GQ_GROUP_MAX_EPS) {  // all zero
-        for (int i = 0; i < n; ++i) L[i] = 0;
-        return 0.f;
-    }
-    float iscale = nmax / max;
-    for (int i = 0; i < n; ++i) L[i] = (uint8_t)kq_nearest_int(iscale * x[i]);
-    const float scale = 1 / iscale;
-    float best_mse = 0;
-    for (int i = 0; i < n; ++i) {
-        const float diff = x[i] - scale * L[i];
-        const float w = quant_weights[i];
-        best_mse += w * diff * diff;
-    }
-    for (int is = -4; is <= 4; ++is) {
-        if (is == 0) continue;
-        const float iscale_is = (0.1f * is + nmax) / max;
-        const float scale_is = 1 / iscale_is;
-        float mse = 0;
-        for (int i = 0; i < n; ++i) {
-            int l = kq_nearest_int(iscale_is * x[i]);
-            l = GQ_MIN(nmax, l);
-            const float diff = x[i] - scale_is * l;
-            const float w = quant_weights[i];
-            mse += w * diff * diff;
-        }
-        if (mse < best_mse) { best_mse = mse; iscale = iscale_is; }
-    }
-    float sumlx = 0;
-    float suml2 = 0;
-    for (int i = 0; i < n; ++i) {
-        int l = kq_nearest_int(iscale * x[i]);
-        l = GQ_MIN(nmax, l);
-        L[i] = (uint8_t)l;
-        const float w = quant_weights[i];
-        sumlx += w * x[i] * l;
-        suml2 += w * l * l;
-    }
-    for (int itry = 0; itry < 5; ++itry) {
-        int n_changed = 0;
-        for (int i = 0; i < n; ++i) {
-            const float w = quant_weights[i];
-            float slx = sumlx - w * x[i] * L[i];
-            float sl2 = suml2 - w * L[i] * L[i];
-            if (slx > 0 && sl2 > 0) {
-                int new_l = kq_nearest_int(x[i] * sl2 / slx);
-                new_l = GQ_MIN(nmax, new_l);
-                if (new_l != L[i]) {
-                    slx += w * x[i] * new_l;
-                    sl2 += w * new_l * new_l;
-                    if (slx * slx * suml2 > sumlx * sumlx * sl2) {
-                        L[i] = (uint8_t)new_l; sumlx = slx; suml2 = sl2;
-                        ++n_changed;
-                    }
-                }
-            }
-        }
-        if (!n_changed) break;
-    }
-    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
-}
+// The scale searches are common.cuh's (make_qx_quants, make_qkx2/qkx3_quants) and kquants_search.cuh's
+// (make_q3_quants, make_qp_quants). NaNs do occur here with finite inputs: denormal sub-blocks make
+// nmax/(max - min) = inf, then inf*0 in the qkx search; scales past the fp16 range make d = inf, then
+// inf*0 when requantizing; w*x overflows for huge values, then inf*0 (l = 0) gives a NaN sub-block scale
+// that the second-level make_qx_quants/make_qp_quants rounds. gq_nearest_int and gq_fp32_to_fp16 answer
+// for them what x86 computes (see "NaN bits" in common.cuh).
+#include "kquants_search.cuh"
 
 // get_scale_min_k4: 6-bit scale and min of sub-block j from the 12-byte Q4_K/Q5_K scales field.
 __device__ __forceinline__ void kq_get_scale_min_k4(int j, const uint8_t* q, uint8_t* d, uint8_t* m) {
@@ -342,21 +86,21 @@ __device__ static __noinline__ void kq_q2_K(const float* x, const float* qw, blo
         }
         if (max_scale > 0) {
             const float iscale = q4scale / max_scale;
-            for (int j = 0; j < QK_K / 16; ++j) y->scales[j] = (uint8_t)kq_nearest_int(iscale * scales[j]);
-            y->d = kq_fp32_to_fp16(max_scale / q4scale);
+            for (int j = 0; j < QK_K / 16; ++j) y->scales[j] = (uint8_t)gq_nearest_int(iscale * scales[j]);
+            y->d = gq_fp32_to_fp16(max_scale / q4scale);
         } else {
             for (int j = 0; j < QK_K / 16; ++j) y->scales[j] = 0;
-            y->d = kq_fp32_to_fp16(0.f);
+            y->d = gq_fp32_to_fp16(0.f);
         }
         if (max_min > 0) {
             const float iscale = q4scale / max_min;
             for (int j = 0; j < QK_K / 16; ++j) {
-                const int l = kq_nearest_int(iscale * mins[j]);
+                const int l = gq_nearest_int(iscale * mins[j]);
                 y->scales[j] |= (uint8_t)(l << 4);
             }
-            y->dmin = kq_fp32_to_fp16(max_min / q4scale);
+            y->dmin = gq_fp32_to_fp16(max_min / q4scale);
         } else {
-            y->dmin = kq_fp32_to_fp16(0.f);
+            y->dmin = gq_fp32_to_fp16(0.f);
         }
     } else {  // quantize_row_q2_K_impl
         float sw[QK_K / 16];
@@ -374,8 +118,8 @@ __device__ static __noinline__ void kq_q2_K(const float* x, const float* qw, blo
         }
         const float dm = kq_make_qp_quants(QK_K / 16, 15, scales, Ls, sw);
         const float mm = kq_make_qp_quants(QK_K / 16, 15, mins, Lm, sw);
-        y->d = kq_fp32_to_fp16(dm);
-        y->dmin = kq_fp32_to_fp16(mm);
+        y->d = gq_fp32_to_fp16(dm);
+        y->dmin = gq_fp32_to_fp16(mm);
         for (int j = 0; j < QK_K / 16; ++j) y->scales[j] = (uint8_t)(Ls[j] | (Lm[j] << 4));
     }
 
@@ -387,7 +131,7 @@ __device__ static __noinline__ void kq_q2_K(const float* x, const float* qw, blo
         if (!d) continue;
         const float dm = mall * (y->scales[j] >> 4);
         for (int ii = 0; ii < 16; ++ii) {
-            const int l = kq_nearest_int((x[16 * j + ii] + dm) / d);
+            const int l = gq_nearest_int((x[16 * j + ii] + dm) / d);
             L[16 * j + ii] = (uint8_t)GQ_MAX(0, GQ_MIN(3, l));
         }
     }
@@ -413,13 +157,13 @@ __device__ static __noinline__ void kq_q3_K(const float* x, const float* qw, blo
         if (max_scale) {
             const float iscale = -32.f / max_scale;
             for (int j = 0; j < QK_K / 16; ++j) {
-                int8_t l = (int8_t)kq_nearest_int(iscale * scales[j]);
+                int8_t l = (int8_t)gq_nearest_int(iscale * scales[j]);
                 l = (int8_t)(GQ_MAX(-32, GQ_MIN(31, l)) + 32);
                 kq_put_scale_q3_k(j, l, y->scales);
             }
-            y->d = kq_fp32_to_fp16(1 / iscale);
+            y->d = gq_fp32_to_fp16(1 / iscale);
         } else {
-            y->d = kq_fp32_to_fp16(0.f);
+            y->d = gq_fp32_to_fp16(0.f);
         }
     } else {  // quantize_row_q3_K_impl
         float weight[16];
@@ -438,7 +182,7 @@ __device__ static __noinline__ void kq_q3_K(const float* x, const float* qw, blo
         }
         const float d_block = kq_make_qx_quants(QK_K / 16, 32, scales, Ls, sw);
         for (int j = 0; j < QK_K / 16; ++j) kq_put_scale_q3_k(j, Ls[j], y->scales);
-        y->d = kq_fp32_to_fp16(d_block);
+        y->d = gq_fp32_to_fp16(d_block);
     }
 
     // both paths: requantize with the rounded scales
@@ -448,7 +192,7 @@ __device__ static __noinline__ void kq_q3_K(const float* x, const float* qw, blo
         const float d = dall * sc;
         if (!d) continue;
         for (int ii = 0; ii < 16; ++ii) {
-            int l = kq_nearest_int(x[16 * j + ii] / d);
+            int l = gq_nearest_int(x[16 * j + ii] / d);
             l = GQ_MAX(-4, GQ_MIN(3, l));
             L[16 * j + ii] = (int8_t)(l + 4);
         }
@@ -501,14 +245,14 @@ __device__ static __noinline__ void kq_q45_K_scales(const float* x, const float*
         const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
         const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
         for (int j = 0; j < QK_K / 32; ++j) {
-            uint8_t ls = (uint8_t)kq_nearest_int(inv_scale * scales[j]);
-            uint8_t lm = (uint8_t)kq_nearest_int(inv_min * mins[j]);
+            uint8_t ls = (uint8_t)gq_nearest_int(inv_scale * scales[j]);
+            uint8_t lm = (uint8_t)gq_nearest_int(inv_min * mins[j]);
             ls = GQ_MIN(63, ls);
             lm = GQ_MIN(63, lm);
             kq_put_scale_min_k4(j, ls, lm, ysc);
         }
-        *yd = kq_fp32_to_fp16(max_scale / 63.f);
-        *ydmin = kq_fp32_to_fp16(max_min / 63.f);
+        *yd = gq_fp32_to_fp16(max_scale / 63.f);
+        *ydmin = gq_fp32_to_fp16(max_min / 63.f);
     } else {  // quantize_row_q4_K_impl / quantize_row_q5_K_impl
         uint8_t Ls[QK_K / 32];
         uint8_t Lm[QK_K / 32];
@@ -536,8 +280,8 @@ __device__ static __noinline__ void kq_q45_K_scales(const float* x, const float*
             }
             kq_put_scale_min_k4(j, ls, lm, ysc);
         }
-        *yd = kq_fp32_to_fp16(d_block);
-        *ydmin = kq_fp32_to_fp16(m_block);
+        *yd = gq_fp32_to_fp16(d_block);
+        *ydmin = gq_fp32_to_fp16(m_block);
     }
 
     // both paths: requantize with the rounded scales
@@ -550,7 +294,7 @@ __device__ static __noinline__ void kq_q45_K_scales(const float* x, const float*
         if (!d) continue;
         const float dm = mall * m;
         for (int ii = 0; ii < 32; ++ii) {
-            const int l = kq_nearest_int((x[32 * j + ii] + dm) / d);
+            const int l = gq_nearest_int((x[32 * j + ii] + dm) / d);
             L[32 * j + ii] = (uint8_t)GQ_MAX(0, GQ_MIN(nmax, l));
         }
     }
@@ -612,14 +356,14 @@ __device__ static __noinline__ void kq_q6_K(const float* x, const float* qw, blo
     }
 
     const float iscale = -128.f / max_scale;
-    y->d = kq_fp32_to_fp16(1 / iscale);
-    for (int ib = 0; ib < QK_K / 16; ++ib) y->scales[ib] = (int8_t)GQ_MIN(127, kq_nearest_int(iscale * scales[ib]));
+    y->d = gq_fp32_to_fp16(1 / iscale);
+    for (int ib = 0; ib < QK_K / 16; ++ib) y->scales[ib] = (int8_t)GQ_MIN(127, gq_nearest_int(iscale * scales[ib]));
     const float dall = gq_fp16_to_fp32(y->d);
     for (int j = 0; j < QK_K / 16; ++j) {
         const float d = dall * y->scales[j];
         if (!d) continue;
         for (int ii = 0; ii < 16; ++ii) {
-            int l = kq_nearest_int(x[16 * j + ii] / d);
+            int l = gq_nearest_int(x[16 * j + ii] / d);
             l = GQ_MAX(-32, GQ_MIN(31, l));
             L[16 * j + ii] = (int8_t)(l + 32);
         }

@@ -113,7 +113,7 @@ __device__ __noinline__ void gq_q4_1_impl(const float* x, const float* qw, float
     uint8_t L[QK4_1], Laux[QK4_1];
     gq_legacy_weights(x, qw, sigma2, weight);
     float min;
-    const float d = gq_make_qkx3_quants(QK4_1, 15, x, weight, L, &min, Laux, -0.9f, 0.05f, 36, false);
+    const float d = gq_make_qkx_quants(QK4_1, 15, x, weight, L, &min, Laux, -0.9f, 0.05f, 36, false);
     y->d = gq_fp32_to_fp16(d);
     y->m = gq_fp32_to_fp16(-min);
     for (int j = 0; j < 16; ++j) y->qs[j] = (uint8_t)(L[j] | (L[j + 16] << 4));
@@ -214,7 +214,7 @@ __device__ __noinline__ void gq_q5_1_impl(const float* x, const float* qw, float
     uint8_t L[QK5_1], Laux[QK5_1];
     gq_legacy_weights(x, qw, sigma2, weight);
     float min;
-    const float d = gq_make_qkx3_quants(QK5_1, 31, x, weight, L, &min, Laux, -0.9f, 0.05f, 36, false);
+    const float d = gq_make_qkx_quants(QK5_1, 31, x, weight, L, &min, Laux, -0.9f, 0.05f, 36, false);
     y->d = gq_fp32_to_fp16(d);
     y->m = gq_fp32_to_fp16(-min);
     gq_pack5(L, y->qs, y->qh);

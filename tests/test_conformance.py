@@ -4,8 +4,9 @@ golden vectors, byte for byte, for every type that has both a kernel and a numpy
 Covered per type: the golden edge cases (with and without importance weights), F32/F16/BF16 sources,
 MoE slabs (n_expert > 1, each expert with its own weights), the dequantize -> requantize path, and the
 Device interface (streams, events). Plus the emulator's own faithfulness: the CUDA geometry it presents,
-__shared__/__syncthreads through fibers, thread-count independence, and a build whose NaN bits are a GPU's
-(canonical 0x7FFFFFFF instead of x86's 0xFFC00000) giving the same bytes on the inputs that make NaNs.
+__shared__/__syncthreads through fibers, thread-count independence; and the GPU code path on the host: a
+build whose NaN bits are a GPU's (canonical 0x7FFFFFFF instead of x86's 0xFFC00000) giving the same bytes
+on the inputs that make NaNs.
 ``tests/test_gpu.py`` runs the same checks on a CUDA device.
 """
 from __future__ import annotations
@@ -321,54 +322,65 @@ def test_thread_count_does_not_matter(qtype: T):
     assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
 
 
-_GPU_NAN_BITS = (r"(uint32_t\s+gq_float_bits\s*\(\s*float\s+(\w+)\s*\)\s*\{)",
-                 r"\1 if (\2 != \2) return 0x7FFFFFFFu;")
+# ------------------------------------------------------------------------------------------------------
+# the GPU code path on the host: NaN bits of a GPU
+# ------------------------------------------------------------------------------------------------------
+
+#: (pattern, replacement) edits of common.cuh for the GPU-NaN build: a computed NaN read through
+#: gq_float_bits has a GPU's bits (canonical 0x7FFFFFFF, not x86's default NaN 0xFFC00000).
+GPU_NAN_EDITS = (
+    (r"(uint32_t\s+gq_float_bits\s*\(\s*float\s+(\w+)\s*\)\s*\{)", r"\1 if (\2 != \2) return 0x7FFFFFFFu;"),
+)
 
 
-@pytest.fixture(scope="module")
-def gpu_nan_dir(tmp_path_factory) -> Path:
-    """The kernel folder with a common.cuh compiled as for a GPU (GQ_PORTABLE: the NaN and float->int
-    guards kept) whose computed NaNs have a GPU's bits (0x7FFFFFFF)."""
-    d = tmp_path_factory.mktemp("gpu_nan")
-    text, n = re.subn(_GPU_NAN_BITS[0], _GPU_NAN_BITS[1], (K.kernel_dir() / "common.cuh").read_text(), count=1)
-    assert n == 1, "common.cuh: gq_float_bits not found; update _GPU_NAN_BITS"
+def gpu_nan_kernel_dir(d: Path) -> Path:
+    """Writes into ``d`` the kernel folder built as for a GPU (GQ_PORTABLE: the NaN and float->int guards
+    kept) with the GPU_NAN_EDITS. Every computed NaN whose bits matter then has the GPU's bits, so this
+    build gives the plain host build's bytes only if the guards in common.cuh answer for every NaN."""
+    text = (K.kernel_dir() / "common.cuh").read_text()
+    for pat, rep in GPU_NAN_EDITS:
+        text, n = re.subn(pat, rep, text, count=1)
+        assert n == 1, f"common.cuh: no match for {pat!r}; update GPU_NAN_EDITS"
     (d / "common.cuh").write_text("#define GQ_PORTABLE 1  // the GPU code path on the host\n" + text)
-    for cu in K.kernel_dir().glob("*.cu"):
-        shutil.copy(cu, d / cu.name)
+    for src in [*K.kernel_dir().glob("*.cu"), *K.kernel_dir().glob("*.cuh")]:
+        if src.name != "common.cuh":
+            shutil.copy(src, d / src.name)
     return d
 
 
-@pytest.mark.parametrize("qtype", [t for t in TYPES if t.name in GOLDEN_TYPES and K.KERNELS[t].family != "kquants"],
-                         ids=_id)
-def test_gpu_nan_bits_change_nothing(dev, gpu_nan_dir: Path, qtype: T):
+class GpuNanDevice(EmulatedDevice):
+    """The emulated device running the GPU-NaN build of every family (see gpu_nan_kernel_dir)."""
+
+    def __init__(self, kdir: Path) -> None:
+        super().__init__(threads=2, precompile=False)
+        self._kdir = kdir
+        self._gpu_nan_libs: dict[str, KernelLibrary] = {}
+
+    def library(self, family: str) -> KernelLibrary:
+        if family not in self._gpu_nan_libs:
+            self._gpu_nan_libs[family] = KernelLibrary(compile_family(family, kernel_dir=self._kdir))
+        return self._gpu_nan_libs[family]
+
+
+@pytest.fixture(scope="module")
+def gpu_nan_dev(tmp_path_factory) -> GpuNanDevice:
+    d = GpuNanDevice(gpu_nan_kernel_dir(tmp_path_factory.mktemp("gpu_nan")))
+    yield d
+    d.close()
+
+
+@pytest.mark.parametrize("qtype", [t for t in TYPES if t.name in GOLDEN_TYPES], ids=_id)
+def test_gpu_nan_bits_change_nothing(dev, gpu_nan_dev, qtype: T):
     """Denormal and huge golden inputs (where 1/d = inf and x*x overflow make NaNs) give the same bytes
-    when every computed NaN is the GPU's canonical NaN. (kquants.cu has its own such test.)"""
-    libs: dict[str, KernelLibrary] = {}
-
-    def lib(family: str) -> KernelLibrary:
-        if family not in libs:
-            libs[family] = KernelLibrary(compile_family(family, kernel_dir=gpu_nan_dir))
-        return libs[family]
-
+    when every computed NaN is the GPU's canonical NaN."""
     n = 0
     for case_id, rows, imatrix, _ in iter_cases(qtype.name):
         if case_id.split(":")[1].split("/")[0] not in ("denormal", "large", "outlier", "block_scales"):
             continue
         n += 1
-        want = run_device(dev, rows, T.F32, qtype, rows.shape[1], None if imatrix is None else imatrix[None])
-        p = K.plan(T.F32, qtype, rows.shape[1], rows.shape[0], 1, imatrix is not None)
-        got = np.zeros_like(want)
-        x = np.ascontiguousarray(rows, F32)
-        stat = np.zeros(rows.shape[0], F32)
-        for ln in p.launches:
-            if ln.kind == "convert":  # the rowstat pre-pass
-                lib(ln.family).launch_convert(ln.kernel, ln.grid, ln.block, 2, ln.sync, x.ctypes.data,
-                                              stat.ctypes.data, rows.shape[1], rows.shape[0])
-            else:
-                lib(ln.family).launch_quantize(ln.kernel, ln.grid, ln.block, 2, ln.sync, x.ctypes.data,
-                                               got.ctypes.data, None if imatrix is None else imatrix.ctypes.data,
-                                               stat.ctypes.data if ln.use_rowstat else None, rows.shape[1],
-                                               rows.shape[0], 1)
+        qw = None if imatrix is None else imatrix[None]
+        want = run_device(dev, rows, T.F32, qtype, rows.shape[1], qw)
+        got = run_device(gpu_nan_dev, rows, T.F32, qtype, rows.shape[1], qw)
         assert_bytes(got, want, qtype, rows, f"GPU NaN bits, {case_id}")
     assert n > 0
 

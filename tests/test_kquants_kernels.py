@@ -2,9 +2,9 @@
 
 Default suite: the committed golden vectors (tests/golden, every edge case of cases.py, with and without
 an imatrix), the dequantize kernels against gguf's numpy dequantizers, all-zero input, and the NaN
-check: kquants.cu compiled against a common.cuh whose nearest_int and fp16 conversion behave as on a GPU
-(where a NaN made by arithmetic is the canonical 0x7FFFFFFF, not x86's default NaN 0xFFC00000) must give
-the same bytes as the plain host build on denormal and huge inputs, the blocks where NaNs occur.
+check: the GPU-NaN build (test_conformance.gpu_nan_kernel_dir: the GPU code path, with a GPU's NaN bits,
+canonical 0x7FFFFFFF instead of x86's default NaN 0xFFC00000) must give the same bytes as the plain host
+build on denormal and huge inputs, the blocks where NaNs occur.
 Oracle suite: edge-case tensors with and without importance weights, MoE slabs, F16/BF16 sources and
 the requantize path against llama.cpp's ggml_quantize_chunk / dequantize_row_q*_K.
 Cross-backend conformance (numpy vs emulated vs cuda) lives in test_conformance.py.
@@ -12,8 +12,6 @@ Cross-backend conformance (numpy vs emulated vs cuda) lives in test_conformance.
 from __future__ import annotations
 
 import ctypes
-import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +19,11 @@ import pytest
 
 from gpuquant.backends import SlabJob
 from gpuquant.backends import kernels as K
-from gpuquant.backends.emulated import EmulatedDevice, KernelLibrary, compile_family
+from gpuquant.backends.emulated import EmulatedDevice
 from gpuquant.quants import QUANT_SIZES
 from gpuquant.quants import GGMLQuantizationType as T
 from tests.oracle import lib_dir, oracle_quantize, requires_oracle
+from tests.test_conformance import GpuNanDevice, gpu_nan_kernel_dir
 
 TYPES = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
 QK_K = 256
@@ -34,6 +33,13 @@ F32 = np.float32
 @pytest.fixture(scope="module")
 def dev():
     d = EmulatedDevice(threads=2)
+    yield d
+    d.close()
+
+
+@pytest.fixture(scope="module")
+def gpu_nan_dev(tmp_path_factory):
+    d = GpuNanDevice(gpu_nan_kernel_dir(tmp_path_factory.mktemp("gpu_nan")))
     yield d
     d.close()
 
@@ -154,7 +160,7 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
-def test_golden_vectors(dev, gpu_nan_library, qtype):
+def test_golden_vectors(dev, gpu_nan_dev, qtype):
     # the committed oracle bytes (tests/golden, helper script make_golden.py) of every edge case in
     # tests/golden/cases.py, without and with importance weights (e<i>_imat is left out when equal)
     inputs, want = GOLDEN / "inputs_b256.npz", GOLDEN / f"{qtype.name}.npz"
@@ -169,53 +175,22 @@ def test_golden_vectors(dev, gpu_nan_library, qtype):
         for qw, want in ((None, none), (w, imat)):
             what = f"golden {case_id}" + (" imatrix" if qw is not None else "")
             assert_same_bytes(run_kernels(dev, x, T.F32, qtype, None if qw is None else qw[None]), want, qtype, what)
-            got = run_library(gpu_nan_library, x, qtype, qw)
+            got = run_kernels(gpu_nan_dev, x, T.F32, qtype, None if qw is None else qw[None])
             assert_same_bytes(got, want, qtype, what + " (GPU NaN bits)")
         n += 1
     assert n == len(inp["ids"]) > 0
 
 
-_GPU_NAN = {
-    # nearest_int of a NaN reads the GPU's canonical NaN 0x7FFFFFFF
-    r"(int\s+gq_nearest_int\s*\(\s*float\s+(\w+)\s*\)\s*\{)": r"\1 if (\2 != \2) return 0x7fffff - 0x400000;",
-    # fp16 of a NaN: the canonical NaN is positive
-    r"(gq_half\s+gq_fp32_to_fp16\s*\(\s*float\s+(\w+)\s*\)\s*\{)": r"\1 if (\2 != \2) return (gq_half)0x7E00;",
-}
-
-
-@pytest.fixture(scope="module")
-def gpu_nan_library(tmp_path_factory) -> KernelLibrary:
-    """kquants.cu built against a common.cuh whose NaN bits are a GPU's."""
-    d = tmp_path_factory.mktemp("gpu_nan_kernels")
-    src = (K.kernel_dir() / "common.cuh").read_text()
-    for pat, rep in _GPU_NAN.items():
-        src, n = re.subn(pat, rep, src, count=1)
-        assert n == 1, f"common.cuh changed: no match for {pat!r}; update _GPU_NAN"
-    (d / "common.cuh").write_text(src)
-    shutil.copy(K.kernel_dir() / "kquants.cu", d / "kquants.cu")
-    return KernelLibrary(compile_family("kquants", kernel_dir=d))
-
-
-def run_library(lib: KernelLibrary, x: np.ndarray, qtype: T, qw: np.ndarray | None) -> np.ndarray:
-    """Float32 rows quantized by the quantize kernel of a separately built library (one expert)."""
-    p = K.plan(T.F32, qtype, x.shape[1], x.shape[0], 1, qw is not None).launches[-1]
-    out = np.zeros((x.shape[0], x.shape[1] // QK_K * QUANT_SIZES[qtype][1]), np.uint8)
-    x = np.ascontiguousarray(x, F32)
-    w = None if qw is None else np.ascontiguousarray(qw, F32)
-    lib.launch_quantize(p.kernel, p.grid, p.block, 1, False, x.ctypes.data, out.ctypes.data,
-                        None if w is None else w.ctypes.data, None, x.shape[1], x.shape[0], 1)
-    return out
-
-
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("case", NAN_CASES)
 @pytest.mark.parametrize("wkind", ["none", "imatrix", "sparse"])
-def test_gpu_nan_bits_change_nothing(dev, gpu_nan_library, qtype, case, wkind):
+def test_gpu_nan_bits_change_nothing(dev, gpu_nan_dev, qtype, case, wkind):
     rng = np.random.default_rng([NAN_CASES.index(case), len(wkind)])
     x = edge_rows(case, rng)
     qw = weights(wkind, rng, x.shape[1])
+    qw = None if qw is None else qw[None]
     want = run_kernels(dev, x, T.F32, qtype, qw)
-    got = run_library(gpu_nan_library, x, qtype, qw)
+    got = run_kernels(gpu_nan_dev, x, T.F32, qtype, qw)
     assert_same_bytes(got, want, qtype, f"GPU NaN bits, {case}/{wkind}")
 
 
@@ -263,6 +238,25 @@ def test_f16_bf16_sources_match_oracle(dev, qtype):
         assert_same_bytes(run_kernels(dev, b, T.BF16, qtype, wq), oracle_quantize(xb, qtype, w), qtype, "BF16")
 
 
+@requires_oracle
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_nan_inf_inputs_match_oracle(dev, qtype):
+    # on the host build the kernels read NaN bits as x86 does: quiet and signalling NaNs of either sign and
+    # with payloads, and infinities, give llama.cpp's bytes (a GPU keeps no NaN payloads)
+    rng = np.random.default_rng(23)
+    x = rng.standard_normal((6, 512)).astype(F32)
+    u = x.view(np.uint32)
+    u[0, ::37] = 0x7FC00000
+    u[1, 5::50] = 0xFFC00000
+    u[2, 3::50] = 0x7FC12345
+    u[3, 100:140] = 0xFFA00001
+    u[4, ::64] = 0xFF800000
+    u[5, 256:] = 0x7F800000
+    for qw in (None, (rng.random(512) + 0.1).astype(F32)):
+        got = run_kernels(dev, x, T.F32, qtype, None if qw is None else qw[None])
+        assert_same_bytes(got, oracle_quantize(x, qtype, qw), qtype, "NaN/inf inputs")
+
+
 def _oracle_dequantize(q: np.ndarray, qtype: T, n_per_row: int) -> np.ndarray:
     lib = ctypes.CDLL(str(lib_dir() / "libggml-base.so"))
     fn = getattr(lib, f"dequantize_row_{qtype.name[:2].lower()}_K")
@@ -287,3 +281,4 @@ def test_requantize_matches_oracle(dev, src_type):
     for w in (None, qw):
         got = run_kernels(dev, q_src, src_type, dst_type, None if w is None else w[None])
         assert_same_bytes(got, oracle_quantize(floats, dst_type, w), dst_type, f"from {src_type.name}")
+
