@@ -50,6 +50,15 @@ class _Builder:
             raw = gguf.quants.quantize(data, gguf.GGMLQuantizationType.BF16)
             self.writer.add_tensor(name, raw, raw_dtype=gguf.GGMLQuantizationType.BF16)
 
+    def attention(self, i: int, n_embd: int, n_head: int, n_head_kv: int, head_dim: int) -> None:
+        """Layer ``i``'s attention norm and separate q/k/v/output projections (grouped-query when
+        ``n_head_kv < n_head``)."""
+        self.f32(f"blk.{i}.attn_norm.weight", n_embd)
+        self.weight(f"blk.{i}.attn_q.weight", n_embd, n_head * head_dim)
+        self.weight(f"blk.{i}.attn_k.weight", n_embd, n_head_kv * head_dim)
+        self.weight(f"blk.{i}.attn_v.weight", n_embd, n_head_kv * head_dim)
+        self.weight(f"blk.{i}.attn_output.weight", n_head * head_dim, n_embd)
+
     def f32(self, name: str, *ne: int, around: float = 1.0) -> None:
         """A norm / bias / router vector, always F32 (as converters write them)."""
         data = np.float32(around) + self.rng.standard_normal(tuple(reversed(ne)), dtype=np.float32) * np.float32(0.1)
@@ -114,11 +123,7 @@ def write_llama(path, *, n_layer: int = 10, n_embd: int = 256, n_head: int = 8, 
 
     b.weight("token_embd.weight", n_embd, n_vocab)
     for i in range(n_layer):
-        b.f32(f"blk.{i}.attn_norm.weight", n_embd)
-        b.weight(f"blk.{i}.attn_q.weight", n_embd, n_head * head_dim)
-        b.weight(f"blk.{i}.attn_k.weight", n_embd, n_head_kv * head_dim)
-        b.weight(f"blk.{i}.attn_v.weight", n_embd, n_head_kv * head_dim)
-        b.weight(f"blk.{i}.attn_output.weight", n_head * head_dim, n_embd)
+        b.attention(i, n_embd, n_head, n_head_kv, head_dim)
         b.f32(f"blk.{i}.ffn_norm.weight", n_embd)
         b.weight(f"blk.{i}.ffn_gate.weight", n_embd, n_ff)
         b.weight(f"blk.{i}.ffn_down.weight", n_ff, n_embd)
@@ -151,11 +156,7 @@ def write_qwen3moe(path, *, n_layer: int = 4, n_embd: int = 256, n_head: int = 8
 
     b.weight("token_embd.weight", n_embd, n_vocab)
     for i in range(n_layer):
-        b.f32(f"blk.{i}.attn_norm.weight", n_embd)
-        b.weight(f"blk.{i}.attn_q.weight", n_embd, n_head * head_dim)
-        b.weight(f"blk.{i}.attn_k.weight", n_embd, n_head_kv * head_dim)
-        b.weight(f"blk.{i}.attn_v.weight", n_embd, n_head_kv * head_dim)
-        b.weight(f"blk.{i}.attn_output.weight", n_head * head_dim, n_embd)
+        b.attention(i, n_embd, n_head, n_head_kv, head_dim)
         b.f32(f"blk.{i}.attn_q_norm.weight", head_dim)
         b.f32(f"blk.{i}.attn_k_norm.weight", head_dim)
         b.f32(f"blk.{i}.ffn_norm.weight", n_embd)
