@@ -20,14 +20,16 @@
 //   (qw == nullptr: no imatrix). x covers rows_per_expert * blocks_per_row work items, one CUDA thread
 //   per ggml block (super-block for K/IQ4_XS); gq_work_item() decodes that. rowstat (or nullptr) is a
 //   per-row float from a pre-pass kernel (legacy types: sum of x*x in C loop order).
-// * Write one __device__ core per type that takes the block's floats (already converted from the
-//   source type by gq_load_block<Src>) and writes one block, then a templated item function
-//   `template <class Src> __device__ void quantize_<dst>_item(GQ_QUANTIZE_PARAMS)` and instantiate the
-//   three entry points with GQ_QUANTIZE_ENTRY_POINTS(<dst>).
-// * dequantize_<type>(GQ_DEQUANTIZE_PARAMS): one thread per block, float32 out (requantize path).
+// * A block type needs one __device__ core `void core(const float* x, const GqItem& it, Block* y)` (the
+//   block's values already converted to float32, its importance weights it.qw) named after the ggml
+//   quantize_<type> it mirrors, then GQ_QUANTIZE_ITEM(<dst>, Block, QK, core) and
+//   GQ_QUANTIZE_ENTRY_POINTS(<dst>) make the three entry points.
+// * dequantize_<type>(GQ_DEQUANTIZE_PARAMS): one thread per block through gq_dequantize_blocks, float32
+//   out, every value stored through gq_x86_nan (requantize path).
 // * Every kernel has one of two ABIs: quantize_* the one above; any other name (dequantize_*,
 //   rowstat_*) (const in*, out*, long long n_per_row, long long nrows). The emulator's generated block
-//   runners rely on that.
+//   runners rely on that, and find kernels by their spelled-out `extern "C" __global__ void <name>(`
+//   line or a GQ_QUANTIZE_ENTRY_POINTS(<dst>) line: keep those literal, not inside other macros.
 // * Tables are `static __device__ const` arrays (global memory, not __constant__). Integer min/max via
 //   GQ_MIN/GQ_MAX. No <stdint.h> under NVRTC: the typedefs below stand in.
 // * If a kernel uses __shared__/__syncthreads, set sync=True for it in gpuquant/backends/kernels.py so the
@@ -221,6 +223,29 @@ __device__ __forceinline__ int gq_best_index_int8(int n, const int8_t* val, floa
     return x - val[mu - 1] < val[mu] - x ? mu - 1 : mu;
 }
 
+// Sums in C loop order: `float s = 0; for (i = 0; i < n; ++i) s += ...;`
+__device__ __forceinline__ float gq_sum(int n, const float* v) {
+    float s = 0;
+    for (int i = 0; i < n; ++i) s += v[i];
+    return s;
+}
+
+__device__ __forceinline__ float gq_sum_sq(int n, const float* x) {
+    float s = 0;
+    for (int i = 0; i < n; ++i) s += x[i] * x[i];
+    return s;
+}
+
+// The weights of the quantize_row_*_impl paths (legacy, IQ4, K-quants): qw[i] * sqrt(sigma2 + x[i]^2).
+__device__ __forceinline__ void gq_impl_weights(int n, const float* x, const float* qw, float sigma2, float* weight) {
+    for (int i = 0; i < n; ++i) weight[i] = qw[i] * sqrtf(sigma2 + x[i] * x[i]);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The scale searches shared by several families (ggml-quants.c), inlined where called; kquants.cu calls
+// them from many places and so through out-of-line wrappers (kquants_search.cuh).
+// ---------------------------------------------------------------------------------------------------
+
 // make_qx_quants: symmetric quantization of n values to [-nmax, nmax-1] (+nmax offset in L), with an
 // RMSE search over 18 scales. Used by Q4_0/Q5_0 with importance weights and by Q3_K/Q6_K (rmse_type 1).
 __device__ __forceinline__ float gq_make_qx_quants(int n, int nmax, const float* x, int8_t* L, int rmse_type,
@@ -399,6 +424,7 @@ __device__ __forceinline__ void gq_load_block(const void* src, long long offset,
 #define GQ_QUANTIZE_ARGS src, dst, qw, rowstat, n_per_row, rows_per_expert, n_expert
 
 #define GQ_DEQUANTIZE_PARAMS const uint8_t* __restrict__ src, float* __restrict__ dst, long long n_per_row, long long nrows
+#define GQ_DEQUANTIZE_ARGS src, dst, n_per_row, nrows
 
 // quantize_<dst>_{f32,f16,bf16} from `template <class Src> __device__ void quantize_<dst>_item(...)`.
 #define GQ_QUANTIZE_ENTRY_POINTS(dst_name)                                                                     \
@@ -413,16 +439,19 @@ __device__ __forceinline__ void gq_load_block(const void* src, long long offset,
     }
 
 // One work item = one block `ib` of slab row `row` (of rows_per_expert * n_expert rows). `qw` is the
-// expert's importance-weight row (or nullptr); `src_offset` the element index of the block's first value.
+// expert's importance-weight row at the block (or nullptr); `src_offset` the element index of the block's
+// first value; `row_sigma2` = rowstat[row] / n_per_row, the sigma2 of the legacy _impl paths (0 without
+// a rowstat pre-pass).
 struct GqItem {
     long long row;
     long long ib;
     long long src_offset;
     const float* qw;
+    float row_sigma2;
 };
 
 __device__ __forceinline__ bool gq_work_item(long long n_per_row, long long rows_per_expert, long long n_expert,
-                                             int block_elems, const float* qw, GqItem& it) {
+                                             int block_elems, const float* qw, const float* rowstat, GqItem& it) {
     const long long blocks_per_row = n_per_row / block_elems;
     const long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (item >= rows_per_expert * blocks_per_row || (long long)blockIdx.z >= n_expert) return false;
@@ -431,18 +460,30 @@ __device__ __forceinline__ bool gq_work_item(long long n_per_row, long long rows
     it.row = (long long)blockIdx.z * rows_per_expert + r;
     it.src_offset = it.row * n_per_row + it.ib * block_elems;
     it.qw = qw ? qw + (long long)blockIdx.z * n_per_row + it.ib * block_elems : nullptr;
+    it.row_sigma2 = rowstat ? rowstat[it.row] / n_per_row : 0.f;
     return true;
 }
 
-// The destination block of an item: rows are blocks_per_row * sizeof(Block) bytes.
-template <class Block>
-__device__ __forceinline__ Block* gq_dst_block(uint8_t* dst, long long n_per_row, int block_elems, const GqItem& it) {
-    const long long blocks_per_row = n_per_row / block_elems;
-    return (Block*)(dst + (it.row * blocks_per_row + it.ib) * (long long)sizeof(Block));
-}
+// quantize_<name>_item, for GQ_QUANTIZE_ENTRY_POINTS(name): each thread loads its block's QK values as
+// float32, `core(x, it, &y)` quantizes them into a local block y (cores read back what they wrote:
+// scales or-ed together, d after its fp16 rounding), and y is stored whole (rows are blocks_per_row
+// blocks).
+#define GQ_QUANTIZE_ITEM(name, Block, QK, core)                                                       \
+    template <class Src>                                                                             \
+    __device__ void quantize_##name##_item(GQ_QUANTIZE_PARAMS) {                                     \
+        GqItem it;                                                                                   \
+        if (!gq_work_item(n_per_row, rows_per_expert, n_expert, QK, qw, rowstat, it)) return;        \
+        float x[QK];                                                                                 \
+        gq_load_block<Src>(src, it.src_offset, QK, x);                                               \
+        Block y;                                                                                     \
+        core(x, it, &y);                                                                             \
+        ((Block*)dst)[it.row * (n_per_row / (QK)) + it.ib] = y;                                      \
+    }
 
-// Dequantize kernels: one thread per block; returns false past the end.
-__device__ __forceinline__ bool gq_dequant_item(long long n_per_row, long long nrows, int block_elems, long long& block) {
-    block = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    return block < nrows * (n_per_row / block_elems);
+// The body of dequantize_<type>: thread i turns block i into QK floats with core(block, y), ggml's
+// dequantize_row_<type> for one block, which stores every value through gq_x86_nan.
+template <class Block, int QK, void (*core)(const Block*, float*)>
+__device__ __forceinline__ void gq_dequantize_blocks(GQ_DEQUANTIZE_PARAMS) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < nrows * (n_per_row / QK)) core((const Block*)src + i, dst + i * QK);
 }

@@ -21,31 +21,33 @@ __device__ __forceinline__ bool gq_float_item(long long n_per_row, long long row
     return true;
 }
 
-// GGML_TYPE_F32: memcpy of the float32 values
-template <class Src>
-__device__ void quantize_f32_item(GQ_QUANTIZE_PARAMS) {
+// One run of elements, each converted by `convert` from its exact source value.
+template <class Src, class Out, Out (*convert)(float)>
+__device__ __forceinline__ void gq_convert_run(GQ_QUANTIZE_PARAMS) {
     long long begin, end;
     if (!gq_float_item(n_per_row, rows_per_expert, n_expert, begin, end)) return;
-    float* y = (float*)dst;
-    for (long long i = begin; i < end; ++i) y[i] = Src::load(src, i);
+    Out* y = (Out*)dst;
+    for (long long i = begin; i < end; ++i) y[i] = convert(Src::load(src, i));
+}
+
+// GGML_TYPE_F32: memcpy of the float32 values
+__device__ __forceinline__ float gq_fp32_copy(float f) { return f; }
+
+template <class Src>
+__device__ void quantize_f32_item(GQ_QUANTIZE_PARAMS) {
+    gq_convert_run<Src, float, gq_fp32_copy>(GQ_QUANTIZE_ARGS);
 }
 
 // GGML_TYPE_F16: ggml_fp32_to_fp16_row
 template <class Src>
 __device__ void quantize_f16_item(GQ_QUANTIZE_PARAMS) {
-    long long begin, end;
-    if (!gq_float_item(n_per_row, rows_per_expert, n_expert, begin, end)) return;
-    uint16_t* y = (uint16_t*)dst;
-    for (long long i = begin; i < end; ++i) y[i] = gq_fp32_to_fp16_bits(Src::load(src, i));
+    gq_convert_run<Src, uint16_t, gq_fp32_to_fp16_bits>(GQ_QUANTIZE_ARGS);
 }
 
 // GGML_TYPE_BF16: ggml_fp32_to_bf16_row_ref
 template <class Src>
 __device__ void quantize_bf16_item(GQ_QUANTIZE_PARAMS) {
-    long long begin, end;
-    if (!gq_float_item(n_per_row, rows_per_expert, n_expert, begin, end)) return;
-    uint16_t* y = (uint16_t*)dst;
-    for (long long i = begin; i < end; ++i) y[i] = gq_fp32_to_bf16(Src::load(src, i));
+    gq_convert_run<Src, uint16_t, gq_fp32_to_bf16>(GQ_QUANTIZE_ARGS);
 }
 
 GQ_QUANTIZE_ENTRY_POINTS(f32)

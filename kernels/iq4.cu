@@ -21,8 +21,7 @@ __device__ __noinline__ void gq_iq4_impl(const float* x, const float* qw, gq_hal
     float weight[BS];
     uint8_t L[SB];
 
-    float sigma2 = 0;
-    for (int j = 0; j < SB; ++j) sigma2 += x[j] * x[j];
+    float sigma2 = gq_sum_sq(SB, x);
     sigma2 *= 2.f / SB;
 
     for (int j = 0; j < SB / 2; ++j) q4[j] = 0;
@@ -34,8 +33,7 @@ __device__ __noinline__ void gq_iq4_impl(const float* x, const float* qw, gq_hal
         const float* xb = x + ib * BS;
         uint8_t* Lb = L + ib * BS;
         if (qw) {
-            const float* qwb = qw + ib * BS;
-            for (int j = 0; j < BS; ++j) weight[j] = qwb[j] * sqrtf(sigma2 + xb[j] * xb[j]);
+            gq_impl_weights(BS, xb, qw + ib * BS, sigma2, weight);
         } else {
             for (int j = 0; j < BS; ++j) weight[j] = xb[j] * xb[j];
         }
@@ -120,37 +118,22 @@ __device__ __noinline__ void gq_iq4_impl(const float* x, const float* qw, gq_hal
 }
 
 // quantize_iq4_nl: one 32-value block per thread.
-template <class Src>
-__device__ void quantize_iq4_nl_item(GQ_QUANTIZE_PARAMS) {
-    GqItem it;
-    if (!gq_work_item(n_per_row, rows_per_expert, n_expert, QK4_NL, qw, it)) return;
-    float x[QK4_NL];
-    gq_load_block<Src>(src, it.src_offset, QK4_NL, x);
-    block_iq4_nl* y = gq_dst_block<block_iq4_nl>(dst, n_per_row, QK4_NL, it);
-    uint16_t unused_h;
-    gq_iq4_impl<QK4_NL>(x, it.qw, &y->d, y->qs, &unused_h, nullptr);
+__device__ __forceinline__ void gq_quantize_iq4_nl(const float* x, const GqItem& it, block_iq4_nl* y) {
+    gq_iq4_impl<QK4_NL>(x, it.qw, &y->d, y->qs, nullptr, nullptr);
 }
 
 // quantize_iq4_xs: one 256-value super-block per thread.
-template <class Src>
-__device__ void quantize_iq4_xs_item(GQ_QUANTIZE_PARAMS) {
-    GqItem it;
-    if (!gq_work_item(n_per_row, rows_per_expert, n_expert, QK_K, qw, it)) return;
-    float x[QK_K];
-    gq_load_block<Src>(src, it.src_offset, QK_K, x);
-    block_iq4_xs* y = gq_dst_block<block_iq4_xs>(dst, n_per_row, QK_K, it);
+__device__ __forceinline__ void gq_quantize_iq4_xs(const float* x, const GqItem& it, block_iq4_xs* y) {
     gq_iq4_impl<QK_K>(x, it.qw, &y->d, y->qs, &y->scales_h, y->scales_l);
 }
 
+GQ_QUANTIZE_ITEM(iq4_nl, block_iq4_nl, QK4_NL, gq_quantize_iq4_nl)
+GQ_QUANTIZE_ITEM(iq4_xs, block_iq4_xs, QK_K, gq_quantize_iq4_xs)
 GQ_QUANTIZE_ENTRY_POINTS(iq4_nl)
 GQ_QUANTIZE_ENTRY_POINTS(iq4_xs)
 
-// dequantize_row_iq4_nl (stores through gq_x86_nan: see common.cuh)
-extern "C" __global__ void dequantize_iq4_nl(GQ_DEQUANTIZE_PARAMS) {
-    long long i;
-    if (!gq_dequant_item(n_per_row, nrows, QK4_NL, i)) return;
-    const block_iq4_nl* b = (const block_iq4_nl*)src + i;
-    float* y = dst + i * QK4_NL;
+// dequantize_row_iq4_nl of one block (stores through gq_x86_nan: see common.cuh)
+__device__ __forceinline__ void gq_dequantize_row_iq4_nl(const block_iq4_nl* b, float* y) {
     const float d = gq_fp16_to_fp32(b->d);
     for (int j = 0; j < QK4_NL / 2; ++j) {
         y[j] = gq_x86_nan(d * gq_kvalues_iq4nl[b->qs[j] & 0xf]);
@@ -158,12 +141,8 @@ extern "C" __global__ void dequantize_iq4_nl(GQ_DEQUANTIZE_PARAMS) {
     }
 }
 
-// dequantize_row_iq4_xs
-extern "C" __global__ void dequantize_iq4_xs(GQ_DEQUANTIZE_PARAMS) {
-    long long i;
-    if (!gq_dequant_item(n_per_row, nrows, QK_K, i)) return;
-    const block_iq4_xs* b = (const block_iq4_xs*)src + i;
-    float* y = dst + i * QK_K;
+// dequantize_row_iq4_xs of one super-block
+__device__ __forceinline__ void gq_dequantize_row_iq4_xs(const block_iq4_xs* b, float* y) {
     const uint8_t* qs = b->qs;
     const float d = gq_fp16_to_fp32(b->d);
     for (int ib = 0; ib < QK_K / 32; ++ib) {
@@ -176,4 +155,11 @@ extern "C" __global__ void dequantize_iq4_xs(GQ_DEQUANTIZE_PARAMS) {
         y += 32;
         qs += 16;
     }
+}
+
+extern "C" __global__ void dequantize_iq4_nl(GQ_DEQUANTIZE_PARAMS) {
+    gq_dequantize_blocks<block_iq4_nl, QK4_NL, gq_dequantize_row_iq4_nl>(GQ_DEQUANTIZE_ARGS);
+}
+extern "C" __global__ void dequantize_iq4_xs(GQ_DEQUANTIZE_PARAMS) {
+    gq_dequantize_blocks<block_iq4_xs, QK_K, gq_dequantize_row_iq4_xs>(GQ_DEQUANTIZE_ARGS);
 }

@@ -61,9 +61,10 @@ __device__ __forceinline__ void kq_pack_2bit(const uint8_t* L, uint8_t* qs) {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Q2_K: quantize_row_q2_K_ref (qw == nullptr) / quantize_row_q2_K_impl
+// Q2_K: quantize_q2_K, i.e. quantize_row_q2_K_ref (qw == nullptr) / quantize_row_q2_K_impl
 // ---------------------------------------------------------------------------------------------------
-__device__ static __noinline__ void kq_q2_K(const float* x, const float* qw, block_q2_K* y) {
+__device__ static __noinline__ void kq_quantize_q2_K(const float* x, const GqItem& it, block_q2_K* y) {
+    const float* qw = it.qw;
     uint8_t L[QK_K];
     uint8_t Laux[16];
     float weight[16];
@@ -105,14 +106,10 @@ __device__ static __noinline__ void kq_q2_K(const float* x, const float* qw, blo
     } else {  // quantize_row_q2_K_impl
         float sw[QK_K / 16];
         uint8_t Ls[QK_K / 16], Lm[QK_K / 16];
-        float sumx2 = 0;
-        for (int j = 0; j < QK_K; ++j) sumx2 += x[j] * x[j];
-        const float sigma2 = sumx2 / QK_K;
+        const float sigma2 = gq_sum_sq(QK_K, x) / QK_K;
         for (int j = 0; j < QK_K / 16; ++j) {
-            const float* qwj = qw + 16 * j;
-            for (int l = 0; l < 16; ++l) weight[l] = qwj[l] * sqrtf(sigma2 + x[16 * j + l] * x[16 * j + l]);
-            sw[j] = 0;
-            for (int l = 0; l < 16; ++l) sw[j] += weight[l];
+            gq_impl_weights(16, x + 16 * j, qw + 16 * j, sigma2, weight);
+            sw[j] = gq_sum(16, weight);
             scales[j] = kq_make_qkx_quants(16, 3, x + 16 * j, weight, L + 16 * j, &mins[j], Laux, -0.9f, 0.05f, 36,
                                            false);
         }
@@ -139,9 +136,10 @@ __device__ static __noinline__ void kq_q2_K(const float* x, const float* qw, blo
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Q3_K: quantize_row_q3_K_ref (qw == nullptr) / quantize_row_q3_K_impl
+// Q3_K: quantize_q3_K, i.e. quantize_row_q3_K_ref (qw == nullptr) / quantize_row_q3_K_impl
 // ---------------------------------------------------------------------------------------------------
-__device__ static __noinline__ void kq_q3_K(const float* x, const float* qw, block_q3_K* y) {
+__device__ static __noinline__ void kq_quantize_q3_K(const float* x, const GqItem& it, block_q3_K* y) {
+    const float* qw = it.qw;
     int8_t L[QK_K];
     float scales[QK_K / 16];
 
@@ -169,15 +167,10 @@ __device__ static __noinline__ void kq_q3_K(const float* x, const float* qw, blo
         float weight[16];
         float sw[QK_K / 16];
         int8_t Ls[QK_K / 16];
-        float sumx2 = 0;
-        for (int j = 0; j < QK_K; ++j) sumx2 += x[j] * x[j];
-        const float sigma2 = 2 * sumx2 / QK_K;
+        const float sigma2 = 2 * gq_sum_sq(QK_K, x) / QK_K;
         for (int j = 0; j < QK_K / 16; ++j) {
-            const float* qwj = qw + 16 * j;
-            for (int l = 0; l < 16; ++l) weight[l] = qwj[l] * sqrtf(sigma2 + x[16 * j + l] * x[16 * j + l]);
-            float sumw = 0;
-            for (int l = 0; l < 16; ++l) sumw += weight[l];
-            sw[j] = sumw;
+            gq_impl_weights(16, x + 16 * j, qw + 16 * j, sigma2, weight);
+            sw[j] = gq_sum(16, weight);
             scales[j] = kq_make_qx_quants(16, 4, x + 16 * j, L + 16 * j, weight);
         }
         const float d_block = kq_make_qx_quants(QK_K / 16, 32, scales, Ls, sw);
@@ -229,9 +222,7 @@ __device__ static __noinline__ void kq_q45_K_scales(const float* x, const float*
         float max_scale = 0;  // as the min is deducted, scales are always positive
         float max_min = 0;
         for (int j = 0; j < QK_K / 32; ++j) {
-            float sum_x2 = 0;
-            for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
-            const float av_x = sqrtf(sum_x2 / 32);
+            const float av_x = sqrtf(gq_sum_sq(32, x + 32 * j) / 32);
             for (int l = 0; l < 32; ++l) weights[l] = av_x + fabsf(x[32 * j + l]);
             // make_qkx2_quants(32, 15, ..., -1.f, 0.1f, 20, false) / (32, 31, ..., -0.5f, 0.1f, 15, false)
             scales[j] = nmax == 15
@@ -257,15 +248,10 @@ __device__ static __noinline__ void kq_q45_K_scales(const float* x, const float*
         uint8_t Ls[QK_K / 32];
         uint8_t Lm[QK_K / 32];
         float sw[QK_K / 32];
-        float sum_x2 = 0;
-        for (int l = 0; l < QK_K; ++l) sum_x2 += x[l] * x[l];
-        const float sigma2 = 2 * sum_x2 / QK_K;
+        const float sigma2 = 2 * gq_sum_sq(QK_K, x) / QK_K;
         for (int j = 0; j < QK_K / 32; ++j) {
-            const float* qwj = qw + 32 * j;
-            for (int l = 0; l < 32; ++l) weights[l] = qwj[l] * sqrtf(sigma2 + x[32 * j + l] * x[32 * j + l]);
-            float sumw = 0;
-            for (int l = 0; l < 32; ++l) sumw += weights[l];
-            sw[j] = sumw;
+            gq_impl_weights(32, x + 32 * j, qw + 32 * j, sigma2, weights);
+            sw[j] = gq_sum(32, weights);
             scales[j] = kq_make_qkx_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.9f, 0.05f,
                                            36, false);
         }
@@ -301,9 +287,9 @@ __device__ static __noinline__ void kq_q45_K_scales(const float* x, const float*
 }
 
 // quantize_row_q4_K_ref / quantize_row_q4_K_impl
-__device__ static __noinline__ void kq_q4_K(const float* x, const float* qw, block_q4_K* y) {
+__device__ static __noinline__ void kq_quantize_q4_K(const float* x, const GqItem& it, block_q4_K* y) {
     uint8_t L[QK_K];
-    kq_q45_K_scales(x, qw, 15, L, y->scales, &y->d, &y->dmin);
+    kq_q45_K_scales(x, it.qw, 15, L, y->scales, &y->d, &y->dmin);
     uint8_t* q = y->qs;
     for (int j = 0; j < QK_K; j += 64) {
         for (int l = 0; l < 32; ++l) q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
@@ -312,9 +298,9 @@ __device__ static __noinline__ void kq_q4_K(const float* x, const float* qw, blo
 }
 
 // quantize_row_q5_K_ref / quantize_row_q5_K_impl
-__device__ static __noinline__ void kq_q5_K(const float* x, const float* qw, block_q5_K* y) {
+__device__ static __noinline__ void kq_quantize_q5_K(const float* x, const GqItem& it, block_q5_K* y) {
     uint8_t L[QK_K];
-    kq_q45_K_scales(x, qw, 31, L, y->scales, &y->d, &y->dmin);
+    kq_q45_K_scales(x, it.qw, 31, L, y->scales, &y->d, &y->dmin);
     uint8_t* qh = y->qh;
     uint8_t* ql = y->qs;
     for (int j = 0; j < QK_K / 8; ++j) qh[j] = 0;
@@ -337,7 +323,8 @@ __device__ static __noinline__ void kq_q5_K(const float* x, const float* qw, blo
 // Q6_K: quantize_row_q6_K_ref (qw == nullptr) / quantize_row_q6_K_impl, which differ only in the
 // weights make_qx_quants gets (x*x or the importance weights themselves).
 // ---------------------------------------------------------------------------------------------------
-__device__ static __noinline__ void kq_q6_K(const float* x, const float* qw, block_q6_K* y) {
+__device__ static __noinline__ void kq_quantize_q6_K(const float* x, const GqItem& it, block_q6_K* y) {
+    const float* qw = it.qw;
     int8_t L[QK_K];
     float scales[QK_K / 16];
 
@@ -388,26 +375,13 @@ __device__ static __noinline__ void kq_q6_K(const float* x, const float* qw, blo
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Entry points: load the super-block as float32, quantize it into a local block, store it.
+// Entry points
 // ---------------------------------------------------------------------------------------------------
-#define KQ_ITEM(name, Block, core)                                                        \
-    template <class Src>                                                                  \
-    __device__ void quantize_##name##_item(GQ_QUANTIZE_PARAMS) {                          \
-        (void)rowstat; /* per-super-block statistics only */                              \
-        GqItem it;                                                                        \
-        if (!gq_work_item(n_per_row, rows_per_expert, n_expert, QK_K, qw, it)) return;    \
-        float x[QK_K];                                                                    \
-        gq_load_block<Src>(src, it.src_offset, QK_K, x);                                  \
-        Block b;                                                                          \
-        core(x, it.qw, &b);                                                               \
-        *gq_dst_block<Block>(dst, n_per_row, QK_K, it) = b;                               \
-    }
-
-KQ_ITEM(q2_k, block_q2_K, kq_q2_K)
-KQ_ITEM(q3_k, block_q3_K, kq_q3_K)
-KQ_ITEM(q4_k, block_q4_K, kq_q4_K)
-KQ_ITEM(q5_k, block_q5_K, kq_q5_K)
-KQ_ITEM(q6_k, block_q6_K, kq_q6_K)
+GQ_QUANTIZE_ITEM(q2_k, block_q2_K, QK_K, kq_quantize_q2_K)
+GQ_QUANTIZE_ITEM(q3_k, block_q3_K, QK_K, kq_quantize_q3_K)
+GQ_QUANTIZE_ITEM(q4_k, block_q4_K, QK_K, kq_quantize_q4_K)
+GQ_QUANTIZE_ITEM(q5_k, block_q5_K, QK_K, kq_quantize_q5_K)
+GQ_QUANTIZE_ITEM(q6_k, block_q6_K, QK_K, kq_quantize_q6_K)
 
 GQ_QUANTIZE_ENTRY_POINTS(q2_k)
 GQ_QUANTIZE_ENTRY_POINTS(q3_k)
@@ -416,15 +390,12 @@ GQ_QUANTIZE_ENTRY_POINTS(q5_k)
 GQ_QUANTIZE_ENTRY_POINTS(q6_k)
 
 // ---------------------------------------------------------------------------------------------------
-// Dequantize (dequantize_row_q*_K): one thread per super-block, float32 rows out.
+// Dequantize: dequantize_row_q*_K of one super-block, every value stored through gq_x86_nan (an inf
+// scale times 0 is x86's default NaN; see common.cuh), and the kernels (one thread per super-block).
 // ---------------------------------------------------------------------------------------------------
 
 // dequantize_row_q2_K
-extern "C" __global__ void dequantize_q2_k(GQ_DEQUANTIZE_PARAMS) {
-    long long i;
-    if (!gq_dequant_item(n_per_row, nrows, QK_K, i)) return;
-    const block_q2_K* b = (const block_q2_K*)src + i;
-    float* y = dst + i * QK_K;
+__device__ __forceinline__ void kq_dequantize_row_q2_K(const block_q2_K* b, float* y) {
     const float d = gq_fp16_to_fp32(b->d);
     const float min = gq_fp16_to_fp32(b->dmin);
     const uint8_t* q = b->qs;
@@ -435,7 +406,7 @@ extern "C" __global__ void dequantize_q2_k(GQ_DEQUANTIZE_PARAMS) {
             for (int h = 0; h < 2; ++h) {  // the two 16-value halves, q[l] and q[l + 16]
                 const uint8_t sc = b->scales[is++];
                 const float dl = d * (sc & 0xF), ml = min * (sc >> 4);
-                for (int l = 0; l < 16; ++l) *y++ = dl * (int8_t)((q[l + 16 * h] >> shift) & 3) - ml;
+                for (int l = 0; l < 16; ++l) *y++ = gq_x86_nan(dl * (int8_t)((q[l + 16 * h] >> shift) & 3) - ml);
             }
             shift += 2;
         }
@@ -444,11 +415,7 @@ extern "C" __global__ void dequantize_q2_k(GQ_DEQUANTIZE_PARAMS) {
 }
 
 // dequantize_row_q3_K (its kmask unpacking of the scales done one scale at a time)
-extern "C" __global__ void dequantize_q3_k(GQ_DEQUANTIZE_PARAMS) {
-    long long i;
-    if (!gq_dequant_item(n_per_row, nrows, QK_K, i)) return;
-    const block_q3_K* b = (const block_q3_K*)src + i;
-    float* y = dst + i * QK_K;
+__device__ __forceinline__ void kq_dequantize_row_q3_K(const block_q3_K* b, float* y) {
     const float d_all = gq_fp16_to_fp32(b->d);
     const uint8_t* q = b->qs;
     const uint8_t* hm = b->hmask;
@@ -460,7 +427,7 @@ extern "C" __global__ void dequantize_q3_k(GQ_DEQUANTIZE_PARAMS) {
             for (int h = 0; h < 2; ++h) {
                 const float dl = d_all * kq_get_scale_q3_k(is++, b->scales);
                 for (int l = 16 * h; l < 16 * h + 16; ++l) {
-                    *y++ = dl * ((int8_t)((q[l] >> shift) & 3) - ((hm[l] & m) ? 0 : 4));
+                    *y++ = gq_x86_nan(dl * ((int8_t)((q[l] >> shift) & 3) - ((hm[l] & m) ? 0 : 4)));
                 }
             }
             shift += 2;
@@ -483,8 +450,8 @@ __device__ __forceinline__ void kq_dequantize_q45_K(const gq_half* dd, const gq_
         const float d1 = d * sc, m1 = min * m;
         kq_get_scale_min_k4(is + 1, scales, &sc, &m);
         const float d2 = d * sc, m2 = min * m;
-        for (int l = 0; l < 32; ++l) *y++ = d1 * ((q[l] & 0xF) + (qh && (qh[l] & u1) ? 16 : 0)) - m1;
-        for (int l = 0; l < 32; ++l) *y++ = d2 * ((q[l] >> 4) + (qh && (qh[l] & u2) ? 16 : 0)) - m2;
+        for (int l = 0; l < 32; ++l) *y++ = gq_x86_nan(d1 * ((q[l] & 0xF) + (qh && (qh[l] & u1) ? 16 : 0)) - m1);
+        for (int l = 0; l < 32; ++l) *y++ = gq_x86_nan(d2 * ((q[l] >> 4) + (qh && (qh[l] & u2) ? 16 : 0)) - m2);
         q += 32;
         is += 2;
         u1 = (uint8_t)(u1 << 2);
@@ -492,26 +459,16 @@ __device__ __forceinline__ void kq_dequantize_q45_K(const gq_half* dd, const gq_
     }
 }
 
-extern "C" __global__ void dequantize_q4_k(GQ_DEQUANTIZE_PARAMS) {
-    long long i;
-    if (!gq_dequant_item(n_per_row, nrows, QK_K, i)) return;
-    const block_q4_K* b = (const block_q4_K*)src + i;
-    kq_dequantize_q45_K(&b->d, &b->dmin, b->scales, nullptr, b->qs, dst + i * QK_K);
+__device__ __forceinline__ void kq_dequantize_row_q4_K(const block_q4_K* b, float* y) {
+    kq_dequantize_q45_K(&b->d, &b->dmin, b->scales, nullptr, b->qs, y);
 }
 
-extern "C" __global__ void dequantize_q5_k(GQ_DEQUANTIZE_PARAMS) {
-    long long i;
-    if (!gq_dequant_item(n_per_row, nrows, QK_K, i)) return;
-    const block_q5_K* b = (const block_q5_K*)src + i;
-    kq_dequantize_q45_K(&b->d, &b->dmin, b->scales, b->qh, b->qs, dst + i * QK_K);
+__device__ __forceinline__ void kq_dequantize_row_q5_K(const block_q5_K* b, float* y) {
+    kq_dequantize_q45_K(&b->d, &b->dmin, b->scales, b->qh, b->qs, y);
 }
 
 // dequantize_row_q6_K
-extern "C" __global__ void dequantize_q6_k(GQ_DEQUANTIZE_PARAMS) {
-    long long i;
-    if (!gq_dequant_item(n_per_row, nrows, QK_K, i)) return;
-    const block_q6_K* b = (const block_q6_K*)src + i;
-    float* y = dst + i * QK_K;
+__device__ __forceinline__ void kq_dequantize_row_q6_K(const block_q6_K* b, float* y) {
     const float d = gq_fp16_to_fp32(b->d);
     const uint8_t* ql = b->ql;
     const uint8_t* qh = b->qh;
@@ -523,14 +480,30 @@ extern "C" __global__ void dequantize_q6_k(GQ_DEQUANTIZE_PARAMS) {
             const int8_t q2 = (int8_t)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
             const int8_t q3 = (int8_t)((ql[l + 0] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
             const int8_t q4 = (int8_t)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-            y[l + 0] = d * sc[is + 0] * q1;
-            y[l + 32] = d * sc[is + 2] * q2;
-            y[l + 64] = d * sc[is + 4] * q3;
-            y[l + 96] = d * sc[is + 6] * q4;
+            y[l + 0] = gq_x86_nan(d * sc[is + 0] * q1);
+            y[l + 32] = gq_x86_nan(d * sc[is + 2] * q2);
+            y[l + 64] = gq_x86_nan(d * sc[is + 4] * q3);
+            y[l + 96] = gq_x86_nan(d * sc[is + 6] * q4);
         }
         y += 128;
         ql += 64;
         qh += 32;
         sc += 8;
     }
+}
+
+extern "C" __global__ void dequantize_q2_k(GQ_DEQUANTIZE_PARAMS) {
+    gq_dequantize_blocks<block_q2_K, QK_K, kq_dequantize_row_q2_K>(GQ_DEQUANTIZE_ARGS);
+}
+extern "C" __global__ void dequantize_q3_k(GQ_DEQUANTIZE_PARAMS) {
+    gq_dequantize_blocks<block_q3_K, QK_K, kq_dequantize_row_q3_K>(GQ_DEQUANTIZE_ARGS);
+}
+extern "C" __global__ void dequantize_q4_k(GQ_DEQUANTIZE_PARAMS) {
+    gq_dequantize_blocks<block_q4_K, QK_K, kq_dequantize_row_q4_K>(GQ_DEQUANTIZE_ARGS);
+}
+extern "C" __global__ void dequantize_q5_k(GQ_DEQUANTIZE_PARAMS) {
+    gq_dequantize_blocks<block_q5_K, QK_K, kq_dequantize_row_q5_K>(GQ_DEQUANTIZE_ARGS);
+}
+extern "C" __global__ void dequantize_q6_k(GQ_DEQUANTIZE_PARAMS) {
+    gq_dequantize_blocks<block_q6_K, QK_K, kq_dequantize_row_q6_K>(GQ_DEQUANTIZE_ARGS);
 }

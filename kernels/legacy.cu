@@ -4,8 +4,8 @@
 // One CUDA thread per 32-element block. Without importance weights (qw == nullptr) a block goes through
 // the quantize_row_*_ref code; with them through quantize_row_*_impl, whose weights use the row
 // statistic sigma2 = sum(x*x over the row) / n_per_row. That sum is sequential over the whole row in C,
-// so rowstat_sumsq_<src> computes it first (one thread per row, the same loop order) and the item reads
-// rowstat[row]. Q8_0 ignores importance weights, as ggml does.
+// so rowstat_sumsq_<src> computes it first (one thread per row, the same loop order); the item's
+// row_sigma2 (common.cuh) is rowstat[row] / n_per_row. Q8_0 ignores importance weights, as ggml does.
 #include "common.cuh"
 
 // ---------------------------------------------------------------------------------------------------
@@ -35,14 +35,13 @@ extern "C" __global__ void rowstat_sumsq_bf16(const void* src, float* rowstat, l
     rowstat_sumsq_item<GqSrcBF16>(src, rowstat, n_per_row, nrows);
 }
 
-// The importance-weighted per-element weights of quantize_row_q*_impl: qw[j] * sqrt(sigma2 + x[j]^2).
-__device__ __forceinline__ void gq_legacy_weights(const float* x, const float* qw, float sigma2, float* weight) {
-    for (int j = 0; j < 32; ++j) weight[j] = qw[j] * sqrtf(sigma2 + x[j] * x[j]);
-}
-
-__device__ __forceinline__ float gq_row_sigma2(const float* rowstat, long long row, long long n_per_row) {
-    return rowstat[row] / n_per_row;
-}
+// quantize_q4_0 / q4_1 / q5_0 / q5_1: quantize_row_*_impl with importance weights (sigma2 from the row
+// pre-pass, it.row_sigma2), else quantize_row_*_ref. Makes the core gq_quantize_<name>.
+#define GQ_LEGACY_CORE(name, Block)                                                                  \
+    __device__ __forceinline__ void gq_quantize_##name(const float* x, const GqItem& it, Block* y) { \
+        if (it.qw) gq_##name##_impl(x, it.qw, it.row_sigma2, y);                                     \
+        else gq_##name##_ref(x, y);                                                                  \
+    }
 
 // ---------------------------------------------------------------------------------------------------
 // Q4_0: quantize_row_q4_0_ref / quantize_row_q4_0_impl
@@ -68,22 +67,14 @@ __device__ __noinline__ void gq_q4_0_ref(const float* x, block_q4_0* y) {
 __device__ __noinline__ void gq_q4_0_impl(const float* x, const float* qw, float sigma2, block_q4_0* y) {
     float weight[QK4_0];
     int8_t L[QK4_0];
-    gq_legacy_weights(x, qw, sigma2, weight);
+    gq_impl_weights(QK4_0, x, qw, sigma2, weight);
     const float d = gq_make_qx_quants(QK4_0, 8, x, L, 1, weight);
     y->d = gq_fp32_to_fp16(d);
     for (int j = 0; j < 16; ++j) y->qs[j] = (uint8_t)(L[j] | (L[j + 16] << 4));
 }
 
-template <class Src>
-__device__ void quantize_q4_0_item(GQ_QUANTIZE_PARAMS) {
-    GqItem it;
-    if (!gq_work_item(n_per_row, rows_per_expert, n_expert, QK4_0, qw, it)) return;
-    float x[QK4_0];
-    gq_load_block<Src>(src, it.src_offset, QK4_0, x);
-    block_q4_0* y = gq_dst_block<block_q4_0>(dst, n_per_row, QK4_0, it);
-    if (it.qw) gq_q4_0_impl(x, it.qw, gq_row_sigma2(rowstat, it.row, n_per_row), y);
-    else gq_q4_0_ref(x, y);
-}
+GQ_LEGACY_CORE(q4_0, block_q4_0)
+GQ_QUANTIZE_ITEM(q4_0, block_q4_0, QK4_0, gq_quantize_q4_0)
 
 // ---------------------------------------------------------------------------------------------------
 // Q4_1: quantize_row_q4_1_ref / quantize_row_q4_1_impl
@@ -111,7 +102,7 @@ __device__ __noinline__ void gq_q4_1_ref(const float* x, block_q4_1* y) {
 __device__ __noinline__ void gq_q4_1_impl(const float* x, const float* qw, float sigma2, block_q4_1* y) {
     float weight[QK4_1];
     uint8_t L[QK4_1], Laux[QK4_1];
-    gq_legacy_weights(x, qw, sigma2, weight);
+    gq_impl_weights(QK4_1, x, qw, sigma2, weight);
     float min;
     const float d = gq_make_qkx_quants(QK4_1, 15, x, weight, L, &min, Laux, -0.9f, 0.05f, 36, false);
     y->d = gq_fp32_to_fp16(d);
@@ -119,16 +110,8 @@ __device__ __noinline__ void gq_q4_1_impl(const float* x, const float* qw, float
     for (int j = 0; j < 16; ++j) y->qs[j] = (uint8_t)(L[j] | (L[j + 16] << 4));
 }
 
-template <class Src>
-__device__ void quantize_q4_1_item(GQ_QUANTIZE_PARAMS) {
-    GqItem it;
-    if (!gq_work_item(n_per_row, rows_per_expert, n_expert, QK4_1, qw, it)) return;
-    float x[QK4_1];
-    gq_load_block<Src>(src, it.src_offset, QK4_1, x);
-    block_q4_1* y = gq_dst_block<block_q4_1>(dst, n_per_row, QK4_1, it);
-    if (it.qw) gq_q4_1_impl(x, it.qw, gq_row_sigma2(rowstat, it.row, n_per_row), y);
-    else gq_q4_1_ref(x, y);
-}
+GQ_LEGACY_CORE(q4_1, block_q4_1)
+GQ_QUANTIZE_ITEM(q4_1, block_q4_1, QK4_1, gq_quantize_q4_1)
 
 // ---------------------------------------------------------------------------------------------------
 // Q5_0 / Q5_1: the 5th bits go to qh, element j at bit j, element j+16 at bit j+16.
@@ -169,22 +152,14 @@ __device__ __noinline__ void gq_q5_0_ref(const float* x, block_q5_0* y) {
 __device__ __noinline__ void gq_q5_0_impl(const float* x, const float* qw, float sigma2, block_q5_0* y) {
     float weight[QK5_0];
     int8_t L[QK5_0];
-    gq_legacy_weights(x, qw, sigma2, weight);
+    gq_impl_weights(QK5_0, x, qw, sigma2, weight);
     const float d = gq_make_qx_quants(QK5_0, 16, x, L, 1, weight);
     y->d = gq_fp32_to_fp16(d);
     gq_pack5((const uint8_t*)L, y->qs, y->qh);
 }
 
-template <class Src>
-__device__ void quantize_q5_0_item(GQ_QUANTIZE_PARAMS) {
-    GqItem it;
-    if (!gq_work_item(n_per_row, rows_per_expert, n_expert, QK5_0, qw, it)) return;
-    float x[QK5_0];
-    gq_load_block<Src>(src, it.src_offset, QK5_0, x);
-    block_q5_0* y = gq_dst_block<block_q5_0>(dst, n_per_row, QK5_0, it);
-    if (it.qw) gq_q5_0_impl(x, it.qw, gq_row_sigma2(rowstat, it.row, n_per_row), y);
-    else gq_q5_0_ref(x, y);
-}
+GQ_LEGACY_CORE(q5_0, block_q5_0)
+GQ_QUANTIZE_ITEM(q5_0, block_q5_0, QK5_0, gq_quantize_q5_0)
 
 // quantize_row_q5_1_ref
 __device__ __noinline__ void gq_q5_1_ref(const float* x, block_q5_1* y) {
@@ -212,7 +187,7 @@ __device__ __noinline__ void gq_q5_1_ref(const float* x, block_q5_1* y) {
 __device__ __noinline__ void gq_q5_1_impl(const float* x, const float* qw, float sigma2, block_q5_1* y) {
     float weight[QK5_1];
     uint8_t L[QK5_1], Laux[QK5_1];
-    gq_legacy_weights(x, qw, sigma2, weight);
+    gq_impl_weights(QK5_1, x, qw, sigma2, weight);
     float min;
     const float d = gq_make_qkx_quants(QK5_1, 31, x, weight, L, &min, Laux, -0.9f, 0.05f, 36, false);
     y->d = gq_fp32_to_fp16(d);
@@ -220,16 +195,8 @@ __device__ __noinline__ void gq_q5_1_impl(const float* x, const float* qw, float
     gq_pack5(L, y->qs, y->qh);
 }
 
-template <class Src>
-__device__ void quantize_q5_1_item(GQ_QUANTIZE_PARAMS) {
-    GqItem it;
-    if (!gq_work_item(n_per_row, rows_per_expert, n_expert, QK5_1, qw, it)) return;
-    float x[QK5_1];
-    gq_load_block<Src>(src, it.src_offset, QK5_1, x);
-    block_q5_1* y = gq_dst_block<block_q5_1>(dst, n_per_row, QK5_1, it);
-    if (it.qw) gq_q5_1_impl(x, it.qw, gq_row_sigma2(rowstat, it.row, n_per_row), y);
-    else gq_q5_1_ref(x, y);
-}
+GQ_LEGACY_CORE(q5_1, block_q5_1)
+GQ_QUANTIZE_ITEM(q5_1, block_q5_1, QK5_1, gq_quantize_q5_1)
 
 // ---------------------------------------------------------------------------------------------------
 // Q8_0: quantize_row_q8_0_ref (quantize_q8_0 ignores importance weights)
@@ -243,14 +210,10 @@ __device__ __noinline__ void gq_q8_0_ref(const float* x, block_q8_0* y) {
     for (int j = 0; j < QK8_0; ++j) y->qs[j] = (int8_t)gq_trunc_i32(roundf(x[j] * id));
 }
 
-template <class Src>
-__device__ void quantize_q8_0_item(GQ_QUANTIZE_PARAMS) {
-    GqItem it;
-    if (!gq_work_item(n_per_row, rows_per_expert, n_expert, QK8_0, nullptr, it)) return;
-    float x[QK8_0];
-    gq_load_block<Src>(src, it.src_offset, QK8_0, x);
-    gq_q8_0_ref(x, gq_dst_block<block_q8_0>(dst, n_per_row, QK8_0, it));
+__device__ __forceinline__ void gq_quantize_q8_0(const float* x, const GqItem&, block_q8_0* y) {
+    gq_q8_0_ref(x, y);
 }
+GQ_QUANTIZE_ITEM(q8_0, block_q8_0, QK8_0, gq_quantize_q8_0)
 
 GQ_QUANTIZE_ENTRY_POINTS(q4_0)
 GQ_QUANTIZE_ENTRY_POINTS(q4_1)
@@ -259,14 +222,10 @@ GQ_QUANTIZE_ENTRY_POINTS(q5_1)
 GQ_QUANTIZE_ENTRY_POINTS(q8_0)
 
 // ---------------------------------------------------------------------------------------------------
-// Dequantize (dequantize_row_q*): one thread per block, float32 rows out, stored through gq_x86_nan
-// (an inf scale times 0 is x86's default NaN; see common.cuh).
+// Dequantize: dequantize_row_q* of one block, every value stored through gq_x86_nan (an inf scale times
+// 0 is x86's default NaN; see common.cuh), and the kernels (one thread per block).
 // ---------------------------------------------------------------------------------------------------
-extern "C" __global__ void dequantize_q4_0(GQ_DEQUANTIZE_PARAMS) {
-    long long i;
-    if (!gq_dequant_item(n_per_row, nrows, QK4_0, i)) return;
-    const block_q4_0* b = (const block_q4_0*)src + i;
-    float* y = dst + i * QK4_0;
+__device__ __forceinline__ void gq_dequantize_row_q4_0(const block_q4_0* b, float* y) {
     const float d = gq_fp16_to_fp32(b->d);
     for (int j = 0; j < QK4_0 / 2; ++j) {
         const int x0 = (b->qs[j] & 0x0F) - 8;
@@ -276,11 +235,7 @@ extern "C" __global__ void dequantize_q4_0(GQ_DEQUANTIZE_PARAMS) {
     }
 }
 
-extern "C" __global__ void dequantize_q4_1(GQ_DEQUANTIZE_PARAMS) {
-    long long i;
-    if (!gq_dequant_item(n_per_row, nrows, QK4_1, i)) return;
-    const block_q4_1* b = (const block_q4_1*)src + i;
-    float* y = dst + i * QK4_1;
+__device__ __forceinline__ void gq_dequantize_row_q4_1(const block_q4_1* b, float* y) {
     const float d = gq_fp16_to_fp32(b->d);
     const float m = gq_fp16_to_fp32(b->m);
     for (int j = 0; j < QK4_1 / 2; ++j) {
@@ -295,11 +250,7 @@ __device__ __forceinline__ uint32_t gq_load_qh(const uint8_t* qh) {
     return (uint32_t)qh[0] | ((uint32_t)qh[1] << 8) | ((uint32_t)qh[2] << 16) | ((uint32_t)qh[3] << 24);
 }
 
-extern "C" __global__ void dequantize_q5_0(GQ_DEQUANTIZE_PARAMS) {
-    long long i;
-    if (!gq_dequant_item(n_per_row, nrows, QK5_0, i)) return;
-    const block_q5_0* b = (const block_q5_0*)src + i;
-    float* y = dst + i * QK5_0;
+__device__ __forceinline__ void gq_dequantize_row_q5_0(const block_q5_0* b, float* y) {
     const float d = gq_fp16_to_fp32(b->d);
     const uint32_t qh = gq_load_qh(b->qh);
     for (int j = 0; j < QK5_0 / 2; ++j) {
@@ -312,11 +263,7 @@ extern "C" __global__ void dequantize_q5_0(GQ_DEQUANTIZE_PARAMS) {
     }
 }
 
-extern "C" __global__ void dequantize_q5_1(GQ_DEQUANTIZE_PARAMS) {
-    long long i;
-    if (!gq_dequant_item(n_per_row, nrows, QK5_1, i)) return;
-    const block_q5_1* b = (const block_q5_1*)src + i;
-    float* y = dst + i * QK5_1;
+__device__ __forceinline__ void gq_dequantize_row_q5_1(const block_q5_1* b, float* y) {
     const float d = gq_fp16_to_fp32(b->d);
     const float m = gq_fp16_to_fp32(b->m);
     const uint32_t qh = gq_load_qh(b->qh);
@@ -330,11 +277,23 @@ extern "C" __global__ void dequantize_q5_1(GQ_DEQUANTIZE_PARAMS) {
     }
 }
 
-extern "C" __global__ void dequantize_q8_0(GQ_DEQUANTIZE_PARAMS) {
-    long long i;
-    if (!gq_dequant_item(n_per_row, nrows, QK8_0, i)) return;
-    const block_q8_0* b = (const block_q8_0*)src + i;
-    float* y = dst + i * QK8_0;
+__device__ __forceinline__ void gq_dequantize_row_q8_0(const block_q8_0* b, float* y) {
     const float d = gq_fp16_to_fp32(b->d);
     for (int j = 0; j < QK8_0; ++j) y[j] = gq_x86_nan(b->qs[j] * d);
+}
+
+extern "C" __global__ void dequantize_q4_0(GQ_DEQUANTIZE_PARAMS) {
+    gq_dequantize_blocks<block_q4_0, QK4_0, gq_dequantize_row_q4_0>(GQ_DEQUANTIZE_ARGS);
+}
+extern "C" __global__ void dequantize_q4_1(GQ_DEQUANTIZE_PARAMS) {
+    gq_dequantize_blocks<block_q4_1, QK4_1, gq_dequantize_row_q4_1>(GQ_DEQUANTIZE_ARGS);
+}
+extern "C" __global__ void dequantize_q5_0(GQ_DEQUANTIZE_PARAMS) {
+    gq_dequantize_blocks<block_q5_0, QK5_0, gq_dequantize_row_q5_0>(GQ_DEQUANTIZE_ARGS);
+}
+extern "C" __global__ void dequantize_q5_1(GQ_DEQUANTIZE_PARAMS) {
+    gq_dequantize_blocks<block_q5_1, QK5_1, gq_dequantize_row_q5_1>(GQ_DEQUANTIZE_ARGS);
+}
+extern "C" __global__ void dequantize_q8_0(GQ_DEQUANTIZE_PARAMS) {
+    gq_dequantize_blocks<block_q8_0, QK8_0, gq_dequantize_row_q8_0>(GQ_DEQUANTIZE_ARGS);
 }

@@ -6,7 +6,7 @@ MoE slabs (n_expert > 1, each expert with its own weights), the dequantize -> re
 Device interface (streams, events). Plus the emulator's own faithfulness: the CUDA geometry it presents,
 __shared__/__syncthreads through fibers, thread-count independence; and the GPU code path on the host: a
 build whose NaN bits are a GPU's (canonical 0x7FFFFFFF instead of x86's 0xFFC00000) giving the same bytes
-on the inputs that make NaNs.
+on the inputs that make NaNs, its dequantize kernels storing every NaN through gq_x86_nan.
 ``tests/test_gpu.py`` runs the same checks on a CUDA device.
 """
 from __future__ import annotations
@@ -327,10 +327,14 @@ def test_thread_count_does_not_matter(qtype: T):
 # ------------------------------------------------------------------------------------------------------
 
 #: (pattern, replacement) edits of common.cuh for the GPU-NaN build: a computed NaN read through
-#: gq_float_bits has a GPU's bits (canonical 0x7FFFFFFF, not x86's default NaN 0xFFC00000).
+#: gq_float_bits has a GPU's bits (canonical 0x7FFFFFFF, not x86's default NaN 0xFFC00000), and the NaN a
+#: dequantize kernel stores through gq_x86_nan is a marker, so that the tests see it went through.
 GPU_NAN_EDITS = (
     (r"(uint32_t\s+gq_float_bits\s*\(\s*float\s+(\w+)\s*\)\s*\{)", r"\1 if (\2 != \2) return 0x7FFFFFFFu;"),
+    (r"(#define\s+GQ_X86_DEFAULT_NAN\s+)0xFFC00000u", r"\g<1>0xFFC0BEEFu"),
 )
+#: the bits gq_x86_nan stores in the GPU-NaN build (x86's default NaN elsewhere)
+GPU_NAN_MARKER = 0xFFC0BEEF
 
 
 def gpu_nan_kernel_dir(d: Path) -> Path:
@@ -383,6 +387,40 @@ def test_gpu_nan_bits_change_nothing(dev, gpu_nan_dev, qtype: T):
         got = run_device(gpu_nan_dev, rows, T.F32, qtype, rows.shape[1], qw)
         assert_bytes(got, want, qtype, rows, f"GPU NaN bits, {case_id}")
     assert n > 0
+
+
+def scale_edge_blocks(qtype: T, nrows: int, n_per_row: int, seed: int) -> np.ndarray:
+    """Random blocks of a quantized type whose fp16 scales are inf, -inf, NaN, zero or finite."""
+    block, tsize = QUANT_SIZES[qtype]
+    raw = np.random.default_rng(seed).integers(0, 256, (nrows, n_per_row // block * tsize), dtype=np.uint8)
+    blocks = raw.reshape(-1, tsize)
+    halves = np.array([0x7C00, 0xFC00, 0x7E00, 0x0000, 0x3C00, 0x2E66, 0x7C00, 0xB800], np.uint16)
+    for k, off in enumerate(SCALE_OFFSETS[qtype]):
+        h = halves[(np.arange(blocks.shape[0]) + 3 * k) % halves.size]
+        blocks[:, off:off + 2] = h.view(np.uint8).reshape(-1, 2)
+    return raw
+
+
+#: byte offsets of the fp16 fields (d, m / dmin) in each block layout (ggml-common.h)
+SCALE_OFFSETS = {T.Q4_0: (0,), T.Q4_1: (0, 2), T.Q5_0: (0,), T.Q5_1: (0, 2), T.Q8_0: (0,), T.IQ4_NL: (0,),
+                 T.IQ4_XS: (0,), T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2),
+                 T.Q6_K: (208,)}
+
+
+@pytest.mark.parametrize("qtype", QUANTIZED, ids=_id)
+def test_gpu_nan_dequantize_stores_x86_nans(dev, gpu_nan_dev, qtype: T):
+    """Blocks with inf/NaN scales dequantize to the host build's floats, except that every NaN (inf*0, a
+    NaN scale) carries the marker of gq_x86_nan: on a GPU each stored NaN is x86's default NaN."""
+    n = 4 * max(QUANT_SIZES[qtype][0], 64)
+    raw = scale_edge_blocks(qtype, 6, n, seed=int(qtype))
+    want = run_device(dev, raw, qtype, T.F32, n).view(np.uint32)
+    got = run_device(gpu_nan_dev, raw, qtype, T.F32, n).view(np.uint32)
+    nan = np.isnan(want.view(F32))
+    assert nan.sum() > 50, "the edge blocks made too few NaNs to check"
+    np.testing.assert_array_equal(got[~nan], want[~nan])
+    bad = np.flatnonzero(nan & (got != GPU_NAN_MARKER))
+    assert bad.size == 0, (f"{bad.size}/{nan.sum()} NaNs not stored through gq_x86_nan; first: row "
+                           f"{bad[0] // n}, element {bad[0] % n}, bits {got.reshape(-1)[bad[0]]:#010x}")
 
 
 def test_supports_and_plan_geometry():
