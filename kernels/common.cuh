@@ -11,7 +11,7 @@
 //   gq_trunc_i32 for every float->integer C cast (x86 cvttss2si: NaN/out of range -> INT_MIN), fp16/bf16
 //   through gq_fp32_to_fp16 / gq_fp32_to_bf16 (ggml's software conversions), never __float2half.
 // * NaN bits differ between x86 and a GPU (see "NaN bits" below): never read the bits of a computed
-//   float except through gq_nearest_int, gq_fp32_to_fp16 or gq_float_bits.
+//   float except through gq_nearest_int, gq_fp32_to_fp16(_nonneg) or gq_float_bits.
 // * One implementation of each ggml function: the scale searches shared by several families
 //   (make_qx_quants, make_qkx2/qkx3_quants) are here, the K-quant-only ones in kquants_search.cuh.
 // * ABI of a quantize entry point (see GQ_QUANTIZE_PARAMS): extern "C" __global__ quantize_<dst>_<src>,
@@ -163,6 +163,15 @@ __device__ __forceinline__ gq_half gq_fp32_to_fp16_bits(float f) { return gq_fp1
 __device__ __forceinline__ gq_half gq_fp32_to_fp16(float f) {
 #ifndef GQ_X86_HOST
     if (f != f) return (gq_half)0xFE00u;
+#endif
+    return gq_fp16_of(f, gq_float_bits(f));
+}
+
+// GGML_FP32_TO_FP16 of a computed value whose NaN comes from fabsf (positive on x86, so 0x7E00; a GPU's
+// canonical NaN is positive too, the guard keeps that independent of the device).
+__device__ __forceinline__ gq_half gq_fp32_to_fp16_nonneg(float f) {
+#ifndef GQ_X86_HOST
+    if (f != f) return (gq_half)0x7E00u;
 #endif
     return gq_fp16_of(f, gq_float_bits(f));
 }

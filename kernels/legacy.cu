@@ -206,7 +206,7 @@ __device__ __noinline__ void gq_q8_0_ref(const float* x, block_q8_0* y) {
     for (int j = 0; j < QK8_0; ++j) amax = GQ_MAX(amax, fabsf(x[j]));
     const float d = amax / ((1 << 7) - 1);
     const float id = d ? 1.0f / d : 0.0f;
-    y->d = gq_fp32_to_fp16(d);
+    y->d = gq_fp32_to_fp16_nonneg(d);  // NaN only as fabsf of a NaN x[31] (MAX restarts after one)
     for (int j = 0; j < QK8_0; ++j) y->qs[j] = (int8_t)gq_trunc_i32(roundf(x[j] * id));
 }
 

@@ -6,7 +6,8 @@ check: the GPU-NaN build (test_conformance.gpu_nan_kernel_dir: the GPU code path
 canonical 0x7FFFFFFF instead of x86's default NaN 0xFFC00000) must give the same bytes as the plain host
 build on denormal and huge inputs, the blocks where NaNs occur.
 Oracle suite: edge-case tensors with and without importance weights, MoE slabs, F16/BF16 sources and
-the requantize path against llama.cpp's ggml_quantize_chunk / dequantize_row_q*_K.
+the requantize path (blocks with inf scales too) against llama.cpp's ggml_quantize_chunk /
+dequantize_row_q*_K.
 Cross-backend conformance (numpy vs emulated vs cuda) lives in test_conformance.py.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from gpuquant.backends.emulated import EmulatedDevice
 from gpuquant.quants import QUANT_SIZES
 from gpuquant.quants import GGMLQuantizationType as T
 from tests.oracle import lib_dir, oracle_quantize, requires_oracle
-from tests.test_conformance import GpuNanDevice, gpu_nan_kernel_dir
+from tests.test_conformance import SCALE_OFFSETS, GpuNanDevice, gpu_nan_kernel_dir
 
 TYPES = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
 QK_K = 256
@@ -282,3 +283,23 @@ def test_requantize_matches_oracle(dev, src_type):
         got = run_kernels(dev, q_src, src_type, dst_type, None if w is None else w[None])
         assert_same_bytes(got, oracle_quantize(floats, dst_type, w), dst_type, f"from {src_type.name}")
 
+
+@requires_oracle
+@pytest.mark.parametrize("src_type", TYPES, ids=lambda t: t.name)
+def test_requantize_inf_scales_matches_oracle(dev, gpu_nan_dev, src_type):
+    # a block whose d (or dmin) is fp16 inf dequantizes to infs and inf*0 NaNs (x86's default NaN in C):
+    # requantizing it must give llama.cpp's bytes, on the host build and on the GPU code path
+    rng = np.random.default_rng(19)
+    x = (rng.standard_normal((4, 512)) * 2).astype(F32)
+    q_src = oracle_quantize(x, src_type)
+    blocks = q_src.reshape(-1, QUANT_SIZES[src_type][1])
+    for k, off in enumerate(SCALE_OFFSETS[src_type]):
+        blocks[k::3, off:off + 2] = np.array([0x7C00], np.uint16).view(np.uint8)
+    floats = _oracle_dequantize(q_src, src_type, 512)
+    assert np.isnan(floats).any() and np.isinf(floats).any()
+    for dst_type in (T.F16, T.BF16, T.Q4_0, T.Q5_1, T.Q8_0, T.IQ4_NL, T.Q2_K, T.Q4_K, T.Q6_K):
+        for w in (None, (rng.standard_normal(512) ** 2).astype(F32)):
+            want = oracle_quantize(floats, dst_type, w)
+            for d, what in ((dev, "host"), (gpu_nan_dev, "GPU NaN bits")):
+                got = run_kernels(d, q_src, src_type, dst_type, None if w is None else w[None])
+                assert_same_bytes(got, want, dst_type, f"from {src_type.name} with inf scales, {what}")
