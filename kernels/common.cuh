@@ -117,8 +117,9 @@ static __device__ const int8_t gq_kvalues_iq4nl[16] = {
 // NaN what x86 computes, and every other float->bits read of a computed value goes through
 // gq_float_bits. NaNs do occur with finite inputs: denormal blocks make 1/d = inf, huge blocks overflow
 // x*x, and a dequantized block with an inf scale holds inf*0. The tests build the kernels with
-// GQ_PORTABLE and a gq_float_bits that returns the GPU's NaN (tests/test_conformance.py, gpu_nan_kernel_dir):
-// that build must give the x86 build's bytes, and does not once a NaN guard below is dropped.
+// GQ_PORTABLE and a gq_float_bits that returns the GPU's NaN (tests/test_conformance.py,
+// gpu_nan_kernel_dir): that build must give the x86 build's bytes, and does not once the NaN guard of
+// gq_nearest_int or gq_fp32_to_fp16 is dropped.
 #define GQ_X86_DEFAULT_NAN 0xFFC00000u
 
 // On an x86-64 host (the emulated device) the kernels run on the reference machine itself: NaN bits and
