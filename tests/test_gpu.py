@@ -280,3 +280,17 @@ def test_cuda_out_of_memory_is_retryable(fake_cuda, monkeypatch):
     monkeypatch.setattr(cp, "empty", no_memory)
     with pytest.raises(DeviceOutOfMemory, match="--max-buffer-size"):
         dev.device_buffer(1 << 20)
+
+
+def test_cuda_module_source_changes_with_its_headers(tmp_path, monkeypatch):
+    """CuPy caches RawModules by source text: a header edit must change the text it is given."""
+    import shutil
+
+    for p in K.kernel_dir().iterdir():
+        if p.suffix in (".cu", ".cuh", ".h"):
+            shutil.copy(p, tmp_path / p.name)
+    monkeypatch.setattr(K, "kernel_dir", lambda: tmp_path)
+    before = K.source("legacy")
+    (tmp_path / "common.cuh").write_text((tmp_path / "common.cuh").read_text() + "\n// edited\n")
+    after = K.source("legacy")
+    assert before != after and before.split("// gpuquant headers")[0] == after.split("// gpuquant headers")[0]

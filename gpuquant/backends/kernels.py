@@ -117,8 +117,15 @@ def available_families() -> tuple[str, ...]:
 
 
 def source(family: str) -> str:
-    """The text of ``kernels/<family>.cu``."""
-    return (kernel_dir() / f"{family}.cu").read_text()
+    """The text of ``kernels/<family>.cu``, ending in a comment with a digest of the headers it may include:
+    CuPy caches compiled modules by source text, so an edit to a header must change the text too."""
+    import hashlib
+
+    d = kernel_dir()
+    h = hashlib.sha256()
+    for p in sorted(d.glob("*.cuh")):
+        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    return (d / f"{family}.cu").read_text() + f"\n// gpuquant headers {h.hexdigest()[:16]}\n"
 
 
 # ------------------------------------------------------------------------------------------------------
