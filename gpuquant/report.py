@@ -133,14 +133,16 @@ class PlainProgress(RunProgress):
         r = self.by_name.get(name)
         n = len(self.reports)
         rate = self.rate
-        eta = (self.total_bytes - self.done_bytes) / rate if rate > 0 else 0.0
+        # a rate measured on the first few KiB (norm vectors) says nothing about the rest
+        settled = rate > 0 and self.done_bytes >= 0.01 * self.total_bytes
+        eta = _duration((self.total_bytes - self.done_bytes) / rate) if settled else "?"
         what = ""
         if r is not None:
             what = (f" [{_shape(r.shape)}] {type_name(r.src_type)} -> {type_name(r.dst_type)}, "
                     f"{r.src_bytes / MiB:.2f} MiB -> {r.dst_bytes / MiB:.2f} MiB")
         width = len(str(n))
         self.stream.write(f"[{self.n_done:{width}d}/{n}] {name}{what} | {self.done_bytes / MiB:.1f}/"
-                          f"{self.total_bytes / MiB:.1f} MiB, {rate / MiB:.1f} MiB/s, ETA {_duration(eta)}\n")
+                          f"{self.total_bytes / MiB:.1f} MiB, {rate / MiB:.1f} MiB/s, ETA {eta}\n")
         self.stream.flush()
 
 
