@@ -237,13 +237,17 @@ def quantize_file(
         on_plan(reports)
     report = Report(src, out_paths[0] if out_paths else None, ftype_name, "dry-run" if dry_run else "", reports,
                     n_fallback=plans.n_fallback)
-    if not imat and any(p.requires_imatrix and p.allows_quantization for p in plans):
-        bad = next(p for p in plans if p.requires_imatrix and p.allows_quantization)
-        msg = (f"this quantization requires an importance matrix: tensor {bad.name!r} -> "
-               f"{type_name(bad.target_type)} (pass --imatrix FILE)")
+    try:
+        mixes.check_imatrix(plans, params)
+    except ValueError as e:
         if not dry_run:
-            raise UsageError(msg)
-        report.notes.append(msg)
+            raise UsageError(f"{e} (pass --imatrix FILE)") from None
+        report.notes.append(f"{e} (pass --imatrix FILE)")
+    if not dry_run:
+        try:
+            mixes.check_requantize(plans, params)
+        except ValueError as e:
+            raise UsageError(f"{e} (pass --allow-requantize)") from None
     if dry_run:
         report.seconds = time.perf_counter() - t0
         return report
@@ -253,9 +257,6 @@ def quantize_file(
         if st.type == p.target_type:
             works.append(TensorWork(st, p.name, p.target_type, None, st.split if keep_split else 0))
             continue
-        if st.type not in (T.F32, T.F16, T.BF16) and not allow_requantize:
-            raise UsageError(f"tensor {st.name!r}: requantizing from type {type_name(st.type)} is disabled "
-                             f"(pass --allow-requantize)")
         try:
             quants.get(p.target_type)
         except quants.UnsupportedType:
