@@ -151,7 +151,7 @@ def test_unsupported_gguf_version(src, tmp_path, version, why):
     assert_refused(r, out, str(src), f"unsupported GGUF version {version}", why, src=src, src_bytes=data)
 
 
-@pytest.mark.parametrize("tid", [4, 42, 1000, -1])
+@pytest.mark.parametrize("tid", [4, 43, 1000, -1])  # 43 = GGML_TYPE_COUNT (42 is Q2_0)
 def test_unknown_tensor_type(src, tmp_path, tid):
     pos = info_pos(src.read_bytes(), "blk.0.attn_q.weight") + 4 + 2 * 8  # after n_dims and 2 dims
     data = patched(src, pos, "<i", tid)

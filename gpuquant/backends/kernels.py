@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..quants import GGMLQuantizationType as T
-from ..quants import QUANT_SIZES
+from ..quants import QUANT_SIZES, registered
 
 __all__ = [
     "KERNELS",
@@ -72,24 +72,16 @@ class KernelSpec:
     sync: bool = False
 
 
-#: The one table: destination type -> kernels. K-quants live in kernels/kquants.cu.
-KERNELS: dict[T, KernelSpec] = {
-    T.F32: KernelSpec("floats", "f32", 256, 32, flat=True, dequantize=False),
-    T.F16: KernelSpec("floats", "f16", 256, 32, flat=True, dequantize=False),
-    T.BF16: KernelSpec("floats", "bf16", 256, 32, flat=True, dequantize=False),
-    T.Q4_0: KernelSpec("legacy", "q4_0", 128, 32, rowstat=True),
-    T.Q4_1: KernelSpec("legacy", "q4_1", 128, 32, rowstat=True),
-    T.Q5_0: KernelSpec("legacy", "q5_0", 128, 32, rowstat=True),
-    T.Q5_1: KernelSpec("legacy", "q5_1", 128, 32, rowstat=True),
-    T.Q8_0: KernelSpec("legacy", "q8_0", 128, 32),
-    T.IQ4_NL: KernelSpec("iq4", "iq4_nl", 128, 32),
-    T.IQ4_XS: KernelSpec("iq4", "iq4_xs", 64, 256),
-    T.Q2_K: KernelSpec("kquants", "q2_k", 64, 256),
-    T.Q3_K: KernelSpec("kquants", "q3_k", 64, 256),
-    T.Q4_K: KernelSpec("kquants", "q4_k", 64, 256),
-    T.Q5_K: KernelSpec("kquants", "q5_k", 64, 256),
-    T.Q6_K: KernelSpec("kquants", "q6_k", 64, 256),
-}
+def _spec(cls) -> KernelSpec | None:
+    k = cls.kernel
+    if k is None:
+        return None
+    return KernelSpec(cls.family, cls.qtype.name.lower(), k.threads, k.item_elems or cls.block_size, flat=k.flat,
+                      dequantize=k.dequantize, rowstat=k.rowstat, sync=k.sync)
+
+
+#: destination type -> kernels, derived from each registered type's ``kernel`` declaration
+KERNELS: dict[T, KernelSpec] = {t: spec for t, cls in registered().items() if (spec := _spec(cls)) is not None}
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -1,20 +1,26 @@
-"""Quant types: the one table of block/type sizes and the registry of numpy reference quantizers.
+"""Quant types: the one table of ggml types and block/type sizes, and the registry of quant types.
 
-Every quant type is one class registered with ``class Q4_0(QuantType, qtype=GGMLQuantizationType.Q4_0)``.
-A class implements ``quantize_rows`` (whole rows, because several ggml quantizers use row-level statistics)
-and mirrors ``ggml_quantize_chunk`` of llama.cpp (ggml/src/ggml-quants.c) bit for bit.
+Every quant type is one class in its family module (``legacy.py``, ``kquants.py``, ...) registered with
+``class Q4_0(QuantType, qtype=T.Q4_0)``. That class is the one place where everything about the type is
+declared (see :class:`QuantType`): the numpy reference (``quantize_rows``, mirroring ``ggml_quantize_chunk``
+of llama.cpp's ggml-quants.c bit for bit, and ``dequantize_rows``, ggml's ``to_float``), the fp16 fields that
+``ggml_validate_row_data`` checks, and how its CUDA kernels in ``kernels/<family>.cu`` are launched. Every
+other table (kernel launches, validation, golden data, test parameters) is derived from the registry.
 
 This module is the bottom layer: it imports numpy and gguf only.
 """
 from __future__ import annotations
 
+import enum
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+import gguf
 
 __all__ = [
     "GGMLQuantizationType",
+    "Kernel",
     "QUANT_SIZES",
     "QuantType",
     "UnsupportedType",
@@ -23,11 +29,29 @@ __all__ = [
     "quantize",
     "registered",
     "row_size",
+    "T",
     "type_name",
 ]
 
-# The one table of (block_size, type_size) per ggml type; every shape is derived from it.
-QUANT_SIZES: dict[GGMLQuantizationType, tuple[int, int]] = dict(GGML_QUANT_SIZES)
+# ggml types of the reference (ggml.h, llama-cpp-python 0.3.36) that the gguf package does not know yet,
+# with their (block size, type size) from ggml.c's type_traits
+_EXTRA_TYPES: dict[str, tuple[int, tuple[int, int]]] = {
+    "Q2_0": (42, (64, 18)),  # block_q2_0: fp16 d + 64 2-bit quants
+}
+
+#: Every ggml type: gguf's ``GGMLQuantizationType`` members plus ``_EXTRA_TYPES`` (same ids as ggml.h).
+GGMLQuantizationType = enum.IntEnum(  # type: ignore[misc]
+    "GGMLQuantizationType",
+    [(t.name, int(t)) for t in gguf.GGMLQuantizationType] + [(n, i) for n, (i, _) in _EXTRA_TYPES.items()],
+    module=__name__,
+)
+T = GGMLQuantizationType
+
+#: The one table of (block_size, type_size) per ggml type; every shape is derived from it.
+QUANT_SIZES: dict[GGMLQuantizationType, tuple[int, int]] = {
+    **{T(int(t)): v for t, v in gguf.GGML_QUANT_SIZES.items()},
+    **{T[n]: sizes for n, (_, sizes) in _EXTRA_TYPES.items()},
+}
 
 _REGISTRY: dict[GGMLQuantizationType, type["QuantType"]] = {}
 
@@ -68,25 +92,61 @@ def row_size(qtype: GGMLQuantizationType | int, n_per_row: int) -> int:
     return n_per_row // block_size * type_size
 
 
-class QuantType:
-    """Base class of one registered numpy quantizer.
+@dataclass(frozen=True)
+class Kernel:
+    """How a type's CUDA kernels (``kernels/<family>.cu``) are launched; the family is the type's module.
 
-    Subclasses set nothing but ``qtype=`` in the class statement and implement ``quantize_rows``.
+    The entry points are ``quantize_<name>_{f32,f16,bf16}`` and, with ``dequantize``, ``dequantize_<name>``,
+    ``<name>`` being the lowercase ggml type name. ``threads``: CUDA threads per block. ``item_elems``:
+    source elements per work item (None: the ggml block). ``items_per_block``: work items per CUDA block
+    (None: ``threads``, one thread per item; a smaller number when several threads share an item).
+    ``flat``: work items tile each expert's rows as one flat array (float conversions). ``rowstat``: with
+    importance weights, the ``rowstat_sumsq_<src>`` pre-pass of legacy.cu runs first. ``sync``: the kernels
+    use ``__syncthreads`` or warp intrinsics (the emulator then runs a block's threads as fibers).
+    """
+
+    threads: int
+    item_elems: int | None = None
+    items_per_block: int | None = None
+    flat: bool = False
+    rowstat: bool = False
+    sync: bool = False
+    dequantize: bool = True
+
+
+class QuantType:
+    """Base class of one quant type: everything about it is declared in its class.
+
+    A subclass sets ``qtype=`` in the class statement and declares:
+
+    * ``quantize_rows`` (ggml_quantize_chunk) and ``dequantize_rows`` (ggml's to_float), in numpy;
+    * ``fp16_fields``: ``{block struct member: byte offset}`` of the fp16 scales ggml_validate_row_data
+      checks (``{}`` for none; the host build of the kernels asserts the offsets against the C struct
+      ``block_<name>``); a type whose validation is not "no inf/NaN in these fields" overrides
+      ``invalid_blocks``;
+    * ``kernel``: a :class:`Kernel`, or None for a type that has no kernels yet (a test names it);
+    * ``requires_imatrix``: ggml_quantize_requires_imatrix.
     """
 
     qtype: ClassVar[GGMLQuantizationType]
     block_size: ClassVar[int]
     type_size: ClassVar[int]
-    # ggml_quantize_requires_imatrix
+    family: ClassVar[str]
+    fp16_fields: ClassVar[dict[str, int] | None] = None
+    kernel: ClassVar[Kernel | None] = None
     requires_imatrix: ClassVar[bool] = False
 
     def __init_subclass__(cls, qtype: GGMLQuantizationType | None = None, **kw) -> None:
         super().__init_subclass__(**kw)
         if qtype is None:  # an abstract intermediate class
             return
-        cls.qtype = qtype
-        cls.block_size, cls.type_size = QUANT_SIZES[qtype]
-        _REGISTRY[qtype] = cls
+        cls.qtype = T(int(qtype))
+        cls.block_size, cls.type_size = QUANT_SIZES[cls.qtype]
+        cls.family = cls.__module__.rsplit(".", 1)[-1]
+        if cls.qtype in _REGISTRY:
+            raise TypeError(f"quant type {cls.qtype.name} registered twice "
+                            f"({_REGISTRY[cls.qtype].__module__} and {cls.__module__})")
+        _REGISTRY[cls.qtype] = cls
 
     @classmethod
     def quantize_rows(cls, rows: np.ndarray, quant_weights: np.ndarray | None) -> np.ndarray:
@@ -95,6 +155,26 @@ class QuantType:
         Returns uint8 ``(nrows, row_size)``, the bytes ``ggml_quantize_chunk`` writes.
         """
         raise NotImplementedError
+
+    @classmethod
+    def dequantize_rows(cls, raw: np.ndarray) -> np.ndarray:
+        """uint8 ``(nrows, row_size)`` -> float32 ``(nrows, n_per_row)``, bit for bit ggml's ``to_float``."""
+        raise NotImplementedError
+
+    @classmethod
+    def invalid_blocks(cls, blocks: np.ndarray) -> np.ndarray:
+        """``ggml_validate_row_data``: which blocks of uint8 ``(nblocks, type_size)`` it refuses (bool)."""
+        bad = np.zeros(len(blocks), dtype=bool)
+        for off in (cls.fp16_fields or {}).values():
+            h = blocks[:, off].astype(np.uint16) | (blocks[:, off + 1].astype(np.uint16) << 8)
+            bad |= (h & 0x7C00) == 0x7C00
+        return bad
+
+    @classmethod
+    def first_invalid(cls, raw: np.ndarray) -> int | None:
+        """Index of the first block of flat uint8 ``raw`` that ``invalid_blocks`` refuses, or None."""
+        idx = np.flatnonzero(cls.invalid_blocks(raw.reshape(-1, cls.type_size)))
+        return int(idx[0]) if idx.size else None
 
     @classmethod
     def row_size(cls, n_per_row: int) -> int:
@@ -146,17 +226,19 @@ def quantize(data: np.ndarray, qtype: str | int | GGMLQuantizationType,
     return out.reshape(*rows.shape[:-1], cls.row_size(n_per_row))
 
 
-_FAMILIES = ("floats", "legacy", "iq4", "kquants")
 _loaded = False
 
 
 def _load_families() -> None:
-    """Import the family modules so their classes register (they import this module)."""
+    """Import every module of this package so the quant types in them register (they import this module).
+
+    A new family is a new module here: nothing else lists the families."""
     global _loaded
     if _loaded:
         return
     import importlib
+    import pkgutil
 
-    for fam in _FAMILIES:
-        importlib.import_module(f"{__name__}.{fam}")
+    for mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+        importlib.import_module(f"{__name__}.{mod}")
     _loaded = True

@@ -7,11 +7,24 @@ from __future__ import annotations
 import numpy as np
 
 from . import GGMLQuantizationType as T
-from . import QuantType
+from . import Kernel, QuantType
 from .common import bf16_bits, fp16_bits
 
 
 class _Float(QuantType):
+    fp16_fields = {}  # ggml_validate_row_data checks every value instead (first_invalid)
+    kernel = Kernel(threads=256, item_elems=32, flat=True, dequantize=False)
+    _bits: np.dtype  # the unsigned integer of one value
+    _inf_bits: int  # |bits| at or above this (the all-ones exponent) is Inf or NaN
+
+    @classmethod
+    def first_invalid(cls, raw: np.ndarray) -> int | None:
+        """The first Inf or NaN value (ggml_validate_row_data of F32/F16/BF16): one pass when all is valid."""
+        mag = raw.view(cls._bits) & cls._bits.type(cls._inf_bits | (cls._inf_bits - 1))
+        if mag.size == 0 or mag.max() < cls._inf_bits:
+            return None
+        return int(np.argmax(mag >= cls._inf_bits))
+
     @classmethod
     def quantize_rows(cls, rows: np.ndarray, quant_weights: np.ndarray | None) -> np.ndarray:
         rows = np.ascontiguousarray(rows, dtype=np.float32)
@@ -20,18 +33,24 @@ class _Float(QuantType):
 
 
 class F32(_Float, qtype=T.F32):
+    _bits, _inf_bits = np.dtype(np.uint32), 0x7F800000
+
     @staticmethod
     def _convert(rows):  # memcpy
         return rows.copy()
 
 
 class F16(_Float, qtype=T.F16):
+    _bits, _inf_bits = np.dtype(np.uint16), 0x7C00
+
     @staticmethod
     def _convert(rows):  # ggml_fp32_to_fp16_row -> GGML_FP32_TO_FP16
         return fp16_bits(rows)
 
 
 class BF16(_Float, qtype=T.BF16):
+    _bits, _inf_bits = np.dtype(np.uint16), 0x7F80
+
     @staticmethod
     def _convert(rows):  # ggml_fp32_to_bf16_row_ref -> ggml_compute_fp32_to_bf16
         return bf16_bits(rows)

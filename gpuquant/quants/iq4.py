@@ -16,7 +16,7 @@ import numpy as np
 from gguf.quants import IQ4_NL as _GGUF_IQ4_NL
 
 from . import GGMLQuantizationType as T
-from . import QuantType
+from . import Kernel, QuantType
 from .common import (
     F32,
     GROUP_MAX_EPS,
@@ -207,6 +207,9 @@ class _IQ4(QuantType):
 class IQ4_NL(_IQ4, qtype=T.IQ4_NL):
     """``quantize_iq4_nl``: ``quantize_row_iq4_nl_impl(32, 32, ..., ntry=7)`` per block."""
 
+    fp16_fields = {"d": 0}
+    kernel = Kernel(threads=128)
+
     @staticmethod
     def _weights_t(qw, n):  # (32, nb): element j of block ib
         return qw.reshape(n // 32, 32).T
@@ -227,6 +230,9 @@ class IQ4_NL(_IQ4, qtype=T.IQ4_NL):
 
 class IQ4_XS(_IQ4, qtype=T.IQ4_XS):
     """``quantize_iq4_xs``: ``quantize_row_iq4_nl_impl(256, 32, ..., ntry=7)`` per super-block."""
+
+    fp16_fields = {"d": 0}
+    kernel = Kernel(threads=64)
 
     @staticmethod
     def _weights_t(qw, n):  # (32, 8, nsb_row): element j of block ib of super-block s

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import GGMLQuantizationType, QuantType
+from . import GGMLQuantizationType, Kernel, QuantType
 from .common import (
     F32,
     GROUP_MAX_EPS,
@@ -132,6 +132,8 @@ def _unpack_q3_scales(q: np.ndarray) -> np.ndarray:
 class _KQuant(QuantType):
     """Shared row driver: rows -> super-blocks -> chunks; subclasses write ``_superblocks``."""
 
+    kernel = Kernel(threads=64)
+
     @classmethod
     def quantize_rows(cls, rows: np.ndarray, quant_weights: np.ndarray | None) -> np.ndarray:
         rows = np.ascontiguousarray(rows, dtype=F32)
@@ -160,6 +162,8 @@ class _KQuant(QuantType):
 
 class Q6_K(_KQuant, qtype=GGMLQuantizationType.Q6_K):
     """quantize_row_q6_K_ref / quantize_row_q6_K_impl: 16 x 16 values, int8 scales, 6-bit quants."""
+
+    fp16_fields = {"d": 208}
 
     @classmethod
     def _superblocks(cls, x, qw):
@@ -248,6 +252,8 @@ class _Q45K(_KQuant):
 class Q5_K(_Q45K, qtype=GGMLQuantizationType.Q5_K):
     """quantize_row_q5_K_ref / quantize_row_q5_K_impl."""
 
+    fp16_fields = {"d": 0, "dmin": 2}
+
     nmax = 31
     ref_search = (-0.5, 0.1, 15)
     clamp_impl_scales = True
@@ -263,6 +269,8 @@ class Q5_K(_Q45K, qtype=GGMLQuantizationType.Q5_K):
 class Q4_K(_Q45K, qtype=GGMLQuantizationType.Q4_K):
     """quantize_row_q4_K_ref / quantize_row_q4_K_impl."""
 
+    fp16_fields = {"d": 0, "dmin": 2}
+
     nmax = 15
     ref_search = (-1.0, 0.1, 20)
     clamp_impl_scales = False
@@ -275,6 +283,8 @@ class Q4_K(_Q45K, qtype=GGMLQuantizationType.Q4_K):
 
 class Q3_K(_KQuant, qtype=GGMLQuantizationType.Q3_K):
     """quantize_row_q3_K_ref / quantize_row_q3_K_impl: 16 x 16 values, 6-bit signed scales, 3-bit quants."""
+
+    fp16_fields = {"d": 108}
 
     @classmethod
     def _superblocks(cls, x, qw):
@@ -311,6 +321,8 @@ class Q3_K(_KQuant, qtype=GGMLQuantizationType.Q3_K):
 
 class Q2_K(_KQuant, qtype=GGMLQuantizationType.Q2_K):
     """quantize_row_q2_K_ref / quantize_row_q2_K_impl: 16 x 16 values, 4-bit scales and mins, 2-bit quants."""
+
+    fp16_fields = {"d": 80, "dmin": 82}
 
     @classmethod
     def _superblocks(cls, x, qw):

@@ -24,7 +24,7 @@ from typing import ClassVar
 import numpy as np
 
 from . import GGMLQuantizationType as T
-from . import QuantType
+from . import Kernel, QuantType
 from .common import (
     F32,
     absmax_from_extremes,
@@ -269,24 +269,34 @@ class _Affine(_Legacy):
 
 class Q4_0(_Symmetric, qtype=T.Q4_0):
     nmax = 8
+    fp16_fields = {"d": 0}
+    kernel = Kernel(threads=128, rowstat=True)
 
 
 class Q5_0(_Symmetric, qtype=T.Q5_0):
     nmax = 16
+    fp16_fields = {"d": 0}
+    kernel = Kernel(threads=128, rowstat=True)
 
 
 class Q4_1(_Affine, qtype=T.Q4_1):
     nmax = 15
     clamp = True
+    fp16_fields = {"d": 0, "m": 2}
+    kernel = Kernel(threads=128, rowstat=True)
 
 
 class Q5_1(_Affine, qtype=T.Q5_1):
     nmax = 31
     clamp = False
+    fp16_fields = {"d": 0, "m": 2}
+    kernel = Kernel(threads=128, rowstat=True)
 
 
 class Q8_0(_Legacy, qtype=T.Q8_0):
     uses_weights = False  # quantize_q8_0 ignores quant_weights
+    fp16_fields = {"d": 0}
+    kernel = Kernel(threads=128)
 
     @classmethod
     def _fast(cls, xb, out):  # quantize_row_q8_0_ref
