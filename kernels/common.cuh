@@ -60,49 +60,13 @@ typedef unsigned long long uint64_t;
 #define GQ_MAX(a, b) ((a) > (b) ? (a) : (b))
 
 // ---------------------------------------------------------------------------------------------------
-// Block sizes and block structs (ggml-common.h layouts; sizes asserted)
+// Block layouts: each family's .cu declares the structs of its types (ggml-common.h layouts), named
+// block_<lowercase ggml type name>. Their sizes and fp16 field offsets are asserted by checks generated
+// from the registry (gpuquant/backends/kernels.py layout_checks) that both builds append to the source.
 // ---------------------------------------------------------------------------------------------------
-#define QK4_0 32
-#define QK4_1 32
-#define QK5_0 32
-#define QK5_1 32
-#define QK8_0 32
-#define QK4_NL 32
 #define QK_K 256
-#define K_SCALE_SIZE 12
 
 typedef uint16_t gq_half;  // raw IEEE binary16 bits
-
-struct block_q4_0 { gq_half d; uint8_t qs[QK4_0 / 2]; };
-struct block_q4_1 { gq_half d; gq_half m; uint8_t qs[QK4_1 / 2]; };
-struct block_q5_0 { gq_half d; uint8_t qh[4]; uint8_t qs[QK5_0 / 2]; };
-struct block_q5_1 { gq_half d; gq_half m; uint8_t qh[4]; uint8_t qs[QK5_1 / 2]; };
-struct block_q8_0 { gq_half d; int8_t qs[QK8_0]; };
-struct block_iq4_nl { gq_half d; uint8_t qs[QK4_NL / 2]; };
-struct block_iq4_xs { gq_half d; uint16_t scales_h; uint8_t scales_l[QK_K / 64]; uint8_t qs[QK_K / 2]; };
-struct block_q2_K { uint8_t scales[QK_K / 16]; uint8_t qs[QK_K / 4]; gq_half d; gq_half dmin; };
-struct block_q3_K { uint8_t hmask[QK_K / 8]; uint8_t qs[QK_K / 4]; uint8_t scales[12]; gq_half d; };
-struct block_q4_K { gq_half d; gq_half dmin; uint8_t scales[K_SCALE_SIZE]; uint8_t qs[QK_K / 2]; };
-struct block_q5_K { gq_half d; gq_half dmin; uint8_t scales[K_SCALE_SIZE]; uint8_t qh[QK_K / 8]; uint8_t qs[QK_K / 2]; };
-struct block_q6_K { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; gq_half d; };
-
-static_assert(sizeof(block_q4_0) == 18, "block_q4_0");
-static_assert(sizeof(block_q4_1) == 20, "block_q4_1");
-static_assert(sizeof(block_q5_0) == 22, "block_q5_0");
-static_assert(sizeof(block_q5_1) == 24, "block_q5_1");
-static_assert(sizeof(block_q8_0) == 34, "block_q8_0");
-static_assert(sizeof(block_iq4_nl) == 18, "block_iq4_nl");
-static_assert(sizeof(block_iq4_xs) == 136, "block_iq4_xs");
-static_assert(sizeof(block_q2_K) == 84, "block_q2_K");
-static_assert(sizeof(block_q3_K) == 110, "block_q3_K");
-static_assert(sizeof(block_q4_K) == 144, "block_q4_K");
-static_assert(sizeof(block_q5_K) == 176, "block_q5_K");
-static_assert(sizeof(block_q6_K) == 210, "block_q6_K");
-
-// kvalues_iq4nl (ggml-common.h); tests/test_conformance.py checks it against gguf.quants.IQ4_NL.kvalues
-static __device__ const int8_t gq_kvalues_iq4nl[16] = {
-    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
-};
 
 // ggml-quants.c GROUP_MAX_EPS
 #define GQ_GROUP_MAX_EPS 1e-15f

@@ -5,6 +5,16 @@
 // One CUDA thread per block: a 32-element IQ4_NL block or a 256-element IQ4_XS super-block.
 #include "common.cuh"
 
+// ggml-common.h block layouts
+#define QK4_NL 32
+struct block_iq4_nl { gq_half d; uint8_t qs[QK4_NL / 2]; };
+struct block_iq4_xs { gq_half d; uint16_t scales_h; uint8_t scales_l[QK_K / 64]; uint8_t qs[QK_K / 2]; };
+
+// kvalues_iq4nl (ggml-common.h); tests/test_iq4.py checks it against gguf.quants.IQ4_NL.kvalues
+static __device__ const int8_t gq_kvalues_iq4nl[16] = {
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+};
+
 #define GQ_IQ4_NTRY 7
 
 // quantize_row_iq4_nl_impl for one super-block of SB values split into 32-value blocks. qw: the

@@ -13,6 +13,14 @@
 // for them what x86 computes (see "NaN bits" in common.cuh).
 #include "kquants_search.cuh"
 
+// ggml-common.h block layouts
+#define K_SCALE_SIZE 12
+struct block_q2_k { uint8_t scales[QK_K / 16]; uint8_t qs[QK_K / 4]; gq_half d; gq_half dmin; };
+struct block_q3_k { uint8_t hmask[QK_K / 8]; uint8_t qs[QK_K / 4]; uint8_t scales[12]; gq_half d; };
+struct block_q4_k { gq_half d; gq_half dmin; uint8_t scales[K_SCALE_SIZE]; uint8_t qs[QK_K / 2]; };
+struct block_q5_k { gq_half d; gq_half dmin; uint8_t scales[K_SCALE_SIZE]; uint8_t qh[QK_K / 8]; uint8_t qs[QK_K / 2]; };
+struct block_q6_k { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; gq_half d; };
+
 // get_scale_min_k4: 6-bit scale and min of sub-block j from the 12-byte Q4_K/Q5_K scales field.
 __device__ __forceinline__ void kq_get_scale_min_k4(int j, const uint8_t* q, uint8_t* d, uint8_t* m) {
     if (j < 4) {
@@ -63,7 +71,7 @@ __device__ __forceinline__ void kq_pack_2bit(const uint8_t* L, uint8_t* qs) {
 // ---------------------------------------------------------------------------------------------------
 // Q2_K: quantize_q2_K, i.e. quantize_row_q2_K_ref (qw == nullptr) / quantize_row_q2_K_impl
 // ---------------------------------------------------------------------------------------------------
-__device__ static __noinline__ void kq_quantize_q2_K(const float* x, const GqItem& it, block_q2_K* y) {
+__device__ static __noinline__ void kq_quantize_q2_K(const float* x, const GqItem& it, block_q2_k* y) {
     const float* qw = it.qw;
     uint8_t L[QK_K];
     uint8_t Laux[16];
@@ -138,7 +146,7 @@ __device__ static __noinline__ void kq_quantize_q2_K(const float* x, const GqIte
 // ---------------------------------------------------------------------------------------------------
 // Q3_K: quantize_q3_K, i.e. quantize_row_q3_K_ref (qw == nullptr) / quantize_row_q3_K_impl
 // ---------------------------------------------------------------------------------------------------
-__device__ static __noinline__ void kq_quantize_q3_K(const float* x, const GqItem& it, block_q3_K* y) {
+__device__ static __noinline__ void kq_quantize_q3_K(const float* x, const GqItem& it, block_q3_k* y) {
     const float* qw = it.qw;
     int8_t L[QK_K];
     float scales[QK_K / 16];
@@ -287,7 +295,7 @@ __device__ static __noinline__ void kq_q45_K_scales(const float* x, const float*
 }
 
 // quantize_row_q4_K_ref / quantize_row_q4_K_impl
-__device__ static __noinline__ void kq_quantize_q4_K(const float* x, const GqItem& it, block_q4_K* y) {
+__device__ static __noinline__ void kq_quantize_q4_K(const float* x, const GqItem& it, block_q4_k* y) {
     uint8_t L[QK_K];
     kq_q45_K_scales(x, it.qw, 15, L, y->scales, &y->d, &y->dmin);
     uint8_t* q = y->qs;
@@ -298,7 +306,7 @@ __device__ static __noinline__ void kq_quantize_q4_K(const float* x, const GqIte
 }
 
 // quantize_row_q5_K_ref / quantize_row_q5_K_impl
-__device__ static __noinline__ void kq_quantize_q5_K(const float* x, const GqItem& it, block_q5_K* y) {
+__device__ static __noinline__ void kq_quantize_q5_K(const float* x, const GqItem& it, block_q5_k* y) {
     uint8_t L[QK_K];
     kq_q45_K_scales(x, it.qw, 31, L, y->scales, &y->d, &y->dmin);
     uint8_t* qh = y->qh;
@@ -323,7 +331,7 @@ __device__ static __noinline__ void kq_quantize_q5_K(const float* x, const GqIte
 // Q6_K: quantize_row_q6_K_ref (qw == nullptr) / quantize_row_q6_K_impl, which differ only in the
 // weights make_qx_quants gets (x*x or the importance weights themselves).
 // ---------------------------------------------------------------------------------------------------
-__device__ static __noinline__ void kq_quantize_q6_K(const float* x, const GqItem& it, block_q6_K* y) {
+__device__ static __noinline__ void kq_quantize_q6_K(const float* x, const GqItem& it, block_q6_k* y) {
     const float* qw = it.qw;
     int8_t L[QK_K];
     float scales[QK_K / 16];
@@ -338,7 +346,7 @@ __device__ static __noinline__ void kq_quantize_q6_K(const float* x, const GqIte
     }
     if (max_abs_scale < GQ_GROUP_MAX_EPS) {  // memset(&y[i], 0, ...); d = fp16(0) = 0
         uint8_t* p = (uint8_t*)y;
-        for (unsigned i = 0; i < sizeof(block_q6_K); ++i) p[i] = 0;
+        for (unsigned i = 0; i < sizeof(block_q6_k); ++i) p[i] = 0;
         return;
     }
 
@@ -377,11 +385,11 @@ __device__ static __noinline__ void kq_quantize_q6_K(const float* x, const GqIte
 // ---------------------------------------------------------------------------------------------------
 // Entry points
 // ---------------------------------------------------------------------------------------------------
-GQ_QUANTIZE_ITEM(q2_k, block_q2_K, QK_K, kq_quantize_q2_K)
-GQ_QUANTIZE_ITEM(q3_k, block_q3_K, QK_K, kq_quantize_q3_K)
-GQ_QUANTIZE_ITEM(q4_k, block_q4_K, QK_K, kq_quantize_q4_K)
-GQ_QUANTIZE_ITEM(q5_k, block_q5_K, QK_K, kq_quantize_q5_K)
-GQ_QUANTIZE_ITEM(q6_k, block_q6_K, QK_K, kq_quantize_q6_K)
+GQ_QUANTIZE_ITEM(q2_k, block_q2_k, QK_K, kq_quantize_q2_K)
+GQ_QUANTIZE_ITEM(q3_k, block_q3_k, QK_K, kq_quantize_q3_K)
+GQ_QUANTIZE_ITEM(q4_k, block_q4_k, QK_K, kq_quantize_q4_K)
+GQ_QUANTIZE_ITEM(q5_k, block_q5_k, QK_K, kq_quantize_q5_K)
+GQ_QUANTIZE_ITEM(q6_k, block_q6_k, QK_K, kq_quantize_q6_K)
 
 GQ_QUANTIZE_ENTRY_POINTS(q2_k)
 GQ_QUANTIZE_ENTRY_POINTS(q3_k)
@@ -395,7 +403,7 @@ GQ_QUANTIZE_ENTRY_POINTS(q6_k)
 // ---------------------------------------------------------------------------------------------------
 
 // dequantize_row_q2_K
-__device__ __forceinline__ void kq_dequantize_row_q2_K(const block_q2_K* b, float* y) {
+__device__ __forceinline__ void kq_dequantize_row_q2_K(const block_q2_k* b, float* y) {
     const float d = gq_fp16_to_fp32(b->d);
     const float min = gq_fp16_to_fp32(b->dmin);
     const uint8_t* q = b->qs;
@@ -415,7 +423,7 @@ __device__ __forceinline__ void kq_dequantize_row_q2_K(const block_q2_K* b, floa
 }
 
 // dequantize_row_q3_K (its kmask unpacking of the scales done one scale at a time)
-__device__ __forceinline__ void kq_dequantize_row_q3_K(const block_q3_K* b, float* y) {
+__device__ __forceinline__ void kq_dequantize_row_q3_K(const block_q3_k* b, float* y) {
     const float d_all = gq_fp16_to_fp32(b->d);
     const uint8_t* q = b->qs;
     const uint8_t* hm = b->hmask;
@@ -459,16 +467,16 @@ __device__ __forceinline__ void kq_dequantize_q45_K(const gq_half* dd, const gq_
     }
 }
 
-__device__ __forceinline__ void kq_dequantize_row_q4_K(const block_q4_K* b, float* y) {
+__device__ __forceinline__ void kq_dequantize_row_q4_K(const block_q4_k* b, float* y) {
     kq_dequantize_q45_K(&b->d, &b->dmin, b->scales, nullptr, b->qs, y);
 }
 
-__device__ __forceinline__ void kq_dequantize_row_q5_K(const block_q5_K* b, float* y) {
+__device__ __forceinline__ void kq_dequantize_row_q5_K(const block_q5_k* b, float* y) {
     kq_dequantize_q45_K(&b->d, &b->dmin, b->scales, b->qh, b->qs, y);
 }
 
 // dequantize_row_q6_K
-__device__ __forceinline__ void kq_dequantize_row_q6_K(const block_q6_K* b, float* y) {
+__device__ __forceinline__ void kq_dequantize_row_q6_K(const block_q6_k* b, float* y) {
     const float d = gq_fp16_to_fp32(b->d);
     const uint8_t* ql = b->ql;
     const uint8_t* qh = b->qh;
@@ -493,17 +501,17 @@ __device__ __forceinline__ void kq_dequantize_row_q6_K(const block_q6_K* b, floa
 }
 
 extern "C" __global__ void dequantize_q2_k(GQ_DEQUANTIZE_PARAMS) {
-    gq_dequantize_blocks<block_q2_K, QK_K, kq_dequantize_row_q2_K>(GQ_DEQUANTIZE_ARGS);
+    gq_dequantize_blocks<block_q2_k, QK_K, kq_dequantize_row_q2_K>(GQ_DEQUANTIZE_ARGS);
 }
 extern "C" __global__ void dequantize_q3_k(GQ_DEQUANTIZE_PARAMS) {
-    gq_dequantize_blocks<block_q3_K, QK_K, kq_dequantize_row_q3_K>(GQ_DEQUANTIZE_ARGS);
+    gq_dequantize_blocks<block_q3_k, QK_K, kq_dequantize_row_q3_K>(GQ_DEQUANTIZE_ARGS);
 }
 extern "C" __global__ void dequantize_q4_k(GQ_DEQUANTIZE_PARAMS) {
-    gq_dequantize_blocks<block_q4_K, QK_K, kq_dequantize_row_q4_K>(GQ_DEQUANTIZE_ARGS);
+    gq_dequantize_blocks<block_q4_k, QK_K, kq_dequantize_row_q4_K>(GQ_DEQUANTIZE_ARGS);
 }
 extern "C" __global__ void dequantize_q5_k(GQ_DEQUANTIZE_PARAMS) {
-    gq_dequantize_blocks<block_q5_K, QK_K, kq_dequantize_row_q5_K>(GQ_DEQUANTIZE_ARGS);
+    gq_dequantize_blocks<block_q5_k, QK_K, kq_dequantize_row_q5_K>(GQ_DEQUANTIZE_ARGS);
 }
 extern "C" __global__ void dequantize_q6_k(GQ_DEQUANTIZE_PARAMS) {
-    gq_dequantize_blocks<block_q6_K, QK_K, kq_dequantize_row_q6_K>(GQ_DEQUANTIZE_ARGS);
+    gq_dequantize_blocks<block_q6_k, QK_K, kq_dequantize_row_q6_K>(GQ_DEQUANTIZE_ARGS);
 }

@@ -8,6 +8,18 @@
 // row_sigma2 (common.cuh) is rowstat[row] / n_per_row. Q8_0 ignores importance weights, as ggml does.
 #include "common.cuh"
 
+// ggml-common.h block layouts
+#define QK4_0 32
+#define QK4_1 32
+#define QK5_0 32
+#define QK5_1 32
+#define QK8_0 32
+struct block_q4_0 { gq_half d; uint8_t qs[QK4_0 / 2]; };
+struct block_q4_1 { gq_half d; gq_half m; uint8_t qs[QK4_1 / 2]; };
+struct block_q5_0 { gq_half d; uint8_t qh[4]; uint8_t qs[QK5_0 / 2]; };
+struct block_q5_1 { gq_half d; gq_half m; uint8_t qh[4]; uint8_t qs[QK5_1 / 2]; };
+struct block_q8_0 { gq_half d; int8_t qs[QK8_0]; };
+
 // ---------------------------------------------------------------------------------------------------
 // Row pre-pass: sum_x2 of quantize_row_q*_impl, one thread per row.
 // ---------------------------------------------------------------------------------------------------

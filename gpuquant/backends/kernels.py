@@ -2,7 +2,7 @@
 
 Both kernel-running devices (``cuda.CudaDevice`` through NVRTC, ``emulated.EmulatedDevice`` through g++
 and ``kernels/host_shim.h``) use this module: they find the same ``kernels/*.cu`` files, and they run the
-same ``Plan`` of launches with the same grid and block geometry for a slab. Nothing here imports CuPy.
+same ``LaunchPlan`` of launches with the same grid and block geometry for a slab. Nothing here imports CuPy.
 
 Kernel ABI (``kernels/common.cuh``): ``quantize_<dst>_<src>`` with src ``f32``/``f16``/``bf16``; quantized
 sources go through ``dequantize_<type>`` into a float32 scratch buffer first; the legacy types with
@@ -17,17 +17,21 @@ from pathlib import Path
 
 from ..quants import GGMLQuantizationType as T
 from ..quants import QUANT_SIZES, registered
+from . import SlabJob
 
 __all__ = [
     "KERNELS",
     "NVRTC_OPTIONS",
     "SOURCE_TYPES",
+    "BoundLaunch",
     "KernelSpec",
     "Launch",
-    "Plan",
+    "LaunchPlan",
     "available_families",
     "kernel_dir",
-    "plan",
+    "bind",
+    "launch_plan",
+    "layout_checks",
     "source",
     "supports",
 ]
@@ -70,6 +74,11 @@ class KernelSpec:
     dequantize: bool = True
     rowstat: bool = False
     sync: bool = False
+    items_per_block: int = 0  # work items per CUDA block (0: threads, one thread per item)
+
+    def __post_init__(self) -> None:
+        if not self.items_per_block:
+            object.__setattr__(self, "items_per_block", self.threads)
 
 
 def _spec(cls) -> KernelSpec | None:
@@ -77,7 +86,8 @@ def _spec(cls) -> KernelSpec | None:
     if k is None:
         return None
     return KernelSpec(cls.family, cls.qtype.name.lower(), k.threads, k.item_elems or cls.block_size, flat=k.flat,
-                      dequantize=k.dequantize, rowstat=k.rowstat, sync=k.sync)
+                      dequantize=k.dequantize, rowstat=k.rowstat, sync=k.sync,
+                      items_per_block=k.items_per_block or k.threads)
 
 
 #: destination type -> kernels, derived from each registered type's ``kernel`` declaration
@@ -108,16 +118,35 @@ def available_families() -> tuple[str, ...]:
     return tuple(sorted(p.stem for p in d.glob("*.cu")))
 
 
+def layout_checks(family: str) -> str:
+    """C++ static_asserts of the block layouts of a family's types, generated from the registry: the size of
+    ``block_<name>`` is the type size, and every fp16 field the registry names (validation, tests) sits at
+    its offset. Both builds (NVRTC and the host compiler) append them to the family's source."""
+    lines = []
+    for t, cls in registered().items():
+        if cls.family != family or cls.kernel is None or cls.kernel.flat:
+            continue
+        struct = f"block_{t.name.lower()}"
+        lines.append(f'static_assert(sizeof({struct}) == {cls.type_size}, "{struct}: {cls.type_size} bytes in '
+                     f'the registry (gguf GGML_QUANT_SIZES)");')
+        for field, off in (cls.fp16_fields or {}).items():
+            lines.append(f'static_assert(__builtin_offsetof({struct}, {field}) == {off}, "{struct}.{field}: '
+                         f'offset {off} in the registry ({cls.__module__}.{cls.__name__}.fp16_fields)");')
+    return "\n".join(["// layout checks generated from the registry (gpuquant/backends/kernels.py)", *lines, ""])
+
+
 def source(family: str) -> str:
-    """The text of ``kernels/<family>.cu``, ending in a comment with a digest of the headers it may include:
-    CuPy caches compiled modules by source text, so an edit to a header must change the text too."""
+    """The text NVRTC compiles for ``kernels/<family>.cu``: the file, its layout checks, and a comment with a
+    digest of the headers it may include (CuPy caches compiled modules by source text, so an edit to a header
+    must change the text too)."""
     import hashlib
 
     d = kernel_dir()
     h = hashlib.sha256()
     for p in sorted(d.glob("*.cuh")):
         h.update(p.name.encode() + b"\0" + p.read_bytes())
-    return (d / f"{family}.cu").read_text() + f"\n// gpuquant headers {h.hexdigest()[:16]}\n"
+    return ((d / f"{family}.cu").read_text() + "\n" + layout_checks(family)
+            + f"\n// gpuquant headers {h.hexdigest()[:16]}\n")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -144,14 +173,16 @@ class Launch:
 
 
 @dataclass(frozen=True)
-class Plan:
+class LaunchPlan:
+    """The launches of one slab and the scratch memory they need."""
+
     launches: tuple[Launch, ...]
     scratch_bytes: int  # float32 rows for a dequantized source (0: none)
     rowstat_bytes: int  # one float per row (0: none)
 
 
 def supports(src: T, dst: T, families: tuple[str, ...] | None = None) -> bool:
-    """Whether a plan exists for ``src`` -> ``dst`` with the kernel files present."""
+    """Whether a launch plan exists for ``src`` -> ``dst`` with the kernel files present."""
     fam = available_families() if families is None else families
     spec = KERNELS.get(dst)
     if spec is None or spec.family not in fam:
@@ -166,7 +197,8 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def plan(src: T, dst: T, n_per_row: int, rows_per_expert: int, n_expert: int, has_quant_weights: bool) -> Plan:
+def launch_plan(src: T, dst: T, n_per_row: int, rows_per_expert: int, n_expert: int,
+                has_quant_weights: bool) -> LaunchPlan:
     """The launches that turn one slab of ``src`` rows into ``dst`` rows, with their geometry."""
     spec = KERNELS[dst]
     nrows = rows_per_expert * n_expert
@@ -193,6 +225,30 @@ def plan(src: T, dst: T, n_per_row: int, rows_per_expert: int, n_expert: int, ha
     else:
         items = rows_per_expert * (n_per_row // spec.item_elems)
     launches.append(Launch(spec.family, f"quantize_{spec.name}_{src_name}", "quantize",
-                           (max(1, _ceil_div(items, spec.threads)), 1, n_expert), (spec.threads, 1, 1), spec.sync,
-                           inp, "dst", use_qw=has_quant_weights, use_rowstat=use_rowstat))
-    return Plan(tuple(launches), scratch_bytes, rowstat_bytes)
+                           (max(1, _ceil_div(items, spec.items_per_block)), 1, n_expert), (spec.threads, 1, 1),
+                           spec.sync, inp, "dst", use_qw=has_quant_weights, use_rowstat=use_rowstat))
+    return LaunchPlan(tuple(launches), scratch_bytes, rowstat_bytes)
+
+
+@dataclass(frozen=True)
+class BoundLaunch:
+    """A launch with its arguments: ``ptrs`` (device addresses, 0 for none) then ``ints``, in ABI order."""
+
+    launch: Launch
+    ptrs: tuple[int, ...]
+    ints: tuple[int, ...]
+
+
+def bind(p: LaunchPlan, job: SlabJob, bufs: dict[str, int], qw: int) -> list[BoundLaunch]:
+    """The arguments of every launch of ``p``: ``bufs`` maps the buffer roles ("src", "dst", "scratch",
+    "rowstat") to device addresses, ``qw`` is the importance weights' address (0: none). Both kernel-running
+    devices launch exactly these."""
+    out = []
+    for ln in p.launches:
+        if ln.kind == "convert":  # (in, out, n_per_row, nrows)
+            out.append(BoundLaunch(ln, (bufs[ln.inp], bufs[ln.out]), (job.n_per_row, job.nrows)))
+        else:  # (src, dst, qw, rowstat, n_per_row, rows_per_expert, n_expert)
+            out.append(BoundLaunch(ln, (bufs[ln.inp], bufs["dst"], qw if ln.use_qw else 0,
+                                        bufs["rowstat"] if ln.use_rowstat else 0),
+                                   (job.n_per_row, job.rows_per_expert, job.n_expert)))
+    return out
