@@ -38,7 +38,7 @@ class BenchResult:
     types: list[str]
     columns: list[str]  # backend names, then ORACLE when available
     seconds: dict[str, dict[str, float | None]] = field(default_factory=dict)  # type -> column -> median s
-    reference: str = "numpy"
+    reference: str = "cpu"
     mismatches: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # "type/column" -> why
 
@@ -111,7 +111,7 @@ def _device_quantize(dev: Device, t: T, x: np.ndarray, qw: np.ndarray | None) ->
 
 
 def available_devices() -> list[str]:
-    """cpu (numpy) always; emulated when a C++ compiler is there; every CUDA device CuPy sees."""
+    """cpu always; emulated when a C++ compiler is there; every CUDA device CuPy sees."""
     names = ["cpu"]
     try:
         from .backends import emulated
@@ -159,7 +159,7 @@ def run_bench(types_spec: str | None, devices_spec: str | None, rows: int, cols:
             raise ValueError(f"--devices: cannot open {name!r}: {e}") from None
     cols_ = [d.name for d in devices] + ([ORACLE] if lib is not None else [])
     res = BenchResult(rows, cols, imatrix, [t.name for t in types], cols_,
-                      reference=ORACLE if lib is not None else "numpy")
+                      reference=ORACLE if lib is not None else "cpu")
     try:
         for t in types:
             cls = quants.get(t)

@@ -1,8 +1,8 @@
 """``--stats``: how far each written tensor is from its source (RMSE, max abs error, cosine similarity).
 
 A post-pass over the finished output file: every tensor whose type changed is read back from disk in slabs
-of rows, dequantized (``gguf.quants.dequantize``, through ``numpy_backend.source_to_f32``) and compared with
-its source rows converted to float32 the way ggml converts them. Memory stays bounded by the slab size, and
+of rows, dequantized (``quants.dequantize``, ggml's to_float) and compared with its source rows converted to
+float32 the way ggml converts them. Memory stays bounded by the slab size, and
 what is measured is what was written.
 """
 from __future__ import annotations
@@ -15,9 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from .backends.numpy_backend import source_to_f32
 from .gguf_io import SourceTensor, read_model, read_rows
-from .quants import row_size, type_name
+from .quants import dequantize, row_size, type_name
 
 SLAB_BYTES = 4 << 20  # float32 bytes of one tensor's rows compared at a time
 
@@ -60,8 +59,8 @@ def compare_tensor(src: SourceTensor, out: SourceTensor, slab_bytes: int = SLAB_
             r = min(rows_per_slab, src.nrows - r0)
             read_rows(src, r0 * rs_src, buf_src, r * rs_src, fd_src)
             read_rows(out, r0 * rs_out, buf_out, r * rs_out, fd_out)
-            a = source_to_f32(buf_src[: r * rs_src], src.type, n).astype(np.float64)
-            b = source_to_f32(buf_out[: r * rs_out], out.type, n).astype(np.float64)
+            a = dequantize(buf_src[: r * rs_src], src.type, n).astype(np.float64)
+            b = dequantize(buf_out[: r * rs_out], out.type, n).astype(np.float64)
             d = b - a
             sse += float(np.dot(d.ravel(), d.ravel()))
             max_abs = max(max_abs, float(np.max(np.abs(d))) if d.size else 0.0)

@@ -1,10 +1,11 @@
 """The one device interface the pipeline is written over, and device selection.
 
 Three implementations:
-  * ``numpy``    (``numpy_backend.NumpyDevice``): the numpy reference quantizers, host memory.
+  * ``cpu``      (``cpu.CpuDevice``): the numpy reference quantizers, host memory.
   * ``emulated`` (``emulated.EmulatedDevice``): the exact ``kernels/*.cu`` sources compiled for the host
     through ``kernels/host_shim.h`` and launched with the CUDA grid geometry; the fast CPU path.
-  * ``cuda``     (``cuda.CudaDevice``): the same kernels through CuPy ``RawModule`` on a GPU.
+  * ``cuda``     (``cuda.CudaDevice``): the same kernels compiled by NVRTC, on a GPU through CuPy.
+The two host devices share ``host.HostDevice``.
 
 The pipeline (``gpuquant.pipeline``) only ever talks to this interface: buffers, streams, events, and one
 ``quantize`` call per slab. Streams execute their operations in order; an ``Event`` recorded on a stream
@@ -78,7 +79,7 @@ class Event(ABC):
 class Device(ABC):
     """What the pipeline needs from a device."""
 
-    #: short name shown to users: "numpy", "emulated", "cuda:0"
+    #: short name shown to users: "cpu", "emulated", "cuda:0"
     name: str = "?"
     #: kernels read and write host buffers directly (host devices): the pipeline then computes in its staging
     #: buffers and skips upload/download, like zero-copy mapped memory on a GPU
@@ -133,21 +134,18 @@ class Device(ABC):
         """Release streams, threads and memory."""
 
 
-DEVICE_NAMES = ("auto", "cpu", "numpy", "emulated", "cuda", "<N>")
-
-
 def open_device(spec: str | int, threads: int | None = None) -> Device:
     """Open a device from a ``--device`` value.
 
-    ``cpu``/``numpy``: numpy reference; ``emulated``: kernels on the host; ``N``/``cuda``/``cuda:N``: GPU N;
+    ``cpu``: numpy reference; ``emulated``: kernels on the host; ``N``/``cuda``/``cuda:N``: GPU N;
     ``auto``: GPU 0 when CuPy sees one, else the fastest CPU path.
     """
     threads = threads or os.cpu_count() or 1
     s = str(spec).strip().lower()
-    if s in ("cpu", "numpy"):
-        from .numpy_backend import NumpyDevice
+    if s == "cpu":
+        from .cpu import CpuDevice
 
-        return NumpyDevice(threads=threads)
+        return CpuDevice(threads=threads)
     if s == "emulated":
         from .emulated import EmulatedDevice
 
@@ -176,6 +174,6 @@ def _fastest_cpu(threads: int) -> Device:
 
         return EmulatedDevice(threads=threads)
     except DeviceError:
-        from .numpy_backend import NumpyDevice
+        from .cpu import CpuDevice
 
-        return NumpyDevice(threads=threads)
+        return CpuDevice(threads=threads)

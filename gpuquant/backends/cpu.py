@@ -1,4 +1,4 @@
-"""The numpy reference device: host buffers, worker-thread streams, the registered numpy quantizers."""
+"""``CpuDevice`` (``--device cpu``): the registered numpy reference quantizers on host threads."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -7,26 +7,12 @@ import numpy as np
 
 from .. import quants
 from ..quants import GGMLQuantizationType as T
-from . import Device, Event, SlabJob, Stream
-from .host_streams import HostStream, StageClock
+from . import SlabJob
+from .host import HostDevice
 
 # rows per task handed to the thread pool: big enough to amortize numpy's per-call overhead, small enough
 # to stay in cache and to spread a slab over all threads
 _ROWS_BYTES_PER_TASK = 1 << 20
-
-
-def source_to_f32(raw: np.ndarray, src_type: T, n_per_row: int) -> np.ndarray:
-    """Raw source rows -> float32 rows, exactly as ggml's to_float (llama_tensor_dequantize_impl)."""
-    if src_type == T.F32:
-        return raw.view(np.float32).reshape(-1, n_per_row)
-    if src_type == T.F16:
-        return raw.view(np.float16).astype(np.float32).reshape(-1, n_per_row)
-    if src_type == T.BF16:  # ggml_bf16_to_fp32: the 16 bits become the top half
-        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(-1, n_per_row)
-    from gguf.quants import dequantize
-
-    rs = quants.row_size(src_type, n_per_row)
-    return dequantize(raw.reshape(-1, rs), src_type).astype(np.float32, copy=False).reshape(-1, n_per_row)
 
 
 def quantize_host(src: np.ndarray, dst: np.ndarray, job: SlabJob, quant_weights: np.ndarray | None,
@@ -34,7 +20,7 @@ def quantize_host(src: np.ndarray, dst: np.ndarray, job: SlabJob, quant_weights:
     """Quantize one slab on the host with the numpy reference, rows spread over ``pool``."""
     cls = quants.get(job.dst_type)
     n = job.n_per_row
-    rows = source_to_f32(src[: job.src_bytes], job.src_type, n)
+    rows = quants.dequantize(src[: job.src_bytes], job.src_type, n)
     out = dst[: job.dst_bytes].reshape(job.nrows, -1)
     qw = None if quant_weights is None else quant_weights.view(np.float32)[: job.n_expert * n].reshape(job.n_expert, n)
     step = max(1, min(job.rows_per_expert, _ROWS_BYTES_PER_TASK // (4 * n)))
@@ -55,63 +41,28 @@ def quantize_host(src: np.ndarray, dst: np.ndarray, job: SlabJob, quant_weights:
             f.result()
 
 
-class NumpyDevice(Device):
-    name = "numpy"
-    zero_copy = True
+class CpuDevice(HostDevice):
+    name = "cpu"
 
     def __init__(self, threads: int = 1) -> None:
+        super().__init__()
         self.threads = max(1, int(threads))
-        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gpuquant-np") if self.threads > 1 else None
-        self._streams: list[HostStream] = []
-        self._clock = StageClock()
-        self._timed = self._clock.timed
-
-    def stage_times(self) -> dict[str, float]:
-        return self._clock.times()
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gpuquant-cpu") if self.threads > 1 else None
 
     def supports(self, src_type: T, dst_type: T) -> bool:
         try:
             quants.get(dst_type)
         except quants.UnsupportedType:
             return False
-        if src_type in (T.F32, T.F16, T.BF16):
-            return True
-        import gguf.quants
+        return quants.can_dequantize(src_type)
 
-        return src_type in gguf.quants._type_traits  # the gguf package can dequantize it
-
-    def host_buffer(self, nbytes: int) -> np.ndarray:
-        return np.empty(nbytes, dtype=np.uint8)
-
-    def device_buffer(self, nbytes: int) -> np.ndarray:
-        return np.empty(nbytes, dtype=np.uint8)
-
-    def stream(self) -> HostStream:
-        s = HostStream("numpy")
-        self._streams.append(s)
-        return s
-
-    def upload(self, dst: np.ndarray, src: np.ndarray, nbytes: int, stream: Stream) -> None:
-        stream.enqueue(self._timed("h2d", lambda: np.copyto(dst[:nbytes], src[:nbytes])))
-
-    def download(self, dst: np.ndarray, src: np.ndarray, nbytes: int, stream: Stream) -> None:
-        stream.enqueue(self._timed("d2h", lambda: np.copyto(dst[:nbytes], src[:nbytes])))
-
-    def quantize(self, job: SlabJob, src, dst, quant_weights, stream: Stream) -> None:
-        stream.enqueue(self._timed("kernel", lambda: quantize_host(src, dst, job, quant_weights, self._pool)))
-
-    def record(self, stream: Stream) -> Event:
-        return stream.record()
-
-    def wait(self, stream: Stream, event: Event) -> None:
-        stream.wait_event(event)
+    def compute(self, job: SlabJob, src, dst, quant_weights) -> None:
+        quantize_host(src, dst, job, quant_weights, self._pool)
 
     def memory_budget(self) -> int:
         return 256 << 20
 
     def close(self) -> None:
-        for s in self._streams:
-            s.close()
-        self._streams.clear()
+        super().close()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)

@@ -200,28 +200,19 @@ class CudaDevice(Device):
         has_qw = job.has_quant_weights and quant_weights is not None
         if has_qw:
             _check_size(quant_weights.nbytes, job.quant_weight_bytes, "importance weights")
-        p = K.plan(job.src_type, job.dst_type, job.n_per_row, job.rows_per_expert, job.n_expert, has_qw)
+        p = K.launch_plan(job.src_type, job.dst_type, job.n_per_row, job.rows_per_expert, job.n_expert, has_qw)
         s = _cuda(stream)
         i64, u64 = np.int64, np.uint64
         with self._dev, s.stream:
             # scratch comes from CuPy's pool on this stream: reuse by a later allocation is stream-ordered
-            bufs = {"src": src.data.ptr, "dst": dst.data.ptr}
-            keep = []
-            if p.scratch_bytes:
-                keep.append(self._alloc(p.scratch_bytes, "dequantized source rows"))
-                bufs["scratch"] = keep[-1].data.ptr
-            if p.rowstat_bytes:
-                keep.append(self._alloc(p.rowstat_bytes, "row statistics"))
-                bufs["rowstat"] = keep[-1].data.ptr
-            qw_ptr = quant_weights.data.ptr if has_qw else 0
-            for ln in p.launches:
+            keep = [self._alloc(max(1, n), what) for n, what in ((p.scratch_bytes, "dequantized source rows"),
+                                                                 (p.rowstat_bytes, "row statistics"))]
+            bufs = {"src": src.data.ptr, "dst": dst.data.ptr, "scratch": keep[0].data.ptr,
+                    "rowstat": keep[1].data.ptr}
+            for b in K.bind(p, job, bufs, quant_weights.data.ptr if has_qw else 0):
+                ln = b.launch
                 fn = self.function(ln.family, ln.kernel)
-                if ln.kind == "convert":
-                    args = (u64(bufs[ln.inp]), u64(bufs[ln.out]), i64(job.n_per_row), i64(job.nrows))
-                else:
-                    args = (u64(bufs[ln.inp]), u64(bufs["dst"]), u64(qw_ptr if ln.use_qw else 0),
-                            u64(bufs["rowstat"] if ln.use_rowstat else 0), i64(job.n_per_row),
-                            i64(job.rows_per_expert), i64(job.n_expert))
+                args = tuple(u64(a) for a in b.ptrs) + tuple(i64(a) for a in b.ints)
                 try:
                     fn(ln.grid, ln.block, args, stream=s.stream)
                 except Exception as e:  # noqa: BLE001 - CUDADriverError / CUDARuntimeError

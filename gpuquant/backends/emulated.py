@@ -18,14 +18,13 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..quants import GGMLQuantizationType
-from . import Device, DeviceError, Event, SlabJob, Stream
+from . import DeviceError, SlabJob
 from . import kernels as K
-from .host_streams import HostStream, StageClock
+from .host import HostDevice
 
 __all__ = ["EmulatedDevice", "HOST_CXX_FLAGS", "compile_family", "find_compiler", "cache_dir"]
 
@@ -98,7 +97,7 @@ def compile_family(family: str, cxx: str | None = None, kernel_dir: Path | None 
     os.close(fd)
     with tempfile.TemporaryDirectory(dir=out_dir) as gen_dir:
         unit = Path(gen_dir) / f"{family}_host.cpp"
-        unit.write_text(block_runners(cu))
+        unit.write_text(block_runners(cu) + "\n" + K.layout_checks(family))
         cmd = [cxx, *HOST_CXX_FLAGS, f"-I{kdir}", f"-I{shim_dir}", "-include", str(shim_dir / "host_shim.h"),
                str(unit), str(shim_dir / "host_launch.cpp"), "-o", tmp]
         try:
@@ -175,6 +174,7 @@ def _digest(kdir: Path, family: str, cxx: str) -> str:
         h.update(p.read_bytes())
     h.update(" ".join(HOST_CXX_FLAGS).encode())
     h.update(block_runners(kdir / f"{family}.cu").encode())
+    h.update(K.layout_checks(family).encode())
     h.update(_compiler_id(cxx).encode())
     return h.hexdigest()[:24]
 
@@ -231,52 +231,58 @@ class KernelLibrary:
                 self._fns[key] = None  # type: ignore[assignment]
         return self._fns[key]
 
-    def _launch_blocks(self, runner: int, grid, block, nthreads: int, ptrs: list, ints: list) -> None:
-        p = (ctypes.c_void_p * 4)(*ptrs)
-        v = (ctypes.c_longlong * 3)(*ints)
-        self._lb(runner, p, v, _GEOM(*grid, *block), nthreads)
+    def launch(self, b: K.BoundLaunch, nthreads: int) -> None:
+        """Run one bound launch with the CUDA geometry on ``nthreads`` host threads: through the generated
+        block runner for kernels without barriers, else per thread (fibers for sync kernels)."""
+        ln = b.launch
+        geom = _GEOM(*ln.grid, *ln.block)
+        ptrs = [p or None for p in b.ptrs]
+        runner = None if ln.sync else self.runner(ln.kernel)
+        if runner:
+            p = (ctypes.c_void_p * 4)(*ptrs, *[None] * (4 - len(ptrs)))
+            v = (ctypes.c_longlong * 3)(*b.ints, *[0] * (3 - len(b.ints)))
+            self._lb(runner, p, v, geom, nthreads)
+        elif ln.kind == "quantize":
+            self._lq(self.kernel(ln.kernel), *ptrs, *b.ints, geom, nthreads, int(ln.sync))
+        else:
+            self._lc(self.kernel(ln.kernel), *ptrs, *b.ints, geom, nthreads, int(ln.sync))
 
     def launch_quantize(self, name: str, grid, block, nthreads: int, sync: bool, src: int, dst: int, qw: int | None,
                         rowstat: int | None, n_per_row: int, rows_per_expert: int, n_expert: int) -> None:
-        runner = None if sync else self.runner(name)
-        if runner:
-            self._launch_blocks(runner, grid, block, nthreads, [src, dst, qw, rowstat],
-                                [n_per_row, rows_per_expert, n_expert])
-            return
-        self._lq(self.kernel(name), src, dst, qw, rowstat, n_per_row, rows_per_expert, n_expert,
-                 _GEOM(*grid, *block), nthreads, int(sync))
+        """One quantize-ABI kernel (tests of the harness call kernels directly)."""
+        ln = K.Launch("", name, "quantize", tuple(grid), tuple(block), sync, "src", "dst")
+        self.launch(K.BoundLaunch(ln, (src, dst, qw or 0, rowstat or 0), (n_per_row, rows_per_expert, n_expert)),
+                    nthreads)
 
     def launch_convert(self, name: str, grid, block, nthreads: int, sync: bool, inp: int, out: int, n_per_row: int,
                        nrows: int) -> None:
-        runner = None if sync else self.runner(name)
-        if runner:
-            self._launch_blocks(runner, grid, block, nthreads, [inp, out, None, None], [n_per_row, nrows, 0])
-            return
-        self._lc(self.kernel(name), inp, out, n_per_row, nrows, _GEOM(*grid, *block), nthreads, int(sync))
+        """One (in, out, n_per_row, nrows) kernel (tests of the harness call kernels directly)."""
+        ln = K.Launch("", name, "convert", tuple(grid), tuple(block), sync, "src", "dst")
+        self.launch(K.BoundLaunch(ln, (inp, out), (n_per_row, nrows)), nthreads)
 
 
 def _ptr(a: np.ndarray) -> int:
     return a.ctypes.data
 
 
-class EmulatedDevice(Device):
+class EmulatedDevice(HostDevice):
     """The kernels on the host, ``threads`` host threads per launch. ``precompile``: build every kernel
     family in a background thread right away (each is built once per source version and cached).
+    ``kernel_dir``: another folder of kernel sources (tests build variants, e.g. a GPU's NaN bits).
 
     ``zero_copy`` (default): kernels work in the pipeline's host staging buffers; False runs the GPU's
     upload/compute/download sequence through separate "device" buffers (tests cover both)."""
 
-    zero_copy = True
+    name = "emulated"
 
-    def __init__(self, threads: int | None = None, precompile: bool = True) -> None:
+    def __init__(self, threads: int | None = None, precompile: bool = True, kernel_dir: Path | None = None) -> None:
+        super().__init__()
         self.threads = max(1, int(threads or os.cpu_count() or 1))
-        self.name = "emulated"
         self._cxx = find_compiler()
         _compiler_id(self._cxx)
+        self._kernel_dir = kernel_dir
         self._families = K.available_families()
         self._libs: dict[str, KernelLibrary] = {}
-        self._streams: list[HostStream] = []
-        self._clock = StageClock()
         if precompile:  # a cold build takes tens of seconds: start it now, not at the first slab
             threading.Thread(target=self._precompile, name="gpuquant-emulated-build", daemon=True).start()
 
@@ -287,96 +293,33 @@ class EmulatedDevice(Device):
             except DeviceError:
                 pass  # reported again, with the compiler's output, when the family is used
 
-    # -- kernels -----------------------------------------------------------------------------------------
     def library(self, family: str) -> KernelLibrary:
         """The compiled family (compiled on first use, then cached on disk and here)."""
         with _family_lock(family):
             lib = self._libs.get(family)
             if lib is None:
-                lib = KernelLibrary(compile_family(family, self._cxx))
+                lib = KernelLibrary(compile_family(family, self._cxx, self._kernel_dir))
                 self._libs[family] = lib
             return lib
 
     def supports(self, src_type: GGMLQuantizationType, dst_type: GGMLQuantizationType) -> bool:
         return K.supports(src_type, dst_type, self._families)
 
-    def run_plan(self, job: SlabJob, src: np.ndarray, dst: np.ndarray, quant_weights: np.ndarray | None) -> None:
+    def compute(self, job: SlabJob, src: np.ndarray, dst: np.ndarray, quant_weights: np.ndarray | None) -> None:
         """Run a slab's launches now, on the calling thread (plus the launcher's worker threads)."""
         if not self.supports(job.src_type, job.dst_type):
             raise DeviceError(f"emulated device: no kernels for {job.src_type.name} -> {job.dst_type.name}")
-        p = K.plan(job.src_type, job.dst_type, job.n_per_row, job.rows_per_expert, job.n_expert,
-                   job.has_quant_weights and quant_weights is not None)
+        has_qw = job.has_quant_weights and quant_weights is not None
+        p = K.launch_plan(job.src_type, job.dst_type, job.n_per_row, job.rows_per_expert, job.n_expert, has_qw)
         if src.nbytes < job.src_bytes or dst.nbytes < job.dst_bytes:
             raise ValueError(f"buffers too small: src {src.nbytes} < {job.src_bytes} or dst {dst.nbytes} < {job.dst_bytes}")
-        qw_ptr = None
-        if quant_weights is not None and job.has_quant_weights:
-            if quant_weights.nbytes < job.quant_weight_bytes:
-                raise ValueError(f"quant_weights: {quant_weights.nbytes} bytes < {job.quant_weight_bytes}")
-            qw_ptr = _ptr(quant_weights)
-        bufs = {"src": _ptr(src), "dst": _ptr(dst)}
-        keep = []
-        if p.scratch_bytes:
-            scratch = np.empty(p.scratch_bytes, np.uint8)
-            keep.append(scratch)
-            bufs["scratch"] = _ptr(scratch)
-        if p.rowstat_bytes:
-            rowstat = np.empty(p.rowstat_bytes, np.uint8)
-            keep.append(rowstat)
-            bufs["rowstat"] = _ptr(rowstat)
-        nrows = job.nrows
-        for ln in p.launches:
-            lib = self.library(ln.family)
-            if ln.kind == "convert":
-                lib.launch_convert(ln.kernel, ln.grid, ln.block, self.threads, ln.sync, bufs[ln.inp], bufs[ln.out],
-                                   job.n_per_row, nrows)
-            else:
-                lib.launch_quantize(ln.kernel, ln.grid, ln.block, self.threads, ln.sync, bufs[ln.inp], bufs["dst"],
-                                    qw_ptr if ln.use_qw else None, bufs["rowstat"] if ln.use_rowstat else None,
-                                    job.n_per_row, job.rows_per_expert, job.n_expert)
-        del keep
-
-    # -- Device interface --------------------------------------------------------------------------------
-    def host_buffer(self, nbytes: int) -> np.ndarray:
-        return np.empty(int(nbytes), np.uint8)
-
-    def device_buffer(self, nbytes: int) -> np.ndarray:
-        return np.empty(int(nbytes), np.uint8)
-
-    def stream(self) -> Stream:
-        s = HostStream("emulated")
-        self._streams.append(s)
-        return s
-
-    def upload(self, dst: Any, src: np.ndarray, nbytes: int, stream: Stream) -> None:
-        n = int(nbytes)
-        _host(stream).enqueue(self._clock.timed("h2d", lambda: np.copyto(dst[:n], src.reshape(-1).view(np.uint8)[:n])))
-
-    def download(self, dst: np.ndarray, src: Any, nbytes: int, stream: Stream) -> None:
-        n = int(nbytes)
-        _host(stream).enqueue(self._clock.timed("d2h", lambda: np.copyto(dst.reshape(-1).view(np.uint8)[:n], src[:n])))
-
-    def quantize(self, job: SlabJob, src: Any, dst: Any, quant_weights: Any | None, stream: Stream) -> None:
-        _host(stream).enqueue(self._clock.timed("kernel", lambda: self.run_plan(job, src, dst, quant_weights)))
-
-    def record(self, stream: Stream) -> Event:
-        return _host(stream).record()
-
-    def wait(self, stream: Stream, event: Event) -> None:
-        _host(stream).wait_event(event)
+        if has_qw and quant_weights.nbytes < job.quant_weight_bytes:
+            raise ValueError(f"quant_weights: {quant_weights.nbytes} bytes < {job.quant_weight_bytes}")
+        scratch = np.empty(p.scratch_bytes, np.uint8)
+        rowstat = np.empty(p.rowstat_bytes, np.uint8)
+        bufs = {"src": _ptr(src), "dst": _ptr(dst), "scratch": _ptr(scratch), "rowstat": _ptr(rowstat)}
+        for b in K.bind(p, job, bufs, _ptr(quant_weights) if has_qw else 0):
+            self.library(b.launch.family).launch(b, self.threads)
 
     def memory_budget(self) -> int:
         return 1 << 30
-
-    def stage_times(self) -> dict[str, float]:
-        return self._clock.times()
-
-    def close(self) -> None:
-        for s in self._streams:
-            s.close()
-        self._streams.clear()
-
-
-def _host(stream: Stream) -> HostStream:
-    if not isinstance(stream, HostStream):
-        raise TypeError(f"expected a stream of this device, got {type(stream).__name__}")
-    return stream

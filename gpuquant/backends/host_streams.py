@@ -24,9 +24,6 @@ class HostEvent(Event):
         if self._error is not None:
             raise self._error
 
-    def query(self) -> bool:
-        return self._done.is_set()
-
 
 class HostStream(Stream):
     """An in-order queue of callables run by one daemon thread.

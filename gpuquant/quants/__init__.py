@@ -24,6 +24,8 @@ __all__ = [
     "QUANT_SIZES",
     "QuantType",
     "UnsupportedType",
+    "can_dequantize",
+    "dequantize",
     "get",
     "parse_type",
     "quantize",
@@ -224,6 +226,34 @@ def quantize(data: np.ndarray, qtype: str | int | GGMLQuantizationType,
     flat = rows.reshape(-1, n_per_row)
     out = cls.quantize_rows(flat, qw)
     return out.reshape(*rows.shape[:-1], cls.row_size(n_per_row))
+
+
+def dequantize(raw: np.ndarray, qtype: str | int | GGMLQuantizationType, n_per_row: int) -> np.ndarray:
+    """Raw rows of ``qtype`` -> float32 ``(nrows, n_per_row)``, bit for bit ggml's ``to_float``."""
+    t = parse_type(qtype)
+    raw = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
+    if t == T.F32:
+        return raw.view(np.float32).reshape(-1, n_per_row)
+    rows = raw.reshape(-1, row_size(t, n_per_row))
+    cls = get(t)
+    if cls.dequantize_rows.__func__ is not QuantType.dequantize_rows.__func__:
+        return cls.dequantize_rows(rows)
+    if t == T.F16:  # MERGE: the float types' dequantize_rows replace these two
+        return rows.view(np.float16).astype(np.float32).reshape(-1, n_per_row)
+    if t == T.BF16:
+        return (rows.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(-1, n_per_row)
+    import gguf.quants  # MERGE: goes once every type has dequantize_rows
+
+    return gguf.quants.dequantize(rows, gguf.GGMLQuantizationType(int(t))).astype(np.float32).reshape(-1, n_per_row)
+
+
+def can_dequantize(qtype: GGMLQuantizationType) -> bool:
+    """Whether ``dequantize`` knows ``qtype`` (every registered type)."""
+    try:
+        get(qtype)
+    except UnsupportedType:
+        return False
+    return True
 
 
 _loaded = False
