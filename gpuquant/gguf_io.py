@@ -40,11 +40,11 @@ def tensor_nbytes(qtype: GGMLQuantizationType, ne: tuple[int, ...]) -> int:
 
 
 def n_dims(ne: tuple[int, ...]) -> int:
-    """ggml_n_dims: trailing dimensions of size 1 do not count (at least 1)."""
-    n = len(ne)
-    while n > 1 and ne[n - 1] == 1:
-        n -= 1
-    return n
+    """ggml_n_dims: 1 + the last axis longer than 1 (trailing dimensions of size 0 or 1 do not count)."""
+    for i in range(len(ne) - 1, 0, -1):
+        if ne[i] > 1:
+            return i + 1
+    return 1
 
 
 # ---------------------------------------------------------------------------------------------- reading

@@ -12,9 +12,9 @@ Counters (``i_attention_wv``, ``i_ffn_down``, ...) advance exactly where upstrea
 in :class:`MixState`, one per ``plan()`` call, like ``quantize_state_impl``.
 
 Also here, as the other per-tensor tables: ``tensor_allows_quantization``, ``tensor_type_fallback`` and
-``tensor_requires_imatrix``, and the ggml types the ``gguf`` package does not know yet.
+``tensor_requires_imatrix``.
 
-Bottom layer: imports gguf only.
+Bottom layer: imports :mod:`gpuquant.quants` (the type table) only.
 """
 from __future__ import annotations
 
@@ -23,38 +23,17 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Callable
 
-from gguf import GGML_QUANT_SIZES
-from gguf import GGMLQuantizationType as T
+from .quants import QUANT_SIZES
+from .quants import GGMLQuantizationType as T
 
-__all__ = ["Category", "Ctx", "ExtraType", "LlamaFType", "MixState", "Q2_0", "allows_quantization", "blk_layer",
-           "block_size", "get_type_impl", "ggml_type", "is_attn_v", "is_quantized", "requires_imatrix",
+__all__ = ["Category", "Ctx", "LlamaFType", "MixState", "allows_quantization", "blk_layer",
+           "block_size", "get_type_impl", "is_attn_v", "is_quantized", "requires_imatrix",
            "tensor_category", "type_fallback", "type_name", "use_more_bits"]
-
-
-class ExtraType(IntEnum):
-    """ggml types of the reference that the installed ``gguf`` package does not know (same ids as ggml)."""
-    Q2_0 = 42
-
-
-# (block size, type size) of the extra types, ggml-common.h
-_EXTRA_SIZES = {ExtraType.Q2_0: (64, 18)}
-
-
-def ggml_type(tid: int):
-    """A ggml type id as ``GGMLQuantizationType`` when gguf knows it, else as :class:`ExtraType`."""
-    try:
-        return T(int(tid))
-    except ValueError:
-        return ExtraType(int(tid))
-
-
-Q2_0 = ggml_type(ExtraType.Q2_0)
 
 
 def block_size(qtype) -> int:
     """``ggml_blck_size``."""
-    sizes = GGML_QUANT_SIZES.get(qtype) or _EXTRA_SIZES[ExtraType(int(qtype))]
-    return sizes[0]
+    return QUANT_SIZES[qtype][0]
 
 
 def is_quantized(qtype) -> bool:
@@ -456,7 +435,7 @@ def allows_quantization(params, arch: str, name: str, n_dims: int) -> bool:
 _FALLBACK = {
     T.IQ1_S: T.IQ4_NL, T.IQ1_M: T.IQ4_NL, T.IQ2_XXS: T.IQ4_NL, T.IQ2_XS: T.IQ4_NL, T.IQ2_S: T.IQ4_NL,
     T.IQ3_XXS: T.IQ4_NL, T.IQ3_S: T.IQ4_NL, T.IQ4_XS: T.IQ4_NL,
-    Q2_0: T.Q4_0, T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.TQ1_0: T.Q4_0, T.TQ2_0: T.Q4_0,
+    T.Q2_0: T.Q4_0, T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.TQ1_0: T.Q4_0, T.TQ2_0: T.Q4_0,
     T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0,
 }
 

@@ -2,7 +2,8 @@
 
 Mirrors llama.cpp (vendored in llama-cpp-python 0.3.36):
 - ``tools/quantize/quantize.cpp``: ``QUANT_OPTIONS`` (:data:`FTYPES`), ``try_parse_ftype``
-  (:func:`parse_ftype`), ``parse_ggml_type``, ``parse_tensor_type``, ``parse_layer_prune``;
+  (:func:`parse_ftype`), ``parse_ggml_type`` (``quants.parse_type``), ``parse_tensor_type``,
+  ``parse_layer_prune``;
 - ``src/llama-quant.cpp``: ``llama_ftype_get_default_type`` (:func:`default_type`), the preliminary loop of
   ``llama_model_quantize_impl`` (:func:`plan`): tensor order, ``remap_layer`` / ``remap_imatrix``,
   ``tensor_allows_quantization``, ``llama_tensor_get_type`` (rules in :mod:`gpuquant.mix_rules`),
@@ -10,7 +11,7 @@ Mirrors llama.cpp (vendored in llama-cpp-python 0.3.36):
 - ``src/llama-model-loader.cpp``: the tensor order of ``weights_map`` and the guessed file type;
 - ``src/llama-model.cpp``: the hparams the rules read (``load_hparams``).
 
-Pure Python: imports gguf and :mod:`gpuquant.quants` only.
+Pure Python: imports :mod:`gpuquant.quants`, :mod:`gpuquant.mix_rules` and ``gguf_io.n_dims`` only.
 """
 from __future__ import annotations
 
@@ -19,17 +20,16 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, NamedTuple, Sequence
 
-from gguf import GGMLQuantizationType as T
-
 from . import quants
-from .mix_rules import (Q2_0, Category, ExtraType, LlamaFType, MixState, allows_quantization, blk_layer,
-                        block_size, get_type_impl, ggml_type, is_quantized, requires_imatrix, tensor_category,
-                        type_fallback, type_name)
+from .gguf_io import n_dims
+from .mix_rules import (Category, LlamaFType, MixState, allows_quantization, blk_layer, block_size, get_type_impl,
+                        is_quantized, requires_imatrix, tensor_category, type_fallback, type_name)
+from .quants import GGMLQuantizationType as T
 
 __all__ = [
-    "Category", "ExtraType", "FType", "FTYPES", "LlamaFType", "Plan", "QuantizeParams", "TensorInfo",
+    "Category", "FType", "FTYPES", "LlamaFType", "Plan", "QuantizeParams", "TensorInfo",
     "TensorPlan", "block_size", "check_implemented", "check_imatrix", "check_requantize", "default_type",
-    "ftype_description", "ftype_name", "model_info", "parse_ftype", "parse_ggml_type", "parse_prune_layers", "parse_tensor_type",
+    "ftype_description", "ftype_name", "model_info", "parse_ftype", "parse_prune_layers", "parse_tensor_type",
     "plan", "pruned_block_count",
 ]
 
@@ -101,7 +101,7 @@ FTYPES: tuple[FType, ...] = tuple(FType(n, F[f], d) for n, f, d in (
 # llama_ftype_get_default_type
 _DEFAULT_TYPE = {
     F.Q4_0: T.Q4_0, F.Q4_1: T.Q4_1, F.Q5_0: T.Q5_0, F.Q5_1: T.Q5_1, F.Q8_0: T.Q8_0,
-    F.F16: T.F16, F.BF16: T.BF16, F.ALL_F32: T.F32, F.Q1_0: T.Q1_0, F.Q2_0: Q2_0,
+    F.F16: T.F16, F.BF16: T.BF16, F.ALL_F32: T.F32, F.Q1_0: T.Q1_0, F.Q2_0: T.Q2_0,
     F.MXFP4_MOE: T.MXFP4,
     F.Q2_K_S: T.Q2_K, F.Q2_K: T.Q2_K, F.IQ3_XS: T.IQ3_S,
     F.Q3_K_S: T.Q3_K, F.Q3_K_M: T.Q3_K, F.Q3_K_L: T.Q3_K,
@@ -132,7 +132,7 @@ _GUESS_FTYPE = {
     T.Q5_1: F.Q5_1, T.Q8_0: F.Q8_0, T.Q2_K: F.Q2_K, T.Q3_K: F.Q3_K_M, T.Q4_K: F.Q4_K_M, T.Q5_K: F.Q5_K_M,
     T.Q6_K: F.Q6_K, T.TQ1_0: F.TQ1_0, T.TQ2_0: F.TQ2_0, T.IQ2_XXS: F.IQ2_XXS, T.IQ2_XS: F.IQ2_XS,
     T.IQ2_S: F.IQ2_S, T.IQ3_XXS: F.IQ3_XXS, T.IQ1_S: F.IQ1_S, T.IQ1_M: F.IQ1_M, T.IQ4_NL: F.IQ4_NL,
-    T.IQ4_XS: F.IQ4_XS, T.IQ3_S: F.IQ3_S, T.NVFP4: F.NVFP4, T.Q1_0: F.Q1_0, Q2_0: F.Q2_0,
+    T.IQ4_XS: F.IQ4_XS, T.IQ3_S: F.IQ3_S, T.NVFP4: F.NVFP4, T.Q1_0: F.Q1_0, T.Q2_0: F.Q2_0,
 }
 
 
@@ -180,16 +180,6 @@ def ftype_description(ftype: int) -> str:
     return ("(guessed) " + name) if int(ftype) & F.GUESSED else name
 
 
-def parse_ggml_type(name: str):
-    """``parse_ggml_type``: a ggml type name, case-insensitive (``q8_0``, ``Q4_K``, ``bf16``)."""
-    key = name.strip().upper()
-    if key in T.__members__:
-        return T[key]
-    if key in ExtraType.__members__:
-        return ggml_type(ExtraType[key])
-    raise ValueError(f"invalid ggml_type {name!r}")
-
-
 def parse_tensor_type(option: str):
     """``parse_tensor_type``: ``"NAME=TYPE"`` of ``--tensor-type`` -> (lower-cased pattern, type)."""
     pattern, sep, tname = option.partition("=")
@@ -199,7 +189,7 @@ def parse_tensor_type(option: str):
         raise ValueError("missing tensor name")
     if not tname:
         raise ValueError("missing quantization type")
-    return pattern.lower(), parse_ggml_type(tname)
+    return pattern.lower(), quants.parse_type(tname)
 
 
 def parse_prune_layers(text: str) -> list[int]:
@@ -228,11 +218,7 @@ class TensorInfo:
 
     @property
     def n_dims(self) -> int:
-        """``ggml_n_dims``: 1 + the last axis longer than 1 (trailing 1s do not count)."""
-        for i in range(len(self.shape_ne) - 1, 0, -1):
-            if self.shape_ne[i] > 1:
-                return i + 1
-        return 1
+        return n_dims(self.shape_ne)
 
     def ne(self, i: int) -> int:
         return self.shape_ne[i] if i < len(self.shape_ne) else 1
@@ -295,17 +281,15 @@ class Plan(list):
     """The ``TensorPlan`` list of :func:`plan`, with the file-level results as attributes.
 
     ``ftype``: value written to ``general.file_type``; ``block_count``: the new ``<arch>.block_count``
-    when layers were pruned, else None; ``n_fallback``: ``qs.n_fallback``; ``n_tensors``: tensors in
-    the input (``ml.n_tensors``, pruned ones included).
+    when layers were pruned, else None; ``n_fallback``: ``qs.n_fallback``.
     """
 
     def __init__(self, items: Iterable[TensorPlan], *, ftype: int, block_count: int | None,
-                 n_fallback: int, n_tensors: int):
+                 n_fallback: int):
         super().__init__(items)
         self.ftype = ftype
         self.block_count = block_count
         self.n_fallback = n_fallback
-        self.n_tensors = n_tensors
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -384,7 +368,7 @@ def _loader_ftype(kv: dict, tensors: Sequence[TensorInfo]) -> int:
 def model_info(reader) -> tuple[str, dict, list[TensorInfo]]:
     """(arch, metadata, tensors) of a ``gguf.GGUFReader``, in the form :func:`plan` takes."""
     kv = {name: f.contents() for name, f in reader.fields.items() if not name.startswith("GGUF.")}
-    tensors = [TensorInfo(t.name, tuple(int(x) for x in t.shape), ggml_type(t.tensor_type))
+    tensors = [TensorInfo(t.name, tuple(int(x) for x in t.shape), T(int(t.tensor_type)))
                for t in reader.tensors]
     return str(kv["general.architecture"]), kv, tensors
 
@@ -514,7 +498,7 @@ def plan(arch: str, kv: dict, tensors: Sequence[TensorInfo], params: QuantizePar
             imatrix_name=_remap_imatrix(name, mapped) if params.has_imatrix else None,
             fallback=fell_back))
     return Plan(out, ftype=ftype, block_count=next_id[0] if prune else None,
-                n_fallback=state.n_fallback, n_tensors=len(tensors))
+                n_fallback=state.n_fallback)
 
 
 _ATTN_V_CATS = (Category.ATTENTION_V, Category.ATTENTION_QKV, Category.ATTENTION_KV_B)
@@ -555,16 +539,16 @@ def check_requantize(plans: Sequence[TensorPlan], params: QuantizeParams) -> Non
 
 
 def check_implemented(plans: Sequence[TensorPlan]) -> None:
-    """Raise ``quants.UnsupportedType`` naming every tensor whose target type has no numpy quantizer."""
-    missing = []
+    """Raise ``quants.UnsupportedType`` naming every target type without a quantizer and its tensors."""
+    missing: dict[str, list[str]] = {}
     for p in plans:
         if not p.quantize:
             continue
         try:
             quants.get(p.target_type)
         except quants.UnsupportedType:
-            missing.append(f"{p.name} -> {type_name(p.target_type)}")
+            missing.setdefault(type_name(p.target_type), []).append(p.name)
     if missing:
-        have = ", ".join(t.name for t in quants.registered())
-        raise quants.UnsupportedType(
-            f"no quantizer for {len(missing)} tensor(s): {'; '.join(missing)} (implemented: {have})")
+        parts = [f"{t} needed by {len(names)} tensor(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+                 for t, names in missing.items()]
+        raise quants.UnsupportedType(f"no quantizer for {'; '.join(parts)}")
