@@ -12,7 +12,8 @@ from gguf import GGUFValueType
 
 from . import mixes, quants
 from .backends import Device, DeviceError, DeviceOutOfMemory, open_device
-from .gguf_io import GGUFError, read_model
+from .config import QuantizeConfig
+from .gguf_io import GGUFError, GGUFModel, read_model
 from .gguf_writer import KVList, OutTensor, StreamWriter, encode_header, temp_path_for
 from .pipeline import Pipeline, QuantizeError, StageTimes, TensorWork
 from .quants import GGMLQuantizationType as T, type_name
@@ -119,6 +120,165 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+# ------------------------------------------------------------------------------------------------------
+# the steps of quantize_file
+# ------------------------------------------------------------------------------------------------------
+
+
+def _parse_ftype(cfg: QuantizeConfig) -> mixes.FType:
+    try:
+        return mixes.parse_ftype(cfg.ftype)
+    except ValueError as e:
+        raise UsageError(f"--type: {e}") from None
+
+
+def _check_outputs(src: Path, dst, model: GGUFModel, cfg: QuantizeConfig, ftype_name: str) -> list[Path]:
+    """The output file(s) (one per input split with ``keep_split``), refused when they are the input, exist
+    without ``force``, or cannot be written. None for a dry run."""
+    if cfg.dry_run:
+        return []
+    n_split = 1 + max((t.split for t in model.tensors), default=0) if cfg.keep_split else 1
+    out = Path(dst) if dst is not None else default_output(src, ftype_name)
+    out_paths = split_paths(out, n_split) if cfg.keep_split else [out]
+    for o in out_paths:
+        if any(_same_file(i, o) or i.resolve() == o.resolve() for i in model.split_paths):
+            raise UsageError(f"output: input and output files are the same: {str(o)!r}")
+        if o.exists() and not cfg.force:
+            raise UsageError(f"output: {str(o)!r} already exists (use --force to overwrite)")
+    if not out.parent.is_dir():
+        raise UsageError(f"output: directory {str(out.parent)!r} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise UsageError(f"output: directory {str(out.parent)!r} is not writable")
+    return out_paths
+
+
+def _load_imatrix(cfg: QuantizeConfig):
+    if cfg.imatrix is None:
+        return None
+    from . import imatrix as imatrix_mod
+
+    return imatrix_mod.prepare(cfg.imatrix, cfg.include_weights, cfg.exclude_weights)
+
+
+def _ggml_type(name: str | None, what: str):
+    if name is None:
+        return None
+    try:
+        return quants.parse_type(str(name))
+    except ValueError as e:
+        raise UsageError(f"{what}: {e}") from None
+
+
+def _mix_params(cfg: QuantizeConfig, ftype: mixes.FType, imat) -> mixes.QuantizeParams:
+    """llama_model_quantize_params of the job."""
+    return mixes.QuantizeParams(
+        ftype=ftype,
+        pure=cfg.pure,
+        quantize_output_tensor=not cfg.leave_output_tensor,
+        output_tensor_type=_ggml_type(cfg.output_tensor_type, "--output-tensor-type"),
+        token_embedding_type=_ggml_type(cfg.token_embedding_type, "--token-embedding-type"),
+        tensor_types=[(pat.lower(), _ggml_type(t, "--tensor-type")) for pat, t in cfg.tensor_types],
+        has_imatrix=imat is not None and bool(imat.entries),
+        prune_layers=list(cfg.prune_layers),
+        allow_requantize=cfg.allow_requantize,
+        keep_split=cfg.keep_split,
+    )
+
+
+def _plan_tensors(src: Path, model: GGUFModel, params: mixes.QuantizeParams) -> mixes.Plan:
+    infos = [mixes.TensorInfo(t.name, t.ne, t.type, t.split, t.offset) for t in model.tensors]
+    try:
+        return mixes.plan(model.arch, model.kv_dict, infos, params)
+    except ValueError as e:
+        raise UsageError(f"{src}: {e}") from None
+
+
+def _tensor_reports(plans: mixes.Plan, by_name: dict) -> list[TensorReport]:
+    out = []
+    for p in plans:
+        st = by_name[p.source_name]
+        out.append(TensorReport(p.name, st.ne, st.type, p.target_type, st.nbytes,
+                                OutTensor(p.name, st.ne, p.target_type).nbytes, st.n_elements, st.name))
+    return out
+
+
+def _refusals(plans: mixes.Plan, params: mixes.QuantizeParams, report: Report, dry_run: bool) -> None:
+    """What llama-quantize refuses before writing: a mix that needs an imatrix without one (a note for a dry
+    run), requantizing without ``allow_requantize``, and (gpuquant) types it cannot quantize."""
+    try:
+        mixes.check_imatrix(plans, params)
+    except ValueError as e:
+        if not dry_run:
+            raise UsageError(f"{e} (pass --imatrix FILE)") from None
+        report.notes.append(f"{e} (pass --imatrix FILE)")
+    if dry_run:
+        return
+    try:
+        mixes.check_requantize(plans, params)
+    except ValueError as e:
+        raise UsageError(f"{e} (pass --allow-requantize)") from None
+    try:
+        mixes.check_implemented(plans)
+    except quants.UnsupportedType as e:
+        raise UsageError(f"{e} (ftype {report.ftype})") from None
+
+
+def _tensor_work(plans: mixes.Plan, by_name: dict, imat, keep_split: bool) -> list[TensorWork]:
+    """What the pipeline does per output tensor: copy, or quantize with these importance weights."""
+    works = []
+    for p in plans:
+        st = by_name[p.source_name]
+        split = st.split if keep_split else 0
+        qw = None
+        if st.type != p.target_type and imat is not None:
+            qw = imat.weights_for(p.imatrix_name, st)
+            if qw is None and p.requires_imatrix:
+                raise UsageError(f"missing importance matrix for tensor {st.name!r} in a very low-bit quantization")
+        works.append(TensorWork(st, p.name, p.target_type, qw, split))
+    return works
+
+
+def _headers(model: GGUFModel, plans: mixes.Plan, works: list[TensorWork], cfg: QuantizeConfig, imat,
+             n_split: int) -> list[bytes]:
+    """The GGUF header of every output file: the input's metadata with llama-quantize's edits."""
+    kvs = KVList(model.kvs)
+    kvs.set("general.quantization_version", GGUFValueType.UINT32, GGML_QNT_VERSION)
+    kvs.set("general.file_type", GGUFValueType.UINT32, int(plans.ftype))
+    for k in ("split.no", "split.count", "split.tensors.count"):
+        kvs.remove(k)
+    overrides = [parse_kv_override(s) for s in cfg.override_kv]
+    if imat is not None:
+        overrides += imat.metadata(str(cfg.imatrix))
+    for key, vt, val in overrides:
+        kvs.set(key, vt, val)
+    if plans.block_count is not None:
+        kvs.set(f"{model.arch}.block_count", GGUFValueType.UINT32, plans.block_count)
+    headers = []
+    for i in range(n_split):
+        skv = kvs if i == 0 else KVList([])  # later splits carry only the split keys (gguf_init_empty)
+        if n_split > 1:
+            skv.set("split.no", GGUFValueType.UINT16, i)
+            skv.set("split.count", GGUFValueType.UINT16, n_split)
+            skv.set("split.tensors.count", GGUFValueType.INT32, len(plans))
+        headers.append(encode_header(skv, [OutTensor(w.name, w.src.ne, w.dst_type) for w in works if w.split == i]))
+    return headers
+
+
+def _open_device(cfg: QuantizeConfig, works: list[TensorWork], report: Report) -> Device:
+    """The job's device; every conversion the job needs must be supported there."""
+    dev = cfg.device if isinstance(cfg.device, Device) else open_device(cfg.device, cfg.threads)
+    report.device = dev.name
+    if isinstance(cfg.device, str) and cfg.device.strip().lower() == "auto" and not dev.name.startswith("cuda"):
+        report.notes.append(f"no CUDA device visible (CuPy and a GPU are needed): running on the CPU ({dev.name})")
+    for w in works:
+        if w.quantize and not dev.supports(w.src.type, w.dst_type):
+            if dev is not cfg.device:
+                dev.close()
+            raise UsageError(f"device {dev.name}: cannot quantize tensor {w.name!r} from "
+                             f"{type_name(w.src.type)} to {type_name(w.dst_type)}")
+    return dev
+
+
 def _run_pipeline(dev: Device, works: list[TensorWork], writers: list[StreamWriter], slab_bytes: int | None,
                   on_slab: Callable[[int, int], None], done: list[int], notes: list[str]) -> StageTimes:
     """``Pipeline.run``; when the device runs out of memory, write everything again with half the slab size,
@@ -140,165 +300,9 @@ def _run_pipeline(dev: Device, works: list[TensorWork], writers: list[StreamWrit
             done[0] = 0
 
 
-def quantize_file(
-    src: str | os.PathLike,
-    dst: str | os.PathLike | None = None,
-    type: str = "Q4_K_M",
-    *,
-    device: str | Device = "auto",
-    threads: int | None = None,
-    allow_requantize: bool = False,
-    pure: bool = False,
-    leave_output_tensor: bool = False,
-    output_tensor_type: str | None = None,
-    token_embedding_type: str | None = None,
-    tensor_types: list[tuple[str, str]] | None = None,
-    imatrix: str | os.PathLike | None = None,
-    include_weights: list[str] | None = None,
-    exclude_weights: list[str] | None = None,
-    override_kv: list[str] | None = None,
-    prune_layers: list[int] | None = None,
-    keep_split: bool = False,
-    dry_run: bool = False,
-    force: bool = False,
-    slab_bytes: int | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
-    on_plan: Callable[[list[TensorReport]], None] | None = None,
-) -> Report:
-    """Quantize a GGUF model file to ``type`` (an llama-quantize ftype name such as Q4_K_M or IQ4_NL).
-
-    Output is byte-identical to llama-quantize. It is written to a temporary file beside ``dst`` and renamed
-    on success; on any failure or interrupt the temporary file is removed and ``dst`` is untouched.
-    """
-    t0 = time.perf_counter()
-    src = Path(src)
-    try:
-        ftype = mixes.parse_ftype(type)
-    except ValueError as e:
-        raise UsageError(f"--type: {e}") from None
-    ftype_name = ftype.name
-    model = read_model(src)
-
-    out = None
-    n_split = 1 + max((t.split for t in model.tensors), default=0) if keep_split else 1
-    out_paths: list[Path] = []
-    if not dry_run:
-        out = Path(dst) if dst is not None else default_output(src, ftype_name)
-        out_paths = split_paths(out, n_split) if keep_split else [out]
-        for o in out_paths:
-            if any(_same_file(i, o) or i.resolve() == o.resolve() for i in model.split_paths):
-                raise UsageError(f"output: input and output files are the same: {str(o)!r}")
-            if o.exists() and not force:
-                raise UsageError(f"output: {str(o)!r} already exists (use --force to overwrite)")
-        if not out.parent.is_dir():
-            raise UsageError(f"output: directory {str(out.parent)!r} does not exist")
-        if not os.access(out.parent, os.W_OK):
-            raise UsageError(f"output: directory {str(out.parent)!r} is not writable")
-
-    imat = None
-    if imatrix is not None:
-        from . import imatrix as imatrix_mod
-
-        imat = imatrix_mod.prepare(imatrix, include_weights or [], exclude_weights or [])
-
-    def parse_t(name: str | None, what: str):
-        if name is None:
-            return None
-        try:
-            return mixes.parse_ggml_type(name)
-        except ValueError as e:
-            raise UsageError(f"{what}: {e}") from None
-
-    params = mixes.QuantizeParams(
-        ftype=ftype,
-        pure=pure,
-        quantize_output_tensor=not leave_output_tensor,
-        output_tensor_type=parse_t(output_tensor_type, "--output-tensor-type"),
-        token_embedding_type=parse_t(token_embedding_type, "--token-embedding-type"),
-        tensor_types=[(pat.lower(), parse_t(t, "--tensor-type")) for pat, t in (tensor_types or [])],
-        has_imatrix=imat is not None and bool(imat.entries),
-        prune_layers=list(prune_layers or []),
-        allow_requantize=allow_requantize,
-        keep_split=keep_split,
-    )
-    infos = [mixes.TensorInfo(t.name, t.ne, t.type, t.split, t.offset) for t in model.tensors]
-    try:
-        plans = mixes.plan(model.arch, model.kv_dict, infos, params)
-    except ValueError as e:
-        raise UsageError(f"{src}: {e}") from None
-    by_name = {t.name: t for t in model.tensors}
-
-    reports, works = [], []
-    for p in plans:
-        st = by_name[p.source_name]
-        reports.append(TensorReport(p.name, st.ne, st.type, p.target_type, st.nbytes,
-                                    OutTensor(p.name, st.ne, p.target_type).nbytes, st.n_elements, st.name))
-    if on_plan:
-        on_plan(reports)
-    report = Report(src, out_paths[0] if out_paths else None, ftype_name, "dry-run" if dry_run else "", reports,
-                    n_fallback=plans.n_fallback)
-    try:
-        mixes.check_imatrix(plans, params)
-    except ValueError as e:
-        if not dry_run:
-            raise UsageError(f"{e} (pass --imatrix FILE)") from None
-        report.notes.append(f"{e} (pass --imatrix FILE)")
-    if not dry_run:
-        try:
-            mixes.check_requantize(plans, params)
-        except ValueError as e:
-            raise UsageError(f"{e} (pass --allow-requantize)") from None
-    if dry_run:
-        report.seconds = time.perf_counter() - t0
-        return report
-
-    for p in plans:
-        st = by_name[p.source_name]
-        if st.type == p.target_type:
-            works.append(TensorWork(st, p.name, p.target_type, None, st.split if keep_split else 0))
-            continue
-        try:
-            quants.get(p.target_type)
-        except quants.UnsupportedType:
-            raise UsageError(f"tensor {p.name!r} needs type {type_name(p.target_type)}, which gpuquant does not "
-                             f"implement yet (ftype {ftype_name})") from None
-        qw = None
-        if imat is not None:
-            qw = imat.weights_for(p.imatrix_name, st)
-            if qw is None and p.requires_imatrix:
-                raise UsageError(f"missing importance matrix for tensor {st.name!r} in a very low-bit quantization")
-        works.append(TensorWork(st, p.name, p.target_type, qw, st.split if keep_split else 0))
-
-    kvs = KVList(model.kvs)
-    kvs.set("general.quantization_version", GGUFValueType.UINT32, GGML_QNT_VERSION)
-    kvs.set("general.file_type", GGUFValueType.UINT32, int(plans.ftype))
-    for k in ("split.no", "split.count", "split.tensors.count"):
-        kvs.remove(k)
-    overrides = [parse_kv_override(s) for s in (override_kv or [])]
-    if imat is not None:
-        overrides += imat.metadata(str(imatrix))
-    for key, vt, val in overrides:
-        kvs.set(key, vt, val)
-    if plans.block_count is not None:
-        kvs.set(f"{model.arch}.block_count", GGUFValueType.UINT32, plans.block_count)
-    headers = []
-    for i in range(n_split):
-        skv = kvs if i == 0 else KVList([])  # later splits carry only the split keys (gguf_init_empty)
-        if n_split > 1:
-            skv.set("split.no", GGUFValueType.UINT16, i)
-            skv.set("split.count", GGUFValueType.UINT16, n_split)
-            skv.set("split.tensors.count", GGUFValueType.INT32, len(plans))
-        headers.append(encode_header(skv, [OutTensor(p.name, by_name[p.source_name].ne, p.target_type)
-                                           for p, w in zip(plans, works) if w.split == i]))
-
-    dev = device if isinstance(device, Device) else open_device(device, threads)
-    report.device = dev.name
-    if isinstance(device, str) and device.strip().lower() == "auto" and not dev.name.startswith("cuda"):
-        report.notes.append(f"no CUDA device visible (CuPy and a GPU are needed): running on the CPU ({dev.name})")
-    for w in works:
-        if w.quantize and not dev.supports(w.src.type, w.dst_type):
-            raise UsageError(f"device {dev.name}: cannot quantize tensor {w.name!r} from "
-                             f"{type_name(w.src.type)} to {type_name(w.dst_type)}")
+def _write(dev: Device, works: list[TensorWork], out_paths: list[Path], headers: list[bytes], cfg: QuantizeConfig,
+           progress: Callable[[str, int, int], None] | None, report: Report) -> None:
+    """Run the pipeline into temporary files and rename them into place; on any failure remove them."""
     total = sum(w.src.nbytes for w in works)
     done = [0]
 
@@ -311,15 +315,52 @@ def quantize_file(
     try:
         for path, header in zip(out_paths, headers):
             writers.append(StreamWriter(path, header))
-        report.times = _run_pipeline(dev, works, writers, slab_bytes, on_slab, done, report.notes)
+        report.times = _run_pipeline(dev, works, writers, cfg.slab_bytes, on_slab, done, report.notes)
         for w in writers:
             w.commit()
     except BaseException:
         for w in writers:
             w.abort()
         raise
+
+
+def quantize_file(src: str | os.PathLike, dst: str | os.PathLike | None = None,
+                  config: QuantizeConfig | str | None = None, *,
+                  progress: Callable[[str, int, int], None] | None = None,
+                  on_plan: Callable[[list[TensorReport]], None] | None = None, **options) -> Report:
+    """Quantize a GGUF model file like llama-quantize: ``config`` (a :class:`QuantizeConfig`, or just the ftype
+    name such as ``"Q4_K_M"``) with any of its fields given as keywords too (``imatrix=``, ``device=``, ...).
+
+    Output is byte-identical to llama-quantize. It is written to a temporary file beside ``dst`` and renamed
+    on success; on any failure or interrupt the temporary file is removed and ``dst`` is untouched.
+    ``progress(tensor, done_bytes, total_bytes)`` is called per slab written, ``on_plan(reports)`` once the
+    per-tensor types are known.
+    """
+    t0 = time.perf_counter()
+    cfg = QuantizeConfig.of(config, **options)
+    src = Path(src)
+    ftype = _parse_ftype(cfg)
+    model = read_model(src)
+    out_paths = _check_outputs(src, dst, model, cfg, ftype.name)
+    imat = _load_imatrix(cfg)
+    params = _mix_params(cfg, ftype, imat)
+    plans = _plan_tensors(src, model, params)
+    by_name = {t.name: t for t in model.tensors}
+    report = Report(src, out_paths[0] if out_paths else None, ftype.name, "dry-run" if cfg.dry_run else "",
+                    _tensor_reports(plans, by_name), n_fallback=plans.n_fallback)
+    if on_plan:
+        on_plan(report.tensors)
+    _refusals(plans, params, report, cfg.dry_run)
+    if cfg.dry_run:
+        report.seconds = time.perf_counter() - t0
+        return report
+    works = _tensor_work(plans, by_name, imat, cfg.keep_split)
+    headers = _headers(model, plans, works, cfg, imat, len(out_paths))
+    dev = _open_device(cfg, works, report)
+    try:
+        _write(dev, works, out_paths, headers, cfg, progress, report)
     finally:
-        if not isinstance(device, Device):
+        if dev is not cfg.device:
             dev.close()
     if imat is not None:
         report.notes += imat.notes
@@ -327,5 +368,5 @@ def quantize_file(
     return report
 
 
-__all__ = ["quantize", "quantize_file", "Report", "TensorReport", "UsageError", "GGUFError", "QuantizeError",
+__all__ = ["quantize", "quantize_file", "QuantizeConfig", "Report", "TensorReport", "UsageError", "GGUFError", "QuantizeError",
            "DeviceError", "DeviceOutOfMemory", "default_output", "temp_path_for"]

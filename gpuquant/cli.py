@@ -225,16 +225,11 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress and no tables, only errors and the summary line"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the report as JSON to this file ('-': stdout, tables go to stderr)"),
 ) -> None:
-    from . import api, report as rep
-    from .gguf_writer import OutputError
-
     out_pos, qtype, pos_threads = parse_positional(args or [], type)
     if out_pos is not None and output is not None:
         _fail(f"output given twice: {out_pos!r} and --output {str(output)!r}")
     if pos_threads is not None and threads is not None:
         _fail("nthreads given twice: positional and --threads")
-    output = Path(out_pos) if out_pos is not None else output
-    threads = pos_threads or threads
     if include_weights and exclude_weights:
         _fail("--include-weights and --exclude-weights cannot be used together")
     if threads is not None and threads <= 0:
@@ -244,31 +239,42 @@ def run(
     if stats and dry_run:
         _fail("--stats measures the written file: it cannot be used with --dry-run")
     specs = list(tensor_type) + (_read_tensor_type_file(tensor_type_file) if tensor_type_file else [])
-    tensor_types = [_split_tensor_type(s) for s in specs]
-    prune = _parse_prune(prune_layers)
+    from .config import QuantizeConfig
+
+    cfg = QuantizeConfig(
+        ftype=qtype, allow_requantize=allow_requantize, leave_output_tensor=leave_output_tensor, pure=pure,
+        imatrix=imatrix, include_weights=include_weights, exclude_weights=exclude_weights,
+        output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type,
+        tensor_types=[_split_tensor_type(s) for s in specs], override_kv=override_kv,
+        prune_layers=_parse_prune(prune_layers), keep_split=keep_split, dry_run=dry_run, device=device,
+        threads=pos_threads or threads, slab_bytes=None if max_buffer_size is None else max_buffer_size << 20,
+        force=force)
+    dest = Path(out_pos) if out_pos is not None else output
     json_stdout = json_out is not None and str(json_out) == "-"
-    out = err if json_stdout else Console(highlight=False)
+    result, measured = _run_job(model, dest, cfg, stats, quiet)
+    _print_report(result, measured, err if json_stdout else Console(highlight=False), quiet, profile)
+    if json_out is not None:
+        from . import report as rep
+
+        _write_json(json_out, rep.to_json(result, measured))
+
+
+def _run_job(model: Path, dest: Optional[Path], cfg, stats: bool, quiet: bool):
+    """Quantize with progress on stderr (then ``--stats``); every expected failure ends in ``_fail``."""
+    from . import api, report as rep
+    from .gguf_writer import OutputError
+
     with _signals():
         view = rep.make_progress(err, quiet)
         result = None
         try:
             view.start()
             try:
-                result = api.quantize_file(
-                    model, output, qtype, device=device, threads=threads, allow_requantize=allow_requantize,
-                    pure=pure, leave_output_tensor=leave_output_tensor, output_tensor_type=output_tensor_type,
-                    token_embedding_type=token_embedding_type, tensor_types=tensor_types, imatrix=imatrix,
-                    include_weights=include_weights, exclude_weights=exclude_weights, override_kv=override_kv,
-                    prune_layers=prune, keep_split=keep_split, dry_run=dry_run, force=force,
-                    slab_bytes=None if max_buffer_size is None else max_buffer_size << 20, progress=view,
-                    on_plan=view.plan,
-                )
+                result = api.quantize_file(model, dest, cfg, progress=view, on_plan=view.plan)
                 view.finish()
             finally:
                 view.stop()
-            measured = None
-            if stats and result.output is not None:
-                measured = _measure(result, quiet)
+            measured = _measure(result, quiet) if stats and result.output is not None else None
         except (KeyboardInterrupt, Terminated) as e:
             code = EXIT_SIGINT if isinstance(e, KeyboardInterrupt) else EXIT_SIGTERM
             what = "interrupted" if code == EXIT_SIGINT else "terminated"
@@ -280,14 +286,20 @@ def run(
         except (api.UsageError, api.GGUFError, api.QuantizeError, api.DeviceError, OutputError) as e:
             _fail(str(e))
         except ImportError as e:  # a backend whose module or library is missing
-            _fail(f"--device {device}: the backend for this device is not available ({e}); "
+            _fail(f"--device {cfg.device}: the backend for this device is not available ({e}); "
                   f"use --device cpu or --device emulated")
         except OSError as e:
             _fail(f"{e.filename or model}: {e.strerror or e}")
         except (ValueError, RuntimeError) as e:
             _fail(str(e))
+    return result, measured
 
-    if dry_run:
+
+def _print_report(result, measured, out: Console, quiet: bool, profile: bool) -> None:
+    """The closing tables on ``out`` (stdout, or stderr when the JSON goes to stdout), notes on stderr."""
+    from . import report as rep
+
+    if result.output is None:
         out.print(rep.plan_table(result.tensors))
     for note in [] if quiet else result.notes:
         err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
@@ -302,8 +314,6 @@ def run(
         err.print(f"[yellow]warning:[/] {result.n_fallback} of {len(result.tensors)} tensor(s) required fallback quantization")
     dest = "dry run" if result.output is None else str(result.output)
     out.print(f"{escape(dest)}: {rep.summary_line(result)}", soft_wrap=True)
-    if json_out is not None:
-        _write_json(json_out, rep.to_json(result, measured))
 
 
 def _measure(result, quiet: bool):

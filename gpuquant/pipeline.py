@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from . import validate
-from .backends import Device, Event, SlabJob
+from .backends import Device, SlabJob
 from .gguf_io import SourceTensor, read_rows, tensor_nbytes
 from .gguf_writer import StreamWriter
 from .quants import QUANT_SIZES, GGMLQuantizationType as T, row_size, type_name
@@ -219,80 +219,12 @@ class Pipeline:
 
     def run(self) -> StageTimes:
         t_start = time.perf_counter()
-        dev = self.device
         slabs = [s for i, w in enumerate(self.works) for s in slabs_of(i, w, self.slab_bytes)]
-        max_in = max([s.src_nbytes for s in slabs], default=1)
-        max_out = max([s.dst_nbytes for s in slabs if s.job], default=1)
-        max_qw = max([s.job.quant_weight_bytes for s in slabs if s.job], default=0)
-
-        host_in = [dev.host_buffer(max_in) for _ in range(HOST_IN)]
-        host_out = [dev.host_buffer(max_out) for _ in range(SLOTS)]
-        any_quant = any(s.job for s in slabs) and not dev.zero_copy
-        dev_in = [dev.device_buffer(max_in) for _ in range(SLOTS)] if any_quant else []
-        dev_out = [dev.device_buffer(max_out) for _ in range(SLOTS)] if any_quant else []
-        dev_qw = [dev.device_buffer(max_qw) for _ in range(SLOTS)] if max_qw and any_quant else []
-        # staged weights share the life of the slab's host_in buffer (free again once its download is done)
-        host_qw = [dev.host_buffer(max_qw) for _ in range(HOST_IN)] if max_qw else []
-        h2d, compute, d2h = dev.stream(), dev.stream(), dev.stream()
-        compute_done: list[Event | None] = [None] * SLOTS
-        d2h_done: list[Event | None] = [None] * SLOTS
-
-        free_in: queue.Queue = queue.Queue()
-        free_out: queue.Queue = queue.Queue()
-        for i in range(HOST_IN):
-            free_in.put(i)
-        for i in range(SLOTS):
-            free_out.put(i)
-        to_issue: queue.Queue = queue.Queue(maxsize=HOST_IN)
-        to_write: queue.Queue = queue.Queue()
-
-        reader = threading.Thread(target=self._reader, args=(slabs, host_in, free_in, to_issue),
-                                  name="gpuquant-reader", daemon=True)
-        writer = threading.Thread(target=self._writer_loop, args=(host_in, host_out, free_in, free_out, to_write),
-                                  name="gpuquant-writer", daemon=True)
-        reader.start()
-        writer.start()
-        n_issued = 0
+        bufs = _Buffers.allocate(self.device, slabs)
+        reader, writer = self._start_stages(slabs, bufs)
         try:
-            while True:
-                item = self._get(to_issue)
-                if item is None:
-                    break
-                slab, b_in = item
-                if slab.job is None:
-                    self._put(to_write, (slab, b_in, None, None))
-                    continue
-                s = n_issued % SLOTS
-                n_issued += 1
-                job = slab.job
-                qw = None
-                if slab.quant_weights is not None:
-                    qw = host_qw[b_in]
-                    qw[: job.quant_weight_bytes] = slab.quant_weights.astype(np.float32).reshape(-1).view(np.uint8)
-                if dev.zero_copy:  # compute straight from the staging buffers
-                    b_out = self._get(free_out)
-                    dev.quantize(job, host_in[b_in], host_out[b_out], qw, compute)
-                    self._put(to_write, (slab, b_in, b_out, dev.record(compute)))
-                    continue
-                # device buffers of slot s are free once slab (i - SLOTS) finished computing / downloading
-                if compute_done[s] is not None:
-                    dev.wait(h2d, compute_done[s])
-                dev.upload(dev_in[s], host_in[b_in], job.src_bytes, h2d)
-                if qw is not None:
-                    dev.upload(dev_qw[s], qw, job.quant_weight_bytes, h2d)
-                    qw = dev_qw[s]
-                uploaded = dev.record(h2d)
-                dev.wait(compute, uploaded)
-                if d2h_done[s] is not None:
-                    dev.wait(compute, d2h_done[s])
-                dev.quantize(job, dev_in[s], dev_out[s], qw, compute)
-                compute_done[s] = dev.record(compute)
-                b_out = self._get(free_out)
-                dev.wait(d2h, compute_done[s])
-                dev.download(host_out[b_out], dev_out[s], job.dst_bytes, d2h)
-                d2h_done[s] = dev.record(d2h)
-                self._put(to_write, (slab, b_in, b_out, d2h_done[s]))
-            self._put(to_write, None)
+            self._issue_all(bufs)
+            self._put(self._to_write, None)
             while writer.is_alive():
                 writer.join(timeout=0.05)
         except _Stop:
@@ -304,10 +236,111 @@ class Pipeline:
             reader.join(timeout=5)
             writer.join(timeout=5)
             self.times.wall = time.perf_counter() - t_start
-            self.times.device = dict(dev.stage_times())
+            self.times.device = dict(self.device.stage_times())
         if self._error is not None:
             raise self._error
         return self.times
+
+    def _start_stages(self, slabs: list[Slab], bufs: "_Buffers") -> tuple[threading.Thread, threading.Thread]:
+        """The reader and writer threads, and the queues of free host buffers between the stages."""
+        self._free_in: queue.Queue = queue.Queue()
+        self._free_out: queue.Queue = queue.Queue()
+        for i in range(HOST_IN):
+            self._free_in.put(i)
+        for i in range(SLOTS):
+            self._free_out.put(i)
+        self._to_issue: queue.Queue = queue.Queue(maxsize=HOST_IN)
+        self._to_write: queue.Queue = queue.Queue()
+        reader = threading.Thread(target=self._reader, args=(slabs, bufs.host_in, self._free_in, self._to_issue),
+                                  name="gpuquant-reader", daemon=True)
+        writer = threading.Thread(target=self._writer_loop, args=(bufs.host_in, bufs.host_out, self._free_in,
+                                                                 self._free_out, self._to_write),
+                                  name="gpuquant-writer", daemon=True)
+        reader.start()
+        writer.start()
+        return reader, writer
+
+    def _issue_all(self, bufs: "_Buffers") -> None:
+        """Hand every slab the reader delivers to the device (or straight to the writer for a copy)."""
+        n_issued = 0
+        while True:
+            item = self._get(self._to_issue)
+            if item is None:
+                return
+            slab, b_in = item
+            if slab.job is None:
+                self._put(self._to_write, (slab, b_in, None, None))
+                continue
+            qw = None
+            if slab.quant_weights is not None:
+                qw = bufs.host_qw[b_in]
+                qw[: slab.job.quant_weight_bytes] = slab.quant_weights.astype(np.float32).reshape(-1).view(np.uint8)
+            if self.device.zero_copy:
+                self._issue_in_place(slab, b_in, qw, bufs)
+            else:
+                self._issue_through_device(slab, b_in, qw, n_issued % SLOTS, bufs)
+            n_issued += 1
+
+    def _issue_in_place(self, slab: Slab, b_in: int, qw, bufs: "_Buffers") -> None:
+        """A host device computes straight from the staging buffers."""
+        b_out = self._get(self._free_out)
+        self.device.quantize(slab.job, bufs.host_in[b_in], bufs.host_out[b_out], qw, bufs.compute)
+        self._put(self._to_write, (slab, b_in, b_out, self.device.record(bufs.compute)))
+
+    def _issue_through_device(self, slab: Slab, b_in: int, qw, s: int, bufs: "_Buffers") -> None:
+        """Upload, compute, download on three streams through device slot ``s``: its buffers are free once the
+        slab that used them ``SLOTS`` slabs ago has finished computing (inputs) and downloading (outputs)."""
+        dev, job = self.device, slab.job
+        if bufs.compute_done[s] is not None:
+            dev.wait(bufs.h2d, bufs.compute_done[s])
+        dev.upload(bufs.dev_in[s], bufs.host_in[b_in], job.src_bytes, bufs.h2d)
+        if qw is not None:
+            dev.upload(bufs.dev_qw[s], qw, job.quant_weight_bytes, bufs.h2d)
+            qw = bufs.dev_qw[s]
+        dev.wait(bufs.compute, dev.record(bufs.h2d))
+        if bufs.d2h_done[s] is not None:
+            dev.wait(bufs.compute, bufs.d2h_done[s])
+        dev.quantize(job, bufs.dev_in[s], bufs.dev_out[s], qw, bufs.compute)
+        bufs.compute_done[s] = dev.record(bufs.compute)
+        b_out = self._get(self._free_out)
+        dev.wait(bufs.d2h, bufs.compute_done[s])
+        dev.download(bufs.host_out[b_out], bufs.dev_out[s], job.dst_bytes, bufs.d2h)
+        bufs.d2h_done[s] = dev.record(bufs.d2h)
+        self._put(self._to_write, (slab, b_in, b_out, bufs.d2h_done[s]))
+
+
+@dataclass
+class _Buffers:
+    """The staging buffers (``HOST_IN`` for the reader, ``SLOTS`` for results), the device slots (none for
+    zero-copy devices), the three streams and the events that order the slots."""
+
+    host_in: list
+    host_out: list
+    host_qw: list
+    dev_in: list
+    dev_out: list
+    dev_qw: list
+    h2d: object
+    compute: object
+    d2h: object
+    compute_done: list = field(default_factory=lambda: [None] * SLOTS)
+    d2h_done: list = field(default_factory=lambda: [None] * SLOTS)
+
+    @classmethod
+    def allocate(cls, dev: Device, slabs: list[Slab]) -> "_Buffers":
+        max_in = max([s.src_nbytes for s in slabs], default=1)
+        max_out = max([s.dst_nbytes for s in slabs if s.job], default=1)
+        max_qw = max([s.job.quant_weight_bytes for s in slabs if s.job], default=0)
+        device_slots = any(s.job for s in slabs) and not dev.zero_copy
+        return cls(
+            host_in=[dev.host_buffer(max_in) for _ in range(HOST_IN)],
+            host_out=[dev.host_buffer(max_out) for _ in range(SLOTS)],
+            # staged weights share the life of the slab's host_in buffer (free again once its download is done)
+            host_qw=[dev.host_buffer(max_qw) for _ in range(HOST_IN)] if max_qw else [],
+            dev_in=[dev.device_buffer(max_in) for _ in range(SLOTS)] if device_slots else [],
+            dev_out=[dev.device_buffer(max_out) for _ in range(SLOTS)] if device_slots else [],
+            dev_qw=[dev.device_buffer(max_qw) for _ in range(SLOTS)] if max_qw and device_slots else [],
+            h2d=dev.stream(), compute=dev.stream(), d2h=dev.stream())
 
 
 def _invalid_source_message(slab: Slab, index: int) -> str:
