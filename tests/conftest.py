@@ -1,4 +1,4 @@
-"""Shared fixtures: the embedded SmolLM2 model and its F16 form, scratch directories."""
+"""Shared fixtures: the embedded SmolLM2 model and its F16 form, the synthetic llama and MoE models."""
 from __future__ import annotations
 
 import sys
@@ -38,3 +38,19 @@ def smollm2_f16(smollm2_q41: Path, tmp_path_factory) -> Path:
 
         quantize_file(smollm2_q41, out, "F16", allow_requantize=True, device="cpu")
     return out
+
+
+@pytest.fixture(scope="session")
+def llama_f16(tmp_path_factory) -> Path:
+    """A small synthetic llama model in F16 (tests/synthetic.py)."""
+    from tests.synthetic import write_llama
+
+    return write_llama(tmp_path_factory.mktemp("synth") / "llama-f16.gguf")
+
+
+@pytest.fixture(scope="session")
+def moe_f16(tmp_path_factory) -> Path:
+    """A small synthetic qwen3moe model in F16 with 3-D expert tensors."""
+    from tests.synthetic import write_qwen3moe
+
+    return write_qwen3moe(tmp_path_factory.mktemp("moe") / "qwen3moe-f16.gguf")

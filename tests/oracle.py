@@ -26,6 +26,7 @@ __all__ = [
     "lib_dir",
     "oracle_quantize",
     "oracle_row_size",
+    "requires_imatrix",
     "requires_oracle",
     "unavailable_reason",
 ]
@@ -109,10 +110,15 @@ def requires_oracle(obj):
 
 def _type_id(qtype) -> int:
     if isinstance(qtype, str):
-        from gguf import GGMLQuantizationType
+        from gpuquant.quants import parse_type
 
-        return int(GGMLQuantizationType[qtype.upper()])
+        return int(parse_type(qtype))
     return int(qtype)
+
+
+def requires_imatrix(qtype) -> bool:
+    """``ggml_quantize_requires_imatrix``: ggml aborts when such a type gets no importance weights."""
+    return bool(_lib().ggml_quantize_requires_imatrix(_type_id(qtype)))
 
 
 def oracle_row_size(qtype, n_per_row: int) -> int:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.oracle import available, requires_oracle  # noqa: F401  (re-exported for tests)
 
 # llama_model_kv_override tags
 KV_INT, KV_FLOAT, KV_BOOL, KV_STR = 0, 1, 2, 3
@@ -108,3 +107,46 @@ def oracle_quantize_file(src, dst, ftype: int, *, nthread: int = 2, allow_requan
     rc = lc.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p))
     if rc != 0:
         raise RuntimeError(f"llama_model_quantize({src} -> {dst}, ftype {ftype}) failed with {rc}")
+
+
+# ------------------------------------------------------------------------------------- helpers of the file tests
+
+def ftype_id(name: str) -> int:
+    """The llama_ftype id of a QUANT_OPTIONS name."""
+    from gpuquant import mixes
+
+    return int(mixes.parse_ftype(name).ftype)
+
+
+def assert_same(ours, ref):
+    assert sha256(ours) == sha256(ref), first_difference(ours, ref)
+
+
+def write_imatrix(model_path, path, fmt: str, seed: int = 3):
+    """An imatrix of both llama.cpp formats for every matrix of ``model_path`` (per-expert counts for 3-D)."""
+    import gguf
+    import numpy as np
+
+    from gpuquant.imatrix import write_gguf_imatrix, write_legacy_imatrix
+
+    rng = np.random.default_rng(seed)
+    entries, counts = {}, {}
+    for t in gguf.GGUFReader(str(model_path)).tensors:
+        ne = [int(x) for x in t.shape]
+        if len(ne) < 2 or max(ne[1:]) <= 1:
+            continue
+        n_mat = ne[2] if len(ne) > 2 else 1
+        entries[t.name] = (rng.random(ne[0] * n_mat, dtype=np.float32) * np.float32(40)).astype(np.float32)
+        counts[t.name] = [int(c) for c in rng.integers(1, 300, n_mat)] if fmt == "gguf" else [7]
+    writer = write_gguf_imatrix if fmt == "gguf" else write_legacy_imatrix
+    writer(path, entries, counts, datasets=["synthetic.txt"], chunk_count=12)
+    return path
+
+
+def oracle_with_imatrix(src, dst, ftype: str, imatrix_path, **kw):
+    """What llama-quantize --imatrix does: load, normalize, pass data and the quantize.imatrix.* keys."""
+    from gpuquant.imatrix import prepare
+
+    imat = prepare(imatrix_path)
+    kvs = [(k, KV_STR if tag == "str" else KV_INT, v) for k, tag, v in imat.kv_overrides(str(imatrix_path))]
+    oracle_quantize_file(src, dst, ftype_id(ftype), imatrix=imat.entries, kv_overrides=kvs, **kw)

@@ -209,3 +209,24 @@ def fake_imatrix(path, seed: int = 1) -> dict[str, np.ndarray]:
         n_mat = ne[2] if len(ne) > 2 else 1
         out[t.name] = (rng.random(ne[0] * n_mat, dtype=np.float32) + np.float32(0.5)).astype(np.float32)
     return out
+
+
+def write_splits(src: Path, dst: Path, max_tensors: int) -> list[Path]:
+    """Re-write ``src`` as shards of at most ``max_tensors`` tensors with the gguf package's split writer."""
+    r = gguf.GGUFReader(src)
+    arch = str(bytes(r.fields["general.architecture"].parts[-1]), "utf-8")
+    w = gguf.GGUFWriter(dst, arch, split_max_tensors=max_tensors)
+    for f in list(r.fields.values())[3:]:
+        if f.name == "general.architecture":
+            continue
+        vtype = f.types[0]
+        sub = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(f.name, f.contents(), vtype, sub)
+    for t in r.tensors:
+        w.add_tensor(t.name, np.asarray(t.data), raw_shape=tuple(reversed([int(x) for x in t.shape])),
+                     raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return sorted(dst.parent.glob(f"{dst.stem}-*-of-*.gguf"))

@@ -119,12 +119,12 @@ def test_closing_tables_and_json_report(model, tmp_path):
     out, js = tmp_path / "out.gguf", tmp_path / "report.json"
     r = cli("run", model, out, "Q4_K_M", "--device", "cpu", "--json", js)
     assert r.exit_code == 0, r.stderr
-    for needle in ("by output type", "bits/weight", "pipeline stages on numpy", "share of wall", "overlap achieved",
+    for needle in ("by output type", "bits/weight", "pipeline stages on cpu", "share of wall", "overlap achieved",
                    "kernel", "write"):
         assert needle in r.stdout, needle
     doc = json.loads(js.read_text())
     m = read_model(out)
-    assert doc["output"] == str(out) and doc["ftype"] == "Q4_K_M" and doc["device"] == "numpy"
+    assert doc["output"] == str(out) and doc["ftype"] == "Q4_K_M" and doc["device"] == "cpu"
     assert [t["name"] for t in doc["tensors"]] == [t.name for t in m.tensors]
     assert [t["to"] for t in doc["tensors"]] == [t.type.name for t in m.tensors]
     assert doc["output_bytes"] == sum(t.nbytes for t in m.tensors)
@@ -236,7 +236,7 @@ def test_bench_checks_then_times(tmp_path):
     assert r.exit_code == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["mismatches"] == [] and set(doc["results"]) == {"Q4_0", "Q8_0"}
-    assert doc["results"]["Q4_0"]["numpy"]["GB/s"] > 0
+    assert doc["results"]["Q4_0"]["cpu"]["GB/s"] > 0
     if oracle_available():
         assert doc["reference"] == "llama.cpp" and doc["results"]["Q8_0"]["llama.cpp"]["GB/s"] > 0
     r = cli("bench", "--types", "Q4_K", "--devices", "cpu", "--rows", "2", "--cols", "96", "--repeat", "1")
@@ -271,7 +271,7 @@ def test_entry_point_runs(model, tmp_path):
 
 
 def test_keep_split_with_stats_and_inspect(model, tmp_path):
-    from tests.test_split_files import write_splits
+    from tests.synthetic import write_splits
 
     (tmp_path / "in").mkdir()
     shards = write_splits(model, tmp_path / "in" / "m.gguf", 8)
@@ -290,9 +290,9 @@ def test_keep_split_with_stats_and_inspect(model, tmp_path):
 def test_imatrix_file_name_is_stored_as_typed(model, tmp_path):
     """llama-quantize writes the --imatrix argument verbatim into quantize.imatrix.file."""
     from gpuquant.gguf_io import read_model
-    from tests.test_files import _write_imatrix
+    from tests.oracle_files import write_imatrix
 
-    _write_imatrix(model, tmp_path / "im.gguf", "gguf")
+    write_imatrix(model, tmp_path / "im.gguf", "gguf")
     r = gpuquant("run", model, "-o", "o.gguf", "--type", "Q4_0", "--imatrix", "./im.gguf", "--device", "cpu",
                  "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr

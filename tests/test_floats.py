@@ -6,20 +6,14 @@ import pytest
 
 from gpuquant.quants import quantize
 from gpuquant.quants.common import bf16_bits, fp16_bits, fp16_to_fp32
+from tests.helpers import assert_bytes
 from tests.oracle import oracle_quantize, requires_oracle
-from tests.quant_checks import assert_bytes, check_golden
 
 U32 = np.uint32
 
 
 def _f(*bits: int) -> np.ndarray:
     return np.array(bits, dtype=U32).view(np.float32)
-
-
-@pytest.mark.parametrize("qtype", ["F16", "BF16"])
-@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "imatrix"])
-def test_golden(qtype, weighted):
-    check_golden(qtype, weighted)
 
 
 def test_f32_is_a_copy():

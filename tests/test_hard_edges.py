@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from gpuquant import api
 from gpuquant.backends import DeviceOutOfMemory
-from gpuquant.backends.numpy_backend import NumpyDevice
+from gpuquant.backends.cpu import CpuDevice
 from gpuquant.cli import app
 from gpuquant.gguf_io import read_model
 from tests.oracle import requires_oracle
@@ -401,7 +401,7 @@ def test_no_gpu_device(src, tmp_path):
     assert "cuda" in r.stderr.lower() or "gpu" in r.stderr.lower()
 
 
-class OOMDevice(NumpyDevice):
+class OOMDevice(CpuDevice):
     """The numpy device with GPU-style device buffers, allocations above ``limit`` bytes failing like
     cudaMalloc does."""
 

@@ -14,8 +14,8 @@ import pytest
 
 from gpuquant.api import UsageError, quantize_file
 from tests.oracle import requires_oracle
-from tests.oracle_files import KV_FLOAT, KV_INT, KV_STR, oracle_quantize_file
-from tests.test_files import _oracle_with_imatrix, _write_imatrix, assert_same, ftype_id, llama_f16, moe_f16  # noqa: F401
+from tests.oracle_files import (KV_FLOAT, KV_INT, KV_STR, assert_same, ftype_id, oracle_quantize_file,
+                                oracle_with_imatrix, write_imatrix)
 
 # Q2_K_S needs an importance matrix (tensor_requires_imatrix): it is in the imatrix rows only
 K_FTYPES = ["Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K"]
@@ -25,9 +25,9 @@ FULL = os.environ.get("GPUQUANT_FULL_MATRIX") == "1"
 def check(src, tmp_path, ftype, device, imatrix_fmt=None, **opts):
     ours, ref = tmp_path / f"ours-{device}.gguf", tmp_path / "ref.gguf"
     if imatrix_fmt:
-        im = _write_imatrix(src, tmp_path / f"imatrix.{imatrix_fmt}", imatrix_fmt)
+        im = write_imatrix(src, tmp_path / f"imatrix.{imatrix_fmt}", imatrix_fmt)
         quantize_file(src, ours, ftype, device=device, threads=2, imatrix=im, **opts)
-        _oracle_with_imatrix(src, ref, ftype, im)
+        oracle_with_imatrix(src, ref, ftype, im)
     else:
         quantize_file(src, ours, ftype, device=device, threads=2, **opts)
         oracle_quantize_file(src, ref, ftype_id(ftype))
@@ -111,10 +111,15 @@ def test_override_kv_and_prune_layers(llama_f16, tmp_path):
     assert_same(ours, ref)
 
 
-def test_mix_needing_an_unimplemented_type_fails_before_writing(llama_f16, tmp_path):
+def test_mix_needing_an_unimplemented_type_fails_before_writing(llama_f16, tmp_path, monkeypatch):
+    from gpuquant import quants
+
+    registry = dict(quants.registered())
+    del registry[quants.T.Q4_K]
+    monkeypatch.setattr(quants, "_REGISTRY", registry)
     out = tmp_path / "o.gguf"
-    with pytest.raises(UsageError, match=r"tensor '.*' needs type IQ3_S"):
-        quantize_file(llama_f16, out, "IQ3_M", device="cpu")
+    with pytest.raises(UsageError, match=r"no quantizer for Q4_K needed by \d+ tensor\(s\) \(token_embd\.weight, .*, \.\.\.\)"):
+        quantize_file(llama_f16, out, "Q4_K_M", device="cpu")
     assert not out.exists() and not list(tmp_path.iterdir())
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from gpuquant import quants
 from gpuquant.backends import SlabJob
-from gpuquant.backends.numpy_backend import NumpyDevice
+from gpuquant.backends.cpu import CpuDevice
 from gpuquant.gguf_io import SourceTensor, pad
 from gpuquant.pipeline import Pipeline, TensorWork, slabs_of
 from gpuquant.quants import GGMLQuantizationType as T
@@ -78,7 +78,7 @@ def test_output_independent_of_slab_size_with_expert_weights(tmp_path, slab_byte
     arr = rng.standard_normal((3, 5, 96)).astype(np.float32)
     qw = rng.random((3, 96)).astype(np.float32) + 0.1
     src = make_source(tmp_path, arr)
-    dev = NumpyDevice(threads=2)
+    dev = CpuDevice(threads=2)
     try:
         got = run(dev, [TensorWork(src, "t", T.Q4_0, qw)], slab_bytes)
     finally:
@@ -93,7 +93,7 @@ def test_copies_and_conversions_in_one_run(tmp_path):
     a = rng.standard_normal((7, 64)).astype(np.float32)
     b = rng.standard_normal((3, 32)).astype(np.float16)
     sa, sb = make_source(tmp_path, a, "a"), make_source(tmp_path, b, "b", T.F16)
-    dev = NumpyDevice(threads=1)
+    dev = CpuDevice(threads=1)
     try:
         got = run(dev, [TensorWork(sa, "a", T.F32), TensorWork(sb, "b", T.Q8_0)], 256)
     finally:
@@ -105,7 +105,7 @@ def test_copies_and_conversions_in_one_run(tmp_path):
     assert got[off: off + len(want_b)] == want_b
 
 
-class SlowDevice(NumpyDevice):
+class SlowDevice(CpuDevice):
     """Numpy device whose stages take a fixed time and log when they ran; with device buffers and copies,
     as on a GPU."""
 
@@ -129,7 +129,7 @@ class SlowDevice(NumpyDevice):
         stream.enqueue(self._slow("h2d", lambda: np.copyto(dst[:nbytes], src[:nbytes])))
 
     def quantize(self, job: SlabJob, src, dst, qw, stream):
-        from gpuquant.backends.numpy_backend import quantize_host
+        from gpuquant.backends.cpu import quantize_host
 
         stream.enqueue(self._slow("kernel", lambda: quantize_host(src, dst, job, qw)))
 

@@ -1,38 +1,13 @@
 """Split GGUF input (``-00001-of-0000N.gguf``) and ``--keep-split`` output, byte-identical to llama-quantize."""
 from __future__ import annotations
 
-from pathlib import Path
-
-import gguf
-import numpy as np
 import pytest
 
 from gpuquant.api import quantize_file
 from gpuquant.gguf_io import read_model
 from tests.oracle import requires_oracle
-from tests.oracle_files import oracle_quantize_file
-from tests.test_files import assert_same, ftype_id, llama_f16  # noqa: F401
-
-
-def write_splits(src: Path, dst: Path, max_tensors: int) -> list[Path]:
-    """Re-write ``src`` as shards of at most ``max_tensors`` tensors with the gguf package's split writer."""
-    r = gguf.GGUFReader(src)
-    arch = str(bytes(r.fields["general.architecture"].parts[-1]), "utf-8")
-    w = gguf.GGUFWriter(dst, arch, split_max_tensors=max_tensors)
-    for f in list(r.fields.values())[3:]:
-        if f.name == "general.architecture":
-            continue
-        vtype = f.types[0]
-        sub = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-        w.add_key_value(f.name, f.contents(), vtype, sub)
-    for t in r.tensors:
-        w.add_tensor(t.name, np.asarray(t.data), raw_shape=tuple(reversed([int(x) for x in t.shape])),
-                     raw_dtype=t.tensor_type)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return sorted(dst.parent.glob(f"{dst.stem}-*-of-*.gguf"))
+from tests.oracle_files import assert_same, ftype_id, oracle_quantize_file
+from tests.synthetic import write_splits
 
 
 @pytest.fixture(scope="module")

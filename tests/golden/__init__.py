@@ -5,7 +5,8 @@
         assert np.array_equal(quantize(rows, "Q4_K", imatrix), expected)
 
 Every case comes twice: ``"<group>:<kind>/n<len>/<imatrix kind>"`` without weights (``imatrix`` None) and
-the same id + ``"+imat"`` with its importance weights. Regenerate with ``tests/golden/make_golden.py``.
+the same id + ``"+imat"`` with its importance weights. The types and case groups are derived from the
+registry (``types()``, ``groups_for``). Regenerate with ``tests/golden/make_golden.py``.
 """
 from __future__ import annotations
 
@@ -15,11 +16,30 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["GOLDEN_DIR", "TYPES", "first_difference", "iter_cases", "load_inputs"]
+__all__ = ["GOLDEN_DIR", "first_difference", "golden_path", "groups_for", "iter_cases", "load_inputs", "types"]
 
 GOLDEN_DIR = Path(__file__).resolve().parent
-TYPES = ("F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS",
-         "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+
+
+def types() -> list[str]:
+    """Every registered quant type: each has golden vectors (a missing file is a test failure, not a skip)."""
+    from gpuquant.quants import registered
+
+    return [t.name for t in registered()]
+
+
+def groups_for(type_name: str) -> tuple[str, ...]:
+    """The case groups whose every row length is a multiple of the type's block size."""
+    from gpuquant.quants import QUANT_SIZES, parse_type
+
+    from .cases import LENGTHS, LONG
+
+    block = QUANT_SIZES[parse_type(type_name)][0]
+    return tuple(g for g, lengths in LENGTHS.items() if all(n % block == 0 for n in (*lengths, LONG)))
+
+
+def golden_path(type_name: str) -> Path:
+    return GOLDEN_DIR / f"{type_name.upper()}.npz"
 
 
 @functools.lru_cache(maxsize=None)
@@ -32,7 +52,7 @@ def load_inputs(group: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def iter_cases(type_name: str) -> Iterator[tuple[str, np.ndarray, np.ndarray | None, np.ndarray]]:
     """``(case_id, rows, imatrix or None, expected uint8 (nrows, row_size))`` for every golden case."""
-    path = GOLDEN_DIR / f"{type_name.upper()}.npz"
+    path = golden_path(type_name)
     if not path.is_file():
         raise FileNotFoundError(f"no golden vectors for {type_name}: {path} (run tests/golden/make_golden.py)")
     with np.load(path) as z:
@@ -41,8 +61,9 @@ def iter_cases(type_name: str) -> Iterator[tuple[str, np.ndarray, np.ndarray | N
         for i, gid in enumerate(ids):
             group, cid = gid.split(":", 1)
             rows, imatrix = load_inputs(group)[cid]
-            none = z[f"e{i}_none"]
-            yield gid, rows, None, none
+            none = z[f"e{i}_none"] if f"e{i}_none" in keys else None  # None: the type requires weights
+            if none is not None:
+                yield gid, rows, None, none
             yield gid + "+imat", rows, imatrix, z[f"e{i}_imat"] if f"e{i}_imat" in keys else none
 
 

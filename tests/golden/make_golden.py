@@ -6,8 +6,9 @@
 Writes ``inputs_b32.npz`` / ``inputs_b256.npz`` (the edge-case rows and imatrices of ``cases.py``) and one
 ``<TYPE>.npz`` per type holding ``ggml_quantize_chunk``'s bytes for every case without (``e<i>_none``) and
 with (``e<i>_imat``, left out when the oracle's bytes equal ``e<i>_none``: F16, BF16, Q8_0 ignore the
-weights) importance weights. 32-element block types get both groups, 256-element types
-(IQ4_XS, K-quants) the ``b256`` group. Nothing from gpuquant is used: the bytes come from llama.cpp only.
+weights) importance weights. A type gets every case group whose row lengths its block size divides
+(``groups_for``). The types come from gpuquant's registry; the bytes come from llama.cpp only. Types that
+ggml refuses to quantize without weights (ggml_quantize_requires_imatrix) store their weighted bytes only.
 """
 from __future__ import annotations
 
@@ -22,16 +23,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests import oracle  # noqa: E402
-from tests.golden import TYPES  # noqa: E402
+from tests.golden import groups_for, types  # noqa: E402
 from tests.golden.cases import build_cases  # noqa: E402
 
-BLOCK256 = {"IQ4_XS", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"}
 ORACLE = "llama-cpp-python 0.3.36 ggml_quantize_chunk"
 SEED = 0
-
-
-def groups_for(type_name: str) -> tuple[str, ...]:
-    return ("b256",) if type_name in BLOCK256 else ("b32", "b256")
 
 
 def write_inputs() -> dict[str, list]:
@@ -53,8 +49,11 @@ def write_type(type_name: str, cases: dict[str, list]) -> None:
         for cid, rows, im in cases[g]:
             i = len(ids)
             ids.append(f"{g}:{cid}")
-            none = oracle.oracle_quantize(rows, type_name, None)
             imat = oracle.oracle_quantize(rows, type_name, im)
+            if oracle.requires_imatrix(type_name):  # ggml aborts without weights: none to store
+                arrays[f"e{i}_imat"] = imat
+                continue
+            none = oracle.oracle_quantize(rows, type_name, None)
             arrays[f"e{i}_none"] = none
             if not np.array_equal(none, imat):  # types that ignore the weights store one copy
                 arrays[f"e{i}_imat"] = imat
@@ -65,13 +64,14 @@ def main(argv: list[str]) -> int:
     if not oracle.available():
         print(oracle.unavailable_reason(), file=sys.stderr)
         return 1
-    types = [t.upper() for t in argv] or list(TYPES)
-    unknown = set(types) - set(TYPES)
+    known = types()
+    wanted = [t.upper() for t in argv] or known
+    unknown = set(wanted) - set(known)
     if unknown:
-        print(f"unknown types {sorted(unknown)}; known: {' '.join(TYPES)}", file=sys.stderr)
+        print(f"unknown types {sorted(unknown)}; registered: {' '.join(known)}", file=sys.stderr)
         return 2
     cases = write_inputs()
-    for t in types:
+    for t in wanted:
         write_type(t, cases)
         print(f"{t:7s} {(HERE / f'{t}.npz').stat().st_size / 1024:7.1f} KiB")
     total = sum(p.stat().st_size for p in HERE.glob("*.npz"))

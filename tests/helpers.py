@@ -1,0 +1,258 @@
+"""Shared test helpers: devices, running a slab through the Device interface, inputs, byte comparisons.
+
+Every test module imports what it shares from here (or from ``tests.oracle``, ``tests.oracle_files``,
+``tests.synthetic``, ``tests.golden``); no test module imports another test module.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpuquant import quants
+from gpuquant.backends import Device, SlabJob
+from gpuquant.quants import QUANT_SIZES, parse_type
+from gpuquant.quants import GGMLQuantizationType as T
+from tests.golden import first_difference
+
+F32 = np.float32
+
+__all__ = [
+    "DEVICES", "F32", "GpuNanDevice", "assert_bytes", "cuda_skip_reason", "gpu_nan_kernel_dir", "make_device",
+    "nonfinite_rows", "oracle_dequantize", "random_imatrix", "random_rows", "run_device", "scale_edge_blocks",
+    "to_bf16", "to_f16",
+]
+
+
+# ------------------------------------------------------------------------------------------------------
+# comparisons
+# ------------------------------------------------------------------------------------------------------
+
+
+def assert_bytes(got: np.ndarray, want: np.ndarray, qtype, rows: np.ndarray | None = None, what: str = "") -> None:
+    """Byte equality; on mismatch the first differing block, its bytes and its input values."""
+    t = parse_type(qtype)
+    block_size, type_size = QUANT_SIZES[t]
+    diff = first_difference(got, want, type_size, block_size, rows)
+    assert diff is None, f"{t.name} {what}: {diff}"
+
+
+def assert_same_floats(got: np.ndarray, want: np.ndarray, what: str = "") -> None:
+    """Bit equality of float32 arrays (NaN bits and signed zeros included); names the first difference."""
+    g, w = np.ascontiguousarray(got, F32).view(np.uint32), np.ascontiguousarray(want, F32).view(np.uint32)
+    assert g.shape == w.shape, f"{what}: shape {g.shape}, expected {w.shape}"
+    bad = np.flatnonzero(g.reshape(-1) != w.reshape(-1))
+    assert bad.size == 0, (f"{what}: {bad.size}/{g.size} values differ; first at flat index {bad[0]}: "
+                           f"got {g.reshape(-1)[bad[0]]:#010x}, want {w.reshape(-1)[bad[0]]:#010x}")
+
+
+# ------------------------------------------------------------------------------------------------------
+# devices
+# ------------------------------------------------------------------------------------------------------
+
+#: The devices every conformance test runs on; "cuda" is marked gpu and skips with the reason without one.
+DEVICES = ("cpu", "emulated", pytest.param("cuda", marks=pytest.mark.gpu))
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_skip_reason() -> str | None:
+    """Why there is no CUDA device to test on, or None when there is one."""
+    from gpuquant.backends import cuda
+
+    if cuda._cupy() is None:
+        return "CuPy is not installed (pip install 'gpuquant[cuda12]' or '[cuda13]')"
+    if cuda.device_count() == 0:
+        return "no CUDA device visible to CuPy"
+    return None
+
+
+def make_device(name: str) -> Device:
+    """A device for the tests: two host threads for the CPU ones; skips (with the reason) for a missing GPU."""
+    if name == "cpu":
+        from gpuquant.backends.cpu import CpuDevice
+
+        return CpuDevice(threads=2)
+    if name == "emulated":
+        from gpuquant.backends.emulated import EmulatedDevice
+
+        return EmulatedDevice(threads=2)
+    if name == "cuda":
+        reason = cuda_skip_reason()
+        if reason:
+            pytest.skip(reason)
+        from gpuquant.backends.cuda import CudaDevice
+
+        return CudaDevice(0)
+    raise ValueError(f"unknown test device {name!r}")
+
+
+def run_device(dev: Device, src: np.ndarray, src_type, dst_type, n_per_row: int, qw: np.ndarray | None = None,
+               n_expert: int = 1) -> np.ndarray:
+    """Quantize one slab through the Device interface: upload, quantize, download on one stream.
+
+    ``src``: raw source bytes (any dtype, C order); ``qw``: float32 ``(n_expert, n_per_row)`` or None.
+    Returns uint8 ``(nrows, row_size)`` of ``dst_type``.
+    """
+    src_type, dst_type = parse_type(src_type), parse_type(dst_type)
+    raw = np.ascontiguousarray(src).reshape(-1).view(np.uint8)
+    nrows = raw.size // quants.row_size(src_type, n_per_row)
+    job = SlabJob(src_type, dst_type, n_per_row, nrows // n_expert, n_expert, has_quant_weights=qw is not None)
+    assert job.src_bytes == raw.size, (job.src_bytes, raw.size)
+    s = dev.stream()
+    h_in = dev.host_buffer(raw.size)
+    h_in[:] = raw
+    d_in, d_out = dev.device_buffer(raw.size), dev.device_buffer(job.dst_bytes)
+    h_out = dev.host_buffer(job.dst_bytes)
+    d_qw = None
+    if qw is not None:
+        wraw = np.ascontiguousarray(qw, F32).reshape(-1).view(np.uint8)
+        assert wraw.size == job.quant_weight_bytes
+        h_qw = dev.host_buffer(wraw.size)
+        h_qw[:] = wraw
+        d_qw = dev.device_buffer(wraw.size)
+        dev.upload(d_qw, h_qw, wraw.size, s)
+    dev.upload(d_in, h_in, raw.size, s)
+    dev.quantize(job, d_in, d_out, d_qw, s)
+    dev.download(h_out, d_out, job.dst_bytes, s)
+    dev.record(s).synchronize()
+    return np.array(h_out[: job.dst_bytes]).reshape(nrows, -1)
+
+
+# ------------------------------------------------------------------------------------------------------
+# inputs
+# ------------------------------------------------------------------------------------------------------
+
+
+def to_f16(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(raw F16 rows, the float32 values ggml's to_float gives for them)."""
+    h = x.astype(np.float16)
+    return h, h.astype(F32)
+
+
+def to_bf16(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(raw BF16 rows (truncated bits), their float32 values)."""
+    bits = (np.ascontiguousarray(x, F32).view(np.uint32) >> 16).astype(np.uint16)
+    return bits, (bits.astype(np.uint32) << 16).view(F32)
+
+
+def random_rows(rng: np.random.Generator, nrows: int, n: int) -> np.ndarray:
+    """Normal rows with per-row scales from 0.01 to 10."""
+    return (rng.standard_normal((nrows, n)) * rng.uniform(0.01, 10, (nrows, 1))).astype(F32)
+
+
+def random_imatrix(rng: np.random.Generator, n: int, kind: str) -> np.ndarray | None:
+    """Importance weights of one row: ``"none"`` (None), ``"imatrix"`` (squared normals, as llama-imatrix
+    collects) or ``"sparse"`` (the same with about 40% zeros)."""
+    if kind == "none":
+        return None
+    w = (rng.standard_normal(n) ** 2).astype(F32)
+    if kind == "sparse":
+        w[rng.random(n) < 0.4] = 0
+    return w
+
+
+def nonfinite_rows(seed: int, nrows: int = 8, n: int = 512) -> np.ndarray:
+    """Rows sprinkled with quiet NaN/+Inf/-Inf, whole NaN/Inf blocks, NaN as first/last element.
+
+    No NaN payloads: which of two NaN operands a commutative float operation returns is left open by IEEE
+    754, and compilers swap such operands freely, so payload propagation differs between builds of the same
+    C code (and llama-quantize refuses NaN tensors when it loads them anyway)."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((nrows, n)) * rng.uniform(0.01, 100, (nrows, 1))).astype(F32)
+    m = rng.random(x.shape)
+    x[m < 0.01] = np.nan
+    x[(m >= 0.01) & (m < 0.02)] = np.inf
+    x[(m >= 0.02) & (m < 0.03)] = -np.inf
+    x[0, :32] = np.nan
+    x[1, 32:64] = np.inf
+    x[2, 64:96] = -np.inf
+    x[3, 96] = x[3, 127] = np.nan
+    x[4] = np.where(rng.random(n) < 0.5, np.nan, 1.0)
+    return x
+
+
+def scale_edge_blocks(qtype, nrows: int, n_per_row: int, seed: int) -> np.ndarray:
+    """Random bytes of a quantized type whose fp16 fields (the registry's ``fp16_fields``) are inf, -inf,
+    NaN, zero or finite in turn; other bytes random."""
+    t = parse_type(qtype)
+    block, tsize = QUANT_SIZES[t]
+    raw = np.random.default_rng(seed).integers(0, 256, (nrows, n_per_row // block * tsize), dtype=np.uint8)
+    blocks = raw.reshape(-1, tsize)
+    halves = np.array([0x7C00, 0xFC00, 0x7E00, 0x0000, 0x3C00, 0x2E66, 0x7C00, 0xB800], np.uint16)
+    for k, off in enumerate((quants.get(t).fp16_fields or {}).values()):
+        h = halves[(np.arange(blocks.shape[0]) + 3 * k) % halves.size]
+        blocks[:, off:off + 2] = h.view(np.uint8).reshape(-1, 2)
+    return raw
+
+
+# ------------------------------------------------------------------------------------------------------
+# the oracle's dequantizers
+# ------------------------------------------------------------------------------------------------------
+
+
+def oracle_dequantize(raw: np.ndarray, qtype, n_per_row: int) -> np.ndarray:
+    """llama.cpp's ``to_float`` of ``qtype`` (``dequantize_row_<type>``, or the fp16/bf16 conversions)."""
+    from tests.oracle import lib_dir
+
+    t = parse_type(qtype)
+    raw = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
+    out = np.zeros(raw.size // quants.row_size(t, n_per_row) * n_per_row, F32)
+    if t == T.F32:
+        return raw.view(F32).reshape(-1, n_per_row).copy()
+    lib = ctypes.CDLL(str(lib_dir() / "libggml-base.so"))
+    name = {T.F16: "ggml_fp16_to_fp32_row", T.BF16: "ggml_bf16_to_fp32_row"}.get(t)
+    if name is None:
+        lower = t.name.lower()
+        name = "dequantize_row_" + (lower[:-1] + "K" if lower.endswith("_k") else lower)
+    fn = getattr(lib, name)
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    fn.restype = None
+    fn(raw.ctypes.data, out.ctypes.data, out.size)
+    return out.reshape(-1, n_per_row)
+
+
+# ------------------------------------------------------------------------------------------------------
+# the GPU code path on the host: a build of the kernels with a GPU's NaN bits
+# ------------------------------------------------------------------------------------------------------
+
+#: (pattern, replacement) edits of common.cuh for the GPU-NaN build: a computed NaN read through
+#: gq_float_bits has a GPU's bits (canonical 0x7FFFFFFF, not x86's default NaN 0xFFC00000), and the NaN a
+#: dequantize kernel stores through gq_x86_nan is a marker, so that the tests see it went through.
+GPU_NAN_EDITS = (
+    (r"(uint32_t\s+gq_float_bits\s*\(\s*float\s+(\w+)\s*\)\s*\{)", r"\1 if (\2 != \2) return 0x7FFFFFFFu;"),
+    (r"(#define\s+GQ_X86_DEFAULT_NAN\s+)0xFFC00000u", r"\g<1>0xFFC0BEEFu"),
+)
+#: the bits gq_x86_nan stores in the GPU-NaN build (x86's default NaN elsewhere)
+GPU_NAN_MARKER = 0xFFC0BEEF
+
+
+def gpu_nan_kernel_dir(d: Path) -> Path:
+    """Writes into ``d`` the kernel folder built as for a GPU (GQ_PORTABLE: the NaN and float->int guards
+    kept) with the GPU_NAN_EDITS. Every computed NaN whose bits matter then has the GPU's bits, so this
+    build gives the plain host build's bytes only if the guards in common.cuh answer for every NaN."""
+    from gpuquant.backends import kernels as K
+
+    text = (K.kernel_dir() / "common.cuh").read_text()
+    for pat, rep in GPU_NAN_EDITS:
+        text, n = re.subn(pat, rep, text, count=1)
+        assert n == 1, f"common.cuh: no match for {pat!r}; update GPU_NAN_EDITS"
+    (d / "common.cuh").write_text("#define GQ_PORTABLE 1  // the GPU code path on the host\n" + text)
+    for src in [*K.kernel_dir().glob("*.cu"), *K.kernel_dir().glob("*.cuh")]:
+        if src.name != "common.cuh":
+            shutil.copy(src, d / src.name)
+    return d
+
+
+def gpu_nan_device(kdir: Path) -> Device:
+    """The emulated device running the GPU-NaN build of every family (see gpu_nan_kernel_dir)."""
+    from gpuquant.backends.emulated import EmulatedDevice
+
+    return EmulatedDevice(threads=2, precompile=False, kernel_dir=kdir)
+
+
+GpuNanDevice = gpu_nan_device

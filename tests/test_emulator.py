@@ -1,0 +1,108 @@
+"""The emulated device's faithfulness to CUDA: the geometry a kernel sees, shared memory and
+``__syncthreads`` through fibers, results independent of the host thread count, and the launch plans both
+kernel-running devices share. (The kernels' conformance per type is in test_conformance.py.)"""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from gpuquant.backends import kernels as K
+from gpuquant.backends.emulated import EmulatedDevice, KernelLibrary, compile_family
+from gpuquant.quants import GGMLQuantizationType as T
+from tests import helpers as H
+
+F32 = np.float32
+
+_SHIM_TEST_CU = r"""
+#include "common.cuh"
+// every index a thread sees, 8 ints per thread
+extern "C" __global__ void geometry(const void* in, void* out, long long n_per_row, long long nrows) {
+    const long long b = ((long long)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+    const long long t = b * (blockDim.x * blockDim.y * blockDim.z)
+                      + (threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
+    int* o = (int*)out + 8 * t;
+    o[0] = threadIdx.x; o[1] = threadIdx.y; o[2] = threadIdx.z;
+    o[3] = blockIdx.x; o[4] = blockIdx.y; o[5] = blockIdx.z;
+    o[6] = blockDim.x * blockDim.y * blockDim.z; o[7] = gridDim.x * gridDim.y * gridDim.z;
+}
+// a block reverses its slice through shared memory, then thread 0 sums the reversed values in order
+extern "C" __global__ void reverse_sum(const void* in, void* out, long long n_per_row, long long nrows) {
+    __shared__ float buf[64];
+    __shared__ float rev[64];
+    const float* x = (const float*)in + blockIdx.x * 64;
+    float* y = (float*)out + blockIdx.x * 65;
+    buf[threadIdx.x] = x[threadIdx.x];
+    __syncthreads();
+    rev[threadIdx.x] = buf[63 - threadIdx.x];
+    __syncthreads();
+    y[threadIdx.x] = rev[threadIdx.x];
+    if (threadIdx.x == 0) {
+        float s = 0;
+        for (int i = 0; i < 64; ++i) s += rev[i];
+        y[64] = s;
+    }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def shim_lib(tmp_path_factory) -> KernelLibrary:
+    d = tmp_path_factory.mktemp("shim_kernels")
+    shutil.copy(K.kernel_dir() / "common.cuh", d / "common.cuh")
+    (d / "shimtest.cu").write_text(_SHIM_TEST_CU)
+    return KernelLibrary(compile_family("shimtest", kernel_dir=d))
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_emulator_geometry(shim_lib: KernelLibrary, threads: int):
+    grid, block = (3, 2, 4), (5, 3, 2)
+    nthreads = int(np.prod(grid) * np.prod(block))
+    out = np.full((nthreads, 8), -1, np.int32)
+    shim_lib.launch_convert("geometry", grid, block, threads, False, 0, out.ctypes.data, 0, 0)
+    want = []
+    for bz in range(grid[2]):
+        for by in range(grid[1]):
+            for bx in range(grid[0]):
+                for tz in range(block[2]):
+                    for ty in range(block[1]):
+                        for tx in range(block[0]):
+                            want.append((tx, ty, tz, bx, by, bz, 30, 24))
+    np.testing.assert_array_equal(out, np.array(want, np.int32))
+
+
+def test_emulator_syncthreads(shim_lib: KernelLibrary):
+    nblocks = 9
+    x = np.random.default_rng(0).standard_normal((nblocks, 64)).astype(F32)
+    out = np.zeros((nblocks, 65), F32)
+    shim_lib.launch_convert("reverse_sum", (nblocks, 1, 1), (64, 1, 1), 2, True, x.ctypes.data, out.ctypes.data, 0, 0)
+    rev = x[:, ::-1]
+    np.testing.assert_array_equal(out[:, :64], rev)
+    s = np.zeros(nblocks, F32)
+    for i in range(64):
+        s = s + rev[:, i]
+    np.testing.assert_array_equal(out[:, 64], s)
+
+
+@pytest.mark.parametrize("qtype", [T.Q4_1, T.IQ4_XS, T.F16], ids=lambda t: t.name)
+def test_thread_count_does_not_matter(qtype: T):
+    x = H.random_rows(np.random.default_rng(9), 12, 1024)
+    qw = (np.random.default_rng(3).random((1, x.shape[1])) + 0.5).astype(F32)
+    outs = []
+    for threads in (1, 2, 5):
+        d = EmulatedDevice(threads=threads)
+        outs.append(H.run_device(d, x, T.F32, qtype, x.shape[1], qw))
+        d.close()
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+
+
+
+def test_supports_and_plan_geometry():
+    assert K.supports(T.F16, T.Q4_0) and K.supports(T.Q8_0, T.Q4_0) and not K.supports(T.F16, T.IQ2_XXS)
+    p = K.launch_plan(T.Q5_1, T.Q4_0, 4096, 96, 8, True)
+    names = [ln.kernel for ln in p.launches]
+    assert names == ["dequantize_q5_1", "rowstat_sumsq_f32", "quantize_q4_0_f32"]
+    q = p.launches[-1]
+    assert q.grid == (96 * 128 // 128, 1, 8) and q.block == (128, 1, 1) and q.use_rowstat and q.use_qw
+    assert p.scratch_bytes == 96 * 8 * 4096 * 4 and p.rowstat_bytes == 96 * 8 * 4
