@@ -355,6 +355,22 @@ def test_auto_chooses_the_gpu_after_loading_a_kernel(gpu):
         d.close()
 
 
+def _real_cupy_without_gpu() -> bool:
+    if "cupy" in sys.modules and not hasattr(sys.modules["cupy"], "__file__"):
+        return False  # a stand-in is installed
+    return cuda._cupy() is not None and cuda.device_count() == 0
+
+
+@pytest.mark.skipif(not _real_cupy_without_gpu(), reason="needs the real CuPy installed on a machine without a GPU")
+def test_auto_with_the_real_cupy_and_no_gpu():
+    d = open_device("auto", threads=1)
+    try:
+        assert not d.name.startswith("cuda") and "\n" not in d.fallback_reason
+        assert "driver" in d.fallback_reason or "GPU" in d.fallback_reason, d.fallback_reason
+    finally:
+        d.close()
+
+
 def test_errors_without_cupy_and_with_a_bad_index(monkeypatch, gpu):
     with pytest.raises(DeviceError, match="only 1 GPU"):
         cuda.CudaDevice(3)

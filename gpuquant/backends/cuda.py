@@ -267,25 +267,21 @@ class _StageClock:
         ev.record(stream)
         with self._lock:
             self._open.append((stage, start, ev))
-            self._fold(wait=False)
+            self._fold()
 
-    def _fold(self, wait: bool) -> None:
-        while self._open:
-            stage, a, b = self._open[0]
-            if wait:
-                b.synchronize()
-            elif not b.done:
-                return
+    def _fold(self) -> None:
+        """Add up the intervals that have finished, oldest first; never waits."""
+        while self._open and self._open[0][2].done:
+            stage, a, b = self._open.popleft()
             ms = float(self._cp.cuda.get_elapsed_time(a, b))
             self._times[stage] = self._times.get(stage, 0.0) + ms / 1000.0
-            self._open.popleft()
 
     def times(self) -> dict[str, float]:
-        """The finished operations' times. Never waits: once the pipeline has waited for its last download,
-        every timed operation is finished; after an error the unfinished ones do not count."""
+        """The finished operations' times: once the pipeline has waited for its last download every timed
+        operation has finished; after an error the unfinished ones do not count."""
         with self._lock:
             try:
-                self._fold(wait=False)
+                self._fold()
             except Exception:  # noqa: BLE001 - after a device error the open intervals are lost
                 self._open.clear()
             return dict(self._times)
@@ -297,14 +293,15 @@ class _StageClock:
 
 _MODULES: dict[tuple[str, int], Any] = {}  # (family, device index) -> cupy.cuda.function.Module
 _FUNCTIONS: dict[tuple[str, str, int], Any] = {}  # (family, kernel, device index) -> Function
-_LOCKS: dict[tuple[str, int], threading.Lock] = {}
+_LOCKS: dict[tuple[str, int], threading.RLock] = {}
 _LOCKS_GUARD = threading.Lock()
 _ANNOUNCED = threading.Event()
 
 
-def _lock_for(key: tuple[str, int]) -> threading.Lock:
+def _lock_for(key: tuple[str, int]) -> threading.RLock:
+    """One lock per (family, device): a family is compiled and loaded once even when asked from two threads."""
     with _LOCKS_GUARD:
-        return _LOCKS.setdefault(key, threading.Lock())
+        return _LOCKS.setdefault(key, threading.RLock())
 
 
 def _say(message: str) -> None:
@@ -361,8 +358,14 @@ class CudaDevice(Device):
 
     def module(self, family: str):
         """The loaded module of ``kernels/<family>.cu`` on this device (compiled on first use)."""
-        mod = _MODULES.get((family, self.index))
-        return mod if mod is not None else self._install(self._compile(family))
+        key = (family, self.index)
+        mod = _MODULES.get(key)
+        if mod is None:
+            with _lock_for(key):
+                mod = _MODULES.get(key)
+                if mod is None:
+                    mod = self._install(self._compile(family))
+        return mod
 
     def function(self, family: str, name: str):
         key = (family, name, self.index)
@@ -384,8 +387,10 @@ class CudaDevice(Device):
             raise DeviceError(f"{self.name}: {e}") from None
 
     def _announce(self, family: str, tgt: str) -> None:
-        if not _ANNOUNCED.is_set():
+        with _LOCKS_GUARD:  # compiles run in parallel: one line, from the first that misses the cache
+            first = not _ANNOUNCED.is_set()
             _ANNOUNCED.set()
+        if first:
             from .emulated import cache_dir
 
             v = self._nvrtc.version
