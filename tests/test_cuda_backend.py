@@ -117,6 +117,20 @@ def test_kernels_come_from_compile_family_never_from_cupy(dev, gpu, monkeypatch)
 
 
 @needs_nvrtc
+def test_a_gpu_newer_than_nvrtc_loads_ptx(gpu, emu, monkeypatch):
+    """sm_999: NVRTC's newest virtual architecture, loaded as NUL-terminated PTX (the driver JIT-compiles it)."""
+    monkeypatch.setattr(sys.modules["cupy"].cuda.Device, "compute_capability", "999")
+    d = cuda.CudaDevice(0)
+    try:
+        assert d.target == f"compute_{N.load().archs[-1]}"
+        x = make_rows(T.F16, 2, 1, seed=4)
+        assert_bytes(run_device(d, x, T.F32, T.F16, x.shape[1]), run_device(emu, x, T.F32, T.F16, x.shape[1]), T.F16)
+        assert gpu.modules == [N.compile_family("floats", "sm_999").ptx + b"\0"]
+    finally:
+        d.close()
+
+
+@needs_nvrtc
 def test_function_cache_per_family_kernel_device(dev, gpu):
     f1 = dev.function("legacy", "quantize_q4_0_f32")
     assert dev.function("legacy", "quantize_q4_0_f32") is f1
