@@ -438,7 +438,7 @@ def bench(
 
 
 @app.command(help="""Write the PTX of every CUDA kernel family, as the CUDA device compiles it, with each
-compile's log (ptxas' register/spill report). No GPU is needed, only libnvrtc (pip install 'gpuquant[cuda13]').
+compile's log (ptxas' register/spill report). No GPU is needed, only libnvrtc (pip install 'gpuquant\\[cuda13]').
 
 [bold]Examples[/]
 
