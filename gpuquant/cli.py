@@ -444,6 +444,31 @@ def bench(
         _fail("; ".join(result.mismatches))
 
 
+# ---------------------------------------------------------------------------------------------- kernels
+
+
+@app.command(help="""Write the PTX of every CUDA kernel family, as the CUDA device compiles it, with each
+compile's log (ptxas' register/spill report). No GPU is needed, only libnvrtc (pip install 'gpuquant\\[cuda13]').
+
+[bold]Examples[/]
+
+  gpuquant kernels --ptx ptx/
+  gpuquant kernels --ptx ptx-blackwell/ --arch sm_120
+""")
+def kernels(
+    ptx: Path = typer.Option(..., "--ptx", help="folder to write <family>.ptx and <family>.log into"),
+    arch: str = typer.Option("sm_90", "--arch", help="GPU architecture: sm_XX (or compute_XX for PTX only)"),
+) -> None:
+    from . import kernels_cmd
+    from .backends import DeviceError
+
+    try:
+        rows = kernels_cmd.write_ptx(ptx, arch)
+    except (DeviceError, OSError) as e:
+        _fail(str(e))
+    Console(highlight=False).print(kernels_cmd.table(rows))
+
+
 def main() -> None:
     try:
         app()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import io
 import re
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 
 from gpuquant import quants
 from gpuquant.backends import Device, SlabJob
+from gpuquant.gguf_io import SourceTensor, pad
 from gpuquant.quants import QUANT_SIZES, parse_type
 from gpuquant.quants import GGMLQuantizationType as T
 from tests.golden import first_difference
@@ -23,8 +25,9 @@ from tests.golden import first_difference
 F32 = np.float32
 
 __all__ = [
-    "DEVICES", "F32", "GpuNanDevice", "assert_bytes", "cuda_skip_reason", "gpu_nan_kernel_dir", "make_device",
-    "nonfinite_rows", "oracle_dequantize", "random_imatrix", "random_rows", "run_device", "scale_edge_blocks",
+    "DEVICES", "F32", "MemWriter", "assert_bytes", "assert_same_floats", "cuda_skip_reason", "expected",
+    "gpu_nan_device", "gpu_nan_kernel_dir", "make_device", "make_rows", "make_source", "nonfinite_rows",
+    "oracle_dequantize", "random_imatrix", "random_rows", "reference", "run_device", "scale_edge_blocks",
     "to_bf16", "to_f16",
 ]
 
@@ -255,4 +258,64 @@ def gpu_nan_device(kdir: Path) -> Device:
     return EmulatedDevice(threads=2, precompile=False, kernel_dir=kdir)
 
 
-GpuNanDevice = gpu_nan_device
+
+# ------------------------------------------------------------------------------------------------------
+# the pipeline without files: a writer in memory, a raw source tensor, the expected bytes
+# ------------------------------------------------------------------------------------------------------
+
+
+class MemWriter:
+    """A StreamWriter stand-in collecting the bytes in memory."""
+
+    def __init__(self):
+        self.buf = io.BytesIO()
+        self.bytes_written = 0
+
+    def write(self, data):
+        b = bytes(memoryview(data).cast("B"))
+        self.buf.write(b)
+        self.bytes_written += len(b)
+
+    def pad(self):
+        n = pad(self.bytes_written) - self.bytes_written
+        self.write(b"\0" * n)
+
+
+def make_source(tmp_path, arr: np.ndarray, name="t", qtype=T.F32):
+    """``arr`` as a raw F32/F16 tensor at offset 64 of a file."""
+    path = tmp_path / f"{name}.bin"
+    raw = arr.astype(np.float32 if qtype == T.F32 else np.float16).tobytes()
+    path.write_bytes(b"\0" * 64 + raw)
+    ne = tuple(reversed(arr.shape))
+    return SourceTensor(name, ne, qtype, path, 64, len(raw))
+
+
+def expected(arr, dst, qw=None):
+    """Row by row with the expert's weights: what llama_tensor_quantize_impl does."""
+    n = arr.shape[-1]
+    rows = arr.reshape(-1, n).astype(np.float32)
+    rpe = arr.shape[-2]
+    out = [quants.quantize(rows[r:r + 1], dst, None if qw is None else qw[r // rpe]) for r in range(len(rows))]
+    return np.concatenate(out).tobytes()
+
+
+def make_rows(qtype, nrows: int, n_blocks: int, seed: int) -> np.ndarray:
+    """Random rows of ``n_blocks`` blocks (at least 32 values each) with a few edge blocks: zeros,
+    denormals, a huge block, a constant block."""
+    t = parse_type(qtype)
+    block = QUANT_SIZES[t][0]
+    n = max(1, n_blocks) * max(block, 32)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((nrows, n)).astype(F32) * F32(0.05)
+    if nrows >= 4 and t not in (T.F32, T.F16, T.BF16):
+        x[0, :32] = 0
+        x[1, :32] = (rng.standard_normal(32) * 1e-40).astype(F32)
+        x[2, -32:] = (rng.standard_normal(32) * 1e4).astype(F32)
+        x[3, 32:64] = F32(0.75)
+    return x
+
+
+def reference(x: np.ndarray, qtype, qw: np.ndarray | None, n_expert: int = 1) -> np.ndarray:
+    """The numpy reference, expert by expert (``qw``: ``(n_expert, n)`` or None)."""
+    rows = x.reshape(n_expert, -1, x.shape[-1])
+    return np.concatenate([quants.quantize(rows[e], qtype, None if qw is None else qw[e]) for e in range(n_expert)])

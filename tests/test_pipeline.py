@@ -1,51 +1,18 @@
 """The pipeline: slab cutting, output independent of slab size, per-expert weights, real stage overlap."""
 from __future__ import annotations
 
-import io
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from gpuquant import quants
 from gpuquant.backends import SlabJob
 from gpuquant.backends.cpu import CpuDevice
-from gpuquant.gguf_io import SourceTensor, pad
+from gpuquant.gguf_io import pad
 from gpuquant.pipeline import Pipeline, TensorWork, slabs_of
+from tests.helpers import MemWriter, expected, make_source
 from gpuquant.quants import GGMLQuantizationType as T
-
-
-class MemWriter:
-    def __init__(self):
-        self.buf = io.BytesIO()
-        self.bytes_written = 0
-
-    def write(self, data):
-        b = bytes(memoryview(data).cast("B"))
-        self.buf.write(b)
-        self.bytes_written += len(b)
-
-    def pad(self):
-        n = pad(self.bytes_written) - self.bytes_written
-        self.write(b"\0" * n)
-
-
-def make_source(tmp_path, arr: np.ndarray, name="t", qtype=T.F32):
-    path = tmp_path / f"{name}.bin"
-    raw = arr.astype(np.float32 if qtype == T.F32 else np.float16).tobytes()
-    path.write_bytes(b"\0" * 64 + raw)
-    ne = tuple(reversed(arr.shape))
-    return SourceTensor(name, ne, qtype, path, 64, len(raw))
-
-
-def expected(arr, dst, qw=None):
-    """Row by row with the expert's weights: what llama_tensor_quantize_impl does."""
-    n = arr.shape[-1]
-    rows = arr.reshape(-1, n).astype(np.float32)
-    rpe = arr.shape[-2]
-    out = [quants.quantize(rows[r:r + 1], dst, None if qw is None else qw[r // rpe]) for r in range(len(rows))]
-    return np.concatenate(out).tobytes()
 
 
 def run(device, works, slab_bytes):

@@ -138,7 +138,8 @@ def open_device(spec: str | int, threads: int | None = None) -> Device:
     """Open a device from a ``--device`` value.
 
     ``cpu``: numpy reference; ``emulated``: kernels on the host; ``N``/``cuda``/``cuda:N``: GPU N;
-    ``auto``: GPU 0 when CuPy sees one, else the fastest CPU path.
+    ``auto``: GPU 0 when the driver, the GPU and one kernel load all work (``cuda.probe``), else the fastest
+    CPU path, whose ``fallback_reason`` then says in one line why the GPU was not used.
     """
     threads = threads or os.cpu_count() or 1
     s = str(spec).strip().lower()
@@ -153,9 +154,10 @@ def open_device(spec: str | int, threads: int | None = None) -> Device:
     if s == "auto":
         from . import cuda
 
-        if cuda.device_count() > 0:
-            return cuda.CudaDevice(0)
-        return _fastest_cpu(threads)
+        gpu, reason = cuda.probe(0)
+        if gpu is not None:
+            return gpu
+        return _fastest_cpu(threads, f"no usable GPU: {reason}")
     if s == "cuda":
         s = "0"
     if s.startswith("cuda:"):
@@ -167,13 +169,19 @@ def open_device(spec: str | int, threads: int | None = None) -> Device:
     raise DeviceError(f"--device: expected auto, cpu, emulated, cuda or a GPU index, got {spec!r}")
 
 
-def _fastest_cpu(threads: int) -> Device:
-    """The emulated kernels when a host C++ compiler is available, else numpy."""
+def _fastest_cpu(threads: int, reason: str | None = None) -> Device:
+    """The emulated kernels when a host C++ compiler is available, else numpy. ``reason`` (why no GPU) is
+    kept as the device's ``fallback_reason``, completed with the CPU path chosen."""
     try:
         from .emulated import EmulatedDevice
 
-        return EmulatedDevice(threads=threads)
-    except DeviceError:
+        dev: Device = EmulatedDevice(threads=threads)
+    except DeviceError as e:
         from .cpu import CpuDevice
 
-        return CpuDevice(threads=threads)
+        dev = CpuDevice(threads=threads)
+        if reason:
+            reason += f"; no host C++ compiler for the emulated kernels ({e})"
+    if reason:
+        dev.fallback_reason = f"{reason}: running on the CPU ({dev.name})"  # type: ignore[attr-defined]
+    return dev

@@ -3,7 +3,7 @@
 Each kernel family is compiled, unchanged, by the system C++ compiler with ``kernels/host_shim.h``
 force-included and ``kernels/host_launch.cpp`` linked in, into a shared library cached on disk (keyed by
 a hash of the sources, the flags and the compiler). A launch runs the same grid and block geometry as on
-the GPU (``kernels.plan``), its thread blocks spread over ``threads`` host threads by the C++ launcher
+the GPU (``kernels.launch_plan``), its thread blocks spread over ``threads`` host threads by the C++ launcher
 (ctypes releases the GIL for the call). Device memory is host memory; streams are ``HostStream``s.
 There is no separate CPU version of any kernel: this is both the GPU-less conformance check of the
 kernels and the fast CPU path.

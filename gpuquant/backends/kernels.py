@@ -37,7 +37,9 @@ __all__ = [
 ]
 
 #: The one tuple of NVRTC options: C++17, no contraction into FMA, IEEE division and square root, no
-#: flush-to-zero (i.e. no fast math). ``cuda.py`` adds ``-I<kernel_dir>`` and the target architecture.
+#: flush-to-zero (i.e. no fast math). ``nvrtc.compile_family`` adds ``-I<kernel_dir>``, the target architecture
+#: and (for sm_XX targets) ``--ptxas-options=-v``, and nothing else: NVRTC takes the last value of a repeated
+#: option, which is why nothing goes through CuPy's compiler (it appends ``-ftz=true``, CuPy issue #9576).
 NVRTC_OPTIONS: tuple[str, ...] = (
     "--std=c++17",
     "--fmad=false",
@@ -137,16 +139,26 @@ def layout_checks(family: str) -> str:
 
 def source(family: str) -> str:
     """The text NVRTC compiles for ``kernels/<family>.cu``: the file, its layout checks, and a comment with a
-    digest of the headers it may include (CuPy caches compiled modules by source text, so an edit to a header
-    must change the text too)."""
+    digest of the headers it may include (compile caches are keyed by source text, so an edit to a header
+    must change the text too).
+
+    Read and hashed once per process and kernel folder; ``source.cache_clear()`` forgets the texts read."""
+    return _read_source(str(kernel_dir()), family)
+
+
+@lru_cache(maxsize=None)
+def _read_source(folder: str, family: str) -> str:
     import hashlib
 
-    d = kernel_dir()
+    d = Path(folder)
     h = hashlib.sha256()
     for p in sorted(d.glob("*.cuh")):
         h.update(p.name.encode() + b"\0" + p.read_bytes())
     return ((d / f"{family}.cu").read_text() + "\n" + layout_checks(family)
             + f"\n// gpuquant headers {h.hexdigest()[:16]}\n")
+
+
+source.cache_clear = _read_source.cache_clear  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------------------------------------------
