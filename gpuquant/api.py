@@ -19,7 +19,8 @@ from .pipeline import Pipeline, QuantizeError, StageTimes, TensorWork
 from .quants import GGMLQuantizationType as T, type_name
 
 GGML_QNT_VERSION = 2
-MIN_SLAB_BYTES = 64 << 10  # out-of-memory retries halve the slab size down to this
+MIN_SLAB_BYTES = 64 << 10
+FLOATS = (T.F32, T.F16, T.BF16)  # source types the quantize kernels read themselves  # out-of-memory retries halve the slab size down to this
 
 
 class UsageError(ValueError):
@@ -268,14 +269,17 @@ def _open_device(cfg: QuantizeConfig, works: list[TensorWork], report: Report) -
     """The job's device; every conversion the job needs must be supported there."""
     dev = cfg.device if isinstance(cfg.device, Device) else open_device(cfg.device, cfg.threads)
     report.device = dev.name
-    if isinstance(cfg.device, str) and cfg.device.strip().lower() == "auto" and not dev.name.startswith("cuda"):
-        report.notes.append(f"no CUDA device visible (CuPy and a GPU are needed): running on the CPU ({dev.name})")
+    reason = getattr(dev, "fallback_reason", None)
+    if reason:
+        report.notes.append(reason)
     for w in works:
         if w.quantize and not dev.supports(w.src.type, w.dst_type):
             if dev is not cfg.device:
                 dev.close()
             raise UsageError(f"device {dev.name}: cannot quantize tensor {w.name!r} from "
                              f"{type_name(w.src.type)} to {type_name(w.dst_type)}")
+    quantized = [w for w in works if w.quantize]
+    dev.prepare({w.dst_type for w in quantized} | {w.src.type for w in quantized if w.src.type not in FLOATS})
     return dev
 
 

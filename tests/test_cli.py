@@ -305,6 +305,6 @@ def test_imatrix_file_name_is_stored_as_typed(model, tmp_path):
 def test_auto_device_without_gpu_says_so_once(model, tmp_path):
     r = gpuquant("run", model, "--type", "Q8_0", "-o", tmp_path / "o.gguf")
     assert r.returncode == 0, r.stderr
-    assert r.stderr.count("no CUDA device visible") == 1
+    assert r.stderr.count("no usable GPU") == 1 and "running on the CPU" in r.stderr
     r = gpuquant("run", model, "--type", "Q8_0", "-o", tmp_path / "o.gguf", "--force", "--quiet")
-    assert r.returncode == 0 and "no CUDA device" not in r.stderr
+    assert r.returncode == 0 and "no usable GPU" not in r.stderr

@@ -159,8 +159,8 @@ def test_prepare_compiles_in_parallel_once_with_one_line(gpu, monkeypatch, tmp_p
     d = cuda.CudaDevice(0)
     try:
         d.prepare([T.F16, T.BF16])  # both in floats.cu
-        assert cuda.families_for([T.Q4_K, T.IQ4_NL, T.Q4_0]) == ["iq4", "kquants", "legacy"]
-        assert cuda.families_for([]) == [] and cuda.families_for([T.F32]) == ["floats"]  # F16 -> F32
+        assert K.families_for([T.Q4_K, T.IQ4_NL, T.Q4_0]) == ["iq4", "kquants", "legacy"]
+        assert K.families_for([]) == [] and K.families_for([T.F32]) == ["floats"]  # F16 -> F32
         assert set(cuda._MODULES) == {("floats", 0)}
         assert all(t.startswith("gpuquant-nvrtc") for t in threads), threads
         err = capsys.readouterr().err

@@ -122,6 +122,10 @@ class Device(ABC):
     def wait(self, stream: Stream, event: Event) -> None:
         """Make ``stream`` wait for ``event`` before running what is enqueued after this call."""
 
+    def prepare(self, types) -> None:
+        """Make ready (compile, load) whatever the conversions of ``types`` need, before any slab runs:
+        ``types`` are the job's destination types and its quantized source types."""
+
     def memory_budget(self) -> int:
         """Bytes the pipeline may use on the device for its buffers (all slots together)."""
         return 1 << 30

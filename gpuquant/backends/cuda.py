@@ -36,7 +36,7 @@ from . import Device, DeviceError, DeviceOutOfMemory, Event, SlabJob, Stream
 from . import kernels as K
 from . import nvrtc
 
-__all__ = ["CudaDevice", "DeviceBuffer", "PINNED_CAP", "SLAB_CAP", "device_count", "families_for", "probe"]
+__all__ = ["CudaDevice", "DeviceBuffer", "PINNED_CAP", "SLAB_CAP", "device_count", "probe"]
 
 _MEMCPY_H2D, _MEMCPY_D2H = 1, 2  # cudaMemcpyKind
 _HOST_ALLOC_PORTABLE = 1  # cudaHostAllocPortable
@@ -119,19 +119,6 @@ def probe(index: int = 0) -> tuple[CudaDevice | None, str]:
         dev.close()
         return None, _one_line(e)
     return dev, ""
-
-
-def families_for(types: Iterable[GGMLQuantizationType]) -> list[str]:
-    """Kernel families the launches for ``types`` use (destination types, quantized source types)."""
-    fams: set[str] = set()
-    for t in types:
-        spec = K.KERNELS.get(t)
-        if spec is not None:
-            fams.add(spec.family)
-            if spec.rowstat:  # the imatrix pre-pass lives in legacy.cu
-                fams.add("legacy")
-    present = K.available_families()
-    return sorted(f for f in fams if f in present)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -347,7 +334,7 @@ class CudaDevice(Device):
     def prepare(self, types: Iterable[GGMLQuantizationType]) -> None:
         """Compile (in parallel) and load every kernel family that ``types`` need, before any slab runs.
         ``types``: the destination types of the job's quantized tensors and their quantized source types."""
-        todo = [f for f in families_for(types) if (f, self.index) not in _MODULES]
+        todo = [f for f in K.families_for(types) if (f, self.index) not in _MODULES]
         if not todo:
             return
         with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1),

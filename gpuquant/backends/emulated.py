@@ -266,8 +266,9 @@ def _ptr(a: np.ndarray) -> int:
 
 
 class EmulatedDevice(HostDevice):
-    """The kernels on the host, ``threads`` host threads per launch. ``precompile``: build every kernel
-    family in a background thread right away (each is built once per source version and cached).
+    """The kernels on the host, ``threads`` host threads per launch. Families are built on first use or by
+    ``prepare`` (in parallel), once per source version (cached on disk); ``precompile`` builds all of them in a
+    background thread right away.
     ``kernel_dir``: another folder of kernel sources (tests build variants, e.g. a GPU's NaN bits).
 
     ``zero_copy`` (default): kernels work in the pipeline's host staging buffers; False runs the GPU's
@@ -275,7 +276,7 @@ class EmulatedDevice(HostDevice):
 
     name = "emulated"
 
-    def __init__(self, threads: int | None = None, precompile: bool = True, kernel_dir: Path | None = None) -> None:
+    def __init__(self, threads: int | None = None, precompile: bool = False, kernel_dir: Path | None = None) -> None:
         super().__init__()
         self.threads = max(1, int(threads or os.cpu_count() or 1))
         self._cxx = find_compiler()
@@ -292,6 +293,15 @@ class EmulatedDevice(HostDevice):
                 self.library(family)
             except DeviceError:
                 pass  # reported again, with the compiler's output, when the family is used
+
+    def prepare(self, types) -> None:
+        """Build the families ``types`` need, in parallel, before the first slab."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        todo = [f for f in K.families_for(types) if f not in self._libs]
+        if todo:
+            with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1)) as pool:
+                list(pool.map(self.library, todo))
 
     def library(self, family: str) -> KernelLibrary:
         """The compiled family (compiled on first use, then cached on disk and here)."""

@@ -30,6 +30,7 @@ __all__ = [
     "available_families",
     "kernel_dir",
     "bind",
+    "families_for",
     "launch_plan",
     "layout_checks",
     "source",
@@ -118,6 +119,19 @@ def available_families() -> tuple[str, ...]:
     """Families whose ``.cu`` file is present."""
     d = kernel_dir()
     return tuple(sorted(p.stem for p in d.glob("*.cu")))
+
+
+def families_for(types) -> list[str]:
+    """Kernel families the launches for ``types`` use (destination types and quantized source types)."""
+    fams: set[str] = set()
+    for t in types:
+        spec = KERNELS.get(t)
+        if spec is not None:
+            fams.add(spec.family)
+            if spec.rowstat:  # the imatrix pre-pass lives in legacy.cu
+                fams.add("legacy")
+    present = available_families()
+    return sorted(f for f in fams if f in present)
 
 
 def layout_checks(family: str) -> str:
