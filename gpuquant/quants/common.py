@@ -28,6 +28,7 @@ __all__ = [
     "blocks_t",
     "fp16_bits",
     "fp16_to_fp32",
+    "fp16_to_fp32_ggml",
     "levels_f32",
     "levels_int",
     "make_qkx_quants",
@@ -141,6 +142,25 @@ def fp16_bits(x: np.ndarray) -> np.ndarray:
 def fp16_to_fp32(h: np.ndarray) -> np.ndarray:
     """``GGML_FP16_TO_FP32`` of uint16 bits (exact; numpy's cast is exact too)."""
     return np.asarray(h, dtype=np.uint16).view(np.float16).astype(F32)
+
+
+_FP16_LUT: np.ndarray | None = None
+
+
+def fp16_to_fp32_ggml(h: np.ndarray) -> np.ndarray:
+    """``GGML_FP16_TO_FP32`` (ggml_compute_fp16_to_fp32) of uint16 bits, NaN bits included (float32).
+
+    ggml's software conversion multiplies by 2**-112, which quiets a signaling NaN (0x7C01 ->
+    0x7FC02000); numpy's float16 cast keeps it signaling (0x7F802000). Every other value is the cast's.
+    A 65536-entry table, built once; the dequantizers read their scales through it.
+    """
+    global _FP16_LUT
+    if _FP16_LUT is None:
+        lut = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(F32)
+        bits = lut.view(U32)
+        bits[np.isnan(lut)] |= U32(0x00400000)
+        _FP16_LUT = lut
+    return _FP16_LUT[np.asarray(h, dtype=np.uint16)]
 
 
 def bf16_bits(x: np.ndarray) -> np.ndarray:
