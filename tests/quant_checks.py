@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpuquant.quants import QUANT_SIZES, parse_type, quantize
+from gpuquant.quants import QUANT_SIZES, get, parse_type, quantize
 from tests.golden import first_difference, iter_cases
 from tests.golden.cases import build_cases
-from tests.oracle import oracle_quantize
+from tests.oracle import oracle_dequantize, oracle_quantize
 
 
 def assert_bytes(got: np.ndarray, want: np.ndarray, qtype: str, rows: np.ndarray, what: str = "") -> None:
@@ -89,3 +89,48 @@ def check_random(qtype: str, shape: tuple[int, int], imat: str) -> None:
     x = (rng.standard_normal(shape) * rng.uniform(0.01, 10, (shape[0], 1))).astype(np.float32)
     w = random_imatrix(rng, shape[1], imat)
     assert_bytes(quantize(x, qtype, w), oracle_quantize(x, qtype, w), qtype, x, f"random {shape} {imat}")
+
+
+#: fp16 scale bits the dequantize checks draw from: ordinary values, +-0, the largest finite and smallest
+#: subnormal, +-inf, quiet and signaling NaNs of both signs
+EDGE_HALVES = np.array([0x3C00, 0x2E66, 0xB800, 0x0000, 0x8000, 0x7BFF, 0xFBFF, 0x0001, 0x83FF, 0x7C00, 0xFC00,
+                        0x7E00, 0xFE00, 0x7C01, 0xFD55, 0x7FFF], np.uint16)
+
+
+def random_blocks(qtype: str, nrows: int, n_per_row: int, seed: int,
+                  fields: dict[str, int] | None = None) -> np.ndarray:
+    """Random bytes of ``nrows`` rows of ``qtype`` whose fp16 fields (the type's ``fp16_fields``, or
+    ``fields``) hold, independently per block and field, an ``EDGE_HALVES`` value (half the blocks) or a
+    random finite one."""
+    block, tsize = QUANT_SIZES[parse_type(qtype)]
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 256, (nrows, n_per_row // block * tsize), dtype=np.uint8)
+    blocks = raw.reshape(-1, tsize)
+    offsets = (get(qtype).fp16_fields if fields is None else fields).values()
+    for off in offsets:
+        finite = rng.standard_normal(blocks.shape[0]).astype(np.float16).view(np.uint16)
+        edge = rng.choice(EDGE_HALVES, blocks.shape[0])
+        h = np.where(rng.random(blocks.shape[0]) < 0.5, edge, finite).astype("<u2")
+        blocks[:, off:off + 2] = h.view(np.uint8).reshape(-1, 2)
+    return raw
+
+
+def check_dequantize(qtype: str, raw: np.ndarray, what: str = "") -> None:
+    """``dequantize_rows`` bit for bit against ggml's to_float; on mismatch the first differing value, its
+    bits both ways and its block's bytes."""
+    cls = get(qtype)
+    n = raw.shape[1] // cls.type_size * cls.block_size
+    got = cls.dequantize_rows(raw)
+    want = oracle_dequantize(raw, qtype, n)
+    assert got.dtype == np.float32 and got.shape == want.shape, f"{qtype}: {got.dtype} {got.shape}, want {want.shape}"
+    g, w = got.view(np.uint32), want.view(np.uint32)
+    bad = np.flatnonzero(g != w)
+    if bad.size:
+        i = int(bad[0])
+        r, e = divmod(i, n)
+        b = e // cls.block_size
+        blk = raw[r, b * cls.type_size:(b + 1) * cls.type_size]
+        raise AssertionError(f"{qtype} {what}: {bad.size}/{g.size} values differ; first row {r} element {e} "
+                             f"(block {b}, element {e % cls.block_size} of it): got {g.flat[i]:#010x} "
+                             f"({got.flat[i]!r}), want {w.flat[i]:#010x} ({want.flat[i]!r})\n"
+                             f"  block bytes {blk.tolist()}")
