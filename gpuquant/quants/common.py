@@ -26,6 +26,7 @@ __all__ = [
     "below_exact",
     "bf16_bits",
     "blocks_t",
+    "dequantize_blocks",
     "fp16_bits",
     "fp16_to_fp32",
     "fp16_to_fp32_ggml",
@@ -279,6 +280,20 @@ def row_chunks(nrows: int, n_per_row: int, target: int = 1 << 16):
     step = max(1, target // max(1, n_per_row))
     for r0 in range(0, nrows, step):
         yield slice(r0, min(nrows, r0 + step))
+
+
+def dequantize_blocks(raw: np.ndarray, block_size: int, type_size: int, fn, chunk_blocks: int = 8192) -> np.ndarray:
+    """The row driver of every ``dequantize_rows``: uint8 rows ``(nrows, row_size)`` -> float32
+    ``(nrows, n_per_row)``, ``fn(blocks (nb, type_size) uint8, out (nb, block_size) float32)`` writing one
+    cache-sized run of blocks at a time."""
+    raw = np.ascontiguousarray(raw, dtype=np.uint8)
+    nrows = raw.shape[0]
+    blocks = raw.reshape(-1, type_size)
+    out = np.empty((blocks.shape[0], block_size), F32)
+    with np.errstate(all="ignore"):  # inf scales times zero quants make NaNs, as in C
+        for b0 in range(0, blocks.shape[0], chunk_blocks):
+            fn(blocks[b0:b0 + chunk_blocks], out[b0:b0 + chunk_blocks])
+    return out.reshape(nrows, -1)
 
 
 # ----------------------------------------------------------------------------- bit packing
