@@ -170,7 +170,8 @@ def _index_fast(xq: np.ndarray, D: np.ndarray, p: np.ndarray, fast: np.ndarray) 
     w = np.abs(xq)
     w *= np.repeat(f, 4)
     np.ceil(w, out=w)
-    np.copysign(w, xq, out=w)
+    wb = w.view(U32)
+    wb |= xq.view(U32) & U32(0x80000000)  # copysign(ceil(w), x)
     w[np.isnan(w)] = 0
     c = w.astype(np.int16)
     c += np.repeat((np.where(fast, D, 0) * _ROW + _CMAX).astype(np.int16), 4)
@@ -206,12 +207,16 @@ def _quantize_groups(xb: np.ndarray, d: np.ndarray, D: np.ndarray, p: np.ndarray
     return qs
 
 
+# kvalues of the low and the high nibble of every byte, one 8-byte item per byte
+_KV_PAIRS = np.stack([_KV_F[np.arange(256) & 0x0F], _KV_F[np.arange(256) >> 4]], axis=1).view(np.complex64)[:, 0]
+
+
 def _unpack_values(qs: np.ndarray, d: np.ndarray, y: np.ndarray) -> None:
     """``y[j] = kv[qs[j] & 0x0F] * d``, ``y[j + k/2] = kv[qs[j] >> 4] * d`` per group: ``qs`` ``(ng, k/2)``,
     ``d`` ``(ng, 1)``, ``y`` ``(ng, k)`` (``(float)kv * d`` as C's ``x0*d``)."""
-    h = qs.shape[1]
-    np.take(_KV_F, qs & np.uint8(0x0F), out=y[:, :h])
-    np.take(_KV_F, qs >> np.uint8(4), out=y[:, h:])
+    ng, h = qs.shape
+    pairs = np.take(_KV_PAIRS, qs).view(F32).reshape(ng, h, 2)
+    y.reshape(ng, 2, h)[...] = pairs.transpose(0, 2, 1)
     y *= d
 
 

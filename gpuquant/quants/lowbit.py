@@ -34,6 +34,11 @@ def _chunks(n_blocks: int, block: int):
         yield slice(b0, min(n_blocks, b0 + step))
 
 
+# the four levels (q - 1) of each byte of Q2_0 quants as float32, elements 4i..4i+3 of byte i, one 16-byte
+# item per byte
+_Q2_LEVELS = (((np.arange(256)[:, None] >> np.array([0, 2, 4, 6])) & 3) - 1).astype(F32).view(np.complex128)[:, 0]
+
+
 class _LowBit(QuantType):
     """Row driver: blocks of the whole tensor, a cache-sized run at a time, through ``_blocks``."""
 
@@ -93,6 +98,5 @@ class Q2_0(_LowBit, qtype=T.Q2_0):
 
     @staticmethod
     def _dequantize(blocks, y):  # ((int)q - 1) * d
-        q = (blocks[:, 2:, None] >> np.array([0, 2, 4, 6], np.uint8)) & 3  # (nb, 16, 4): element 4i + k
-        np.subtract(q.reshape(-1, 64), F32(1), out=y, dtype=F32, casting="unsafe")
+        np.take(_Q2_LEVELS, blocks[:, 2:], out=y.view(np.complex128))  # four float32 levels per byte
         y *= fp16_to_fp32_ggml(blocks[:, 0:2].view("<u2"))

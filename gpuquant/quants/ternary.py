@@ -61,10 +61,9 @@ def _ceil_243(q: np.ndarray) -> np.ndarray:
     return ((q.astype(np.int32) * 256 + 242) // 243).astype(np.uint8)
 
 
-# dequantize_row_tq1_0: trit n of byte q is ((uint8_t)(q * 3^n) * 3) >> 8, minus 1, as float32
-_B = np.arange(256, dtype=np.int32)
-_TRIT_VALUES = np.stack([((((_B * 3**n) & 0xFF) * 3) >> 8) - 1 for n in range(5)], axis=1).astype(F32)  # (256, 5)
-del _B
+# dequantize_row_tq1_0: trit n of byte q is ((uint8_t)(q * 3^n) * 3) >> 8, i.e. 0, 1 or 2 as the byte
+# q * 3^n (mod 256) reaches 86 and 171
+_POW3 = (1, 3, 9, 27, 81)
 
 
 class _Ternary(QuantType):
@@ -105,11 +104,16 @@ class TQ1_0(_Ternary, qtype=T.TQ1_0):
 
     @staticmethod
     def _dequantize(blocks, y):
-        nb = blocks.shape[0]
-        t = _TRIT_VALUES[blocks[:, 0:52]]  # (nb, 52 bytes, 5 trits)
-        y[:, 0:160] = t[:, 0:32].transpose(0, 2, 1).reshape(nb, 160)
-        y[:, 160:240] = t[:, 32:48].transpose(0, 2, 1).reshape(nb, 80)
-        y[:, 240:256] = t[:, 48:52, 0:4].transpose(0, 2, 1).reshape(nb, 16)
+        L = np.empty(y.shape, np.uint8)
+        q = np.ascontiguousarray(blocks[:, 0:52])
+        for n, p in enumerate(_POW3):  # trit n of every byte: qs[m] -> 32n + m, qs[32 + m] -> 160 + 16n + m
+            c = q * np.uint8(p)
+            t = (c >= 86).view(np.uint8) + (c >= 171).view(np.uint8)
+            L[:, 32 * n:32 * n + 32] = t[:, 0:32]
+            L[:, 160 + 16 * n:176 + 16 * n] = t[:, 32:48]
+            if n < 4:  # qh[j] -> 240 + 4n + j
+                L[:, 240 + 4 * n:244 + 4 * n] = t[:, 48:52]
+        np.subtract(L, F32(1), out=y, dtype=F32, casting="unsafe")  # (float)(xi - 1) * d
         y *= fp16_to_fp32_ggml(blocks[:, 52:54].view("<u2"))
 
 
