@@ -41,9 +41,9 @@ static __device__ const uint8_t gq_floor_log2f_round_up[278] = {
 // floorf(log2f(a)) of glibc for a finite a > 0, without log2f: the binary exponent of a, plus one in the
 // band below the next power of two where log2f rounds up.
 __device__ __forceinline__ int fp4_floor_log2f(float a) {
-    const uint32_t b = __float_as_uint(a);
+    const uint32_t b = gq_float_bits(a);
     // a subnormal a times 2^24 is exact and normal
-    const int e = b >= 0x00800000u ? (int)(b >> 23) - 127 : (int)(__float_as_uint(a * 16777216.0f) >> 23) - 127 - 24;
+    const int e = b >= 0x00800000u ? (int)(b >> 23) - 127 : (int)(gq_float_bits(a * 16777216.0f) >> 23) - 127 - 24;
     const int up = e + 1;
     const uint32_t top = up >= -126 ? (uint32_t)(up + 127) << 23 : 1u << (up + 149);
     return b >= top - gq_floor_log2f_round_up[up + 149] ? up : e;

@@ -8,7 +8,7 @@ from gpuquant.quants import QUANT_SIZES, get, parse_type, quantize
 from gpuquant.quants import GGMLQuantizationType as T
 from tests.oracle import available, oracle_dequantize, oracle_quantize
 from tests.quant_checks import assert_bytes
-from tests.test_conformance import run_device, to_bf16, to_f16
+from tests.test_conformance import GPU_NAN_MARKER, GpuNanDevice, gpu_nan_kernel_dir, run_device, to_bf16, to_f16
 
 F32 = np.float32
 
@@ -57,3 +57,23 @@ def check_requantize_kernel(dev, qtype: str, raw: np.ndarray, targets=(T.Q8_0, T
             continue
         got = run_device(dev, raw, cls.qtype, dst, n)
         assert_bytes(got, quantize(values, dst), dst.name, values, f"requantized from {qtype}")
+
+
+def gpu_nan_device(tmp_path_factory) -> GpuNanDevice:
+    """The emulated device with the GPU code path of every kernel (GQ_PORTABLE, a GPU's canonical NaN bits
+    for every computed NaN, a marker for the NaNs dequantize kernels store): see test_conformance."""
+    return GpuNanDevice(gpu_nan_kernel_dir(tmp_path_factory.mktemp("gpu_nan")))
+
+
+def check_gpu_nan_path(dev, gpu_dev, qtype: str, x: np.ndarray, raw: np.ndarray) -> None:
+    """The GPU code path gives the host build's bytes on rows that make NaNs (``x``: NaN/Inf inputs,
+    denormal blocks), and its dequantize kernel stores every NaN of ``raw``'s blocks through gq_x86_nan."""
+    t = parse_type(qtype)
+    want = run_device(dev, x, T.F32, t, x.shape[1])
+    assert_bytes(run_device(gpu_dev, x, T.F32, t, x.shape[1]), want, qtype, x, "GPU NaN bits")
+    n = raw.shape[1] // QUANT_SIZES[t][1] * QUANT_SIZES[t][0]
+    host = run_device(dev, raw, t, T.F32, n).view(np.uint32)
+    gpu = run_device(gpu_dev, raw, t, T.F32, n).view(np.uint32)
+    nan = np.isnan(host.view(F32))
+    assert np.array_equal(gpu[~nan], host[~nan]), f"{qtype}: the GPU path dequantizes other numbers"
+    assert (gpu[nan] == GPU_NAN_MARKER).all(), f"{qtype}: a stored NaN did not go through gq_x86_nan"

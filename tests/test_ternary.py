@@ -13,7 +13,13 @@ import pytest
 
 from gpuquant.backends.emulated import EmulatedDevice
 from gpuquant.quants import quantize
-from tests.kernel_checks import check_dequantize_kernel, check_quantize_kernel, check_requantize_kernel
+from tests.kernel_checks import (
+    check_dequantize_kernel,
+    check_gpu_nan_path,
+    check_quantize_kernel,
+    check_requantize_kernel,
+    gpu_nan_device,
+)
 from tests.oracle import oracle_quantize, requires_oracle
 from tests.quant_checks import (
     assert_bytes,
@@ -103,6 +109,22 @@ def test_dequantize_kernel(dev, qtype):
     check_dequantize_kernel(dev, qtype, random_blocks(qtype, 8, 1024, seed=4), "edge scales")
     check_requantize_kernel(dev, qtype, quantize(np.random.default_rng(2).standard_normal((4, 512)).astype(F32),
                                                  qtype))
+
+
+@pytest.fixture(scope="module")
+def gpu_dev(tmp_path_factory):
+    d = gpu_nan_device(tmp_path_factory)
+    yield d
+    d.close()
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_gpu_code_path(dev, gpu_dev, qtype):
+    """The kernels built as for a GPU (GPU NaN bits, the portable float->int guards) give the same bytes on
+    NaN/Inf and edge rows, and store every dequantized NaN as x86's."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        check_gpu_nan_path(dev, gpu_dev, qtype, nonfinite_rows(0), random_blocks(qtype, 4, 1024, seed=6))
+        check_gpu_nan_path(dev, gpu_dev, qtype, edge_rows(), random_blocks(qtype, 4, 1024, seed=6))
 
 
 # ----------------------------------------------------------------------------- oracle
