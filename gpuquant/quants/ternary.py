@@ -56,9 +56,12 @@ def _trits(xb: np.ndarray, amax: np.ndarray) -> np.ndarray:
     return xi
 
 
+_CEIL_243 = ((np.arange(256) * 256 + 242) // 243).astype(np.uint8)  # stored into a uint8_t: 255 -> 269 -> 13
+
+
 def _ceil_243(q: np.ndarray) -> np.ndarray:
-    """``q = ((uint16_t)q * 256 + (243 - 1)) / 243`` stored back into a ``uint8_t``."""
-    return ((q.astype(np.int32) * 256 + 242) // 243).astype(np.uint8)
+    """``q = ((uint16_t)q * 256 + (243 - 1)) / 243`` stored back into a ``uint8_t`` (uint8 ``q``)."""
+    return _CEIL_243[q]
 
 
 # dequantize_row_tq1_0: trit n of byte q is ((uint8_t)(q * 3^n) * 3) >> 8, i.e. 0, 1 or 2 as the byte
