@@ -23,7 +23,8 @@
 // * A block type needs one __device__ core `void core(const float* x, const GqItem& it, Block* y)` (the
 //   block's values already converted to float32, its importance weights it.qw) named after the ggml
 //   quantize_<type> it mirrors, then GQ_QUANTIZE_ITEM(<dst>, Block, QK, core) and
-//   GQ_QUANTIZE_ENTRY_POINTS(<dst>) make the three entry points.
+//   GQ_QUANTIZE_ENTRY_POINTS(<dst>) make the three entry points. Types that only scale and round (no
+//   search) and have large blocks stream their values instead: GQ_QUANTIZE_STREAM_ITEM (no float x[QK]).
 // * dequantize_<type>(GQ_DEQUANTIZE_PARAMS): one thread per block through gq_dequantize_blocks, float32
 //   out, every value stored through gq_x86_nan (requantize path).
 // * Every kernel has one of two ABIs: quantize_* the one above; any other name (dequantize_*,
@@ -452,6 +453,27 @@ __device__ __forceinline__ bool gq_work_item(long long n_per_row, long long rows
         Block y;                                                                                     \
         core(x, it, &y);                                                                             \
         ((Block*)dst)[it.row * (n_per_row / (QK)) + it.ib] = y;                                      \
+    }
+
+// The values of one work item's block, read from the source on every access (x[j] is Src::load(src,
+// offset + j)): for cores that pass over their block more than once without a per-thread copy of it.
+template <class Src>
+struct GqBlockValues {
+    const void* src;
+    long long offset;
+    __device__ __forceinline__ float operator[](int j) const { return Src::load(src, offset + j); }
+};
+
+// quantize_<name>_item for a streaming core, `template <class X> void core(const X& x, Block* y)`: x are
+// the block's values (GqBlockValues, read as often as the core needs: the simple types, whose blocks are
+// large and whose cores search nothing), y the block in dst, written in place. Importance weights are not
+// passed: the types made with this ignore them, as ggml does.
+#define GQ_QUANTIZE_STREAM_ITEM(name, Block, QK, core)                                                \
+    template <class Src>                                                                             \
+    __device__ void quantize_##name##_item(GQ_QUANTIZE_PARAMS) {                                     \
+        GqItem it;                                                                                   \
+        if (!gq_work_item(n_per_row, rows_per_expert, n_expert, QK, qw, rowstat, it)) return;        \
+        core(GqBlockValues<Src>{src, it.src_offset}, (Block*)dst + it.row * (n_per_row / (QK)) + it.ib); \
     }
 
 // The body of dequantize_<type>: thread i turns block i into QK floats with core(block, y), ggml's

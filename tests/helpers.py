@@ -5,7 +5,6 @@ Every test module imports what it shares from here (or from ``tests.oracle``, ``
 """
 from __future__ import annotations
 
-import ctypes
 import functools
 import io
 import re
@@ -21,13 +20,14 @@ from gpuquant.gguf_io import SourceTensor, pad
 from gpuquant.quants import QUANT_SIZES, parse_type
 from gpuquant.quants import GGMLQuantizationType as T
 from tests.golden import first_difference
+from tests.oracle import oracle_dequantize
 
 F32 = np.float32
 
 __all__ = [
     "DEVICES", "F32", "MemWriter", "assert_bytes", "assert_same_floats", "cuda_skip_reason", "expected",
     "gpu_nan_device", "gpu_nan_kernel_dir", "make_device", "make_rows", "make_source", "nonfinite_rows",
-    "oracle_dequantize", "random_imatrix", "random_rows", "reference", "run_device", "scale_edge_blocks",
+    "random_blocks", "check_dequantize", "random_imatrix", "random_rows", "reference", "run_device",
     "to_bf16", "to_f16",
 ]
 
@@ -179,44 +179,54 @@ def nonfinite_rows(seed: int, nrows: int = 8, n: int = 512) -> np.ndarray:
     return x
 
 
-def scale_edge_blocks(qtype, nrows: int, n_per_row: int, seed: int) -> np.ndarray:
-    """Random bytes of a quantized type whose fp16 fields (the registry's ``fp16_fields``) are inf, -inf,
-    NaN, zero or finite in turn; other bytes random."""
-    t = parse_type(qtype)
-    block, tsize = QUANT_SIZES[t]
-    raw = np.random.default_rng(seed).integers(0, 256, (nrows, n_per_row // block * tsize), dtype=np.uint8)
+# ------------------------------------------------------------------------------------------------------
+# quantized bytes with edge scales, and the numpy dequantizers against the oracle's
+# ------------------------------------------------------------------------------------------------------
+
+#: finite, +-0, subnormal and +-inf halves
+EDGE_HALVES_NO_NAN = np.array([0x3C00, 0x2E66, 0xB800, 0x0000, 0x8000, 0x7BFF, 0xFBFF, 0x0001, 0x83FF, 0x7C00,
+                               0xFC00], np.uint16)
+#: and quiet and signaling NaNs of both signs
+EDGE_HALVES = np.concatenate([EDGE_HALVES_NO_NAN, np.array([0x7E00, 0xFE00, 0x7C01, 0xFD55, 0x7FFF], np.uint16)])
+
+
+def random_blocks(qtype: str, nrows: int, n_per_row: int, seed: int,
+                  fields: dict[str, int] | None = None, halves: np.ndarray = EDGE_HALVES) -> np.ndarray:
+    """Random bytes of ``nrows`` rows of ``qtype`` whose fp16 fields (the type's ``fp16_fields``, or
+    ``fields``) hold, independently per block and field, one of ``halves`` (half the blocks) or a random
+    finite value."""
+    block, tsize = QUANT_SIZES[parse_type(qtype)]
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 256, (nrows, n_per_row // block * tsize), dtype=np.uint8)
     blocks = raw.reshape(-1, tsize)
-    halves = np.array([0x7C00, 0xFC00, 0x7E00, 0x0000, 0x3C00, 0x2E66, 0x7C00, 0xB800], np.uint16)
-    for k, off in enumerate((quants.get(t).fp16_fields or {}).values()):
-        h = halves[(np.arange(blocks.shape[0]) + 3 * k) % halves.size]
+    offsets = (quants.get(qtype).fp16_fields if fields is None else fields).values()
+    for off in offsets:
+        finite = rng.standard_normal(blocks.shape[0]).astype(np.float16).view(np.uint16)
+        edge = rng.choice(halves, blocks.shape[0])
+        h = np.where(rng.random(blocks.shape[0]) < 0.5, edge, finite).astype("<u2")
         blocks[:, off:off + 2] = h.view(np.uint8).reshape(-1, 2)
     return raw
 
 
-# ------------------------------------------------------------------------------------------------------
-# the oracle's dequantizers
-# ------------------------------------------------------------------------------------------------------
-
-
-def oracle_dequantize(raw: np.ndarray, qtype, n_per_row: int) -> np.ndarray:
-    """llama.cpp's ``to_float`` of ``qtype`` (``dequantize_row_<type>``, or the fp16/bf16 conversions)."""
-    from tests.oracle import lib_dir
-
-    t = parse_type(qtype)
-    raw = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
-    out = np.zeros(raw.size // quants.row_size(t, n_per_row) * n_per_row, F32)
-    if t == T.F32:
-        return raw.view(F32).reshape(-1, n_per_row).copy()
-    lib = ctypes.CDLL(str(lib_dir() / "libggml-base.so"))
-    name = {T.F16: "ggml_fp16_to_fp32_row", T.BF16: "ggml_bf16_to_fp32_row"}.get(t)
-    if name is None:
-        lower = t.name.lower()
-        name = "dequantize_row_" + (lower[:-1] + "K" if lower.endswith("_k") else lower)
-    fn = getattr(lib, name)
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-    fn.restype = None
-    fn(raw.ctypes.data, out.ctypes.data, out.size)
-    return out.reshape(-1, n_per_row)
+def check_dequantize(qtype: str, raw: np.ndarray, what: str = "") -> None:
+    """``dequantize_rows`` bit for bit against ggml's to_float; on mismatch the first differing value, its
+    bits both ways and its block's bytes."""
+    cls = quants.get(qtype)
+    n = raw.shape[1] // cls.type_size * cls.block_size
+    got = cls.dequantize_rows(raw)
+    want = oracle_dequantize(raw, qtype, n)
+    assert got.dtype == np.float32 and got.shape == want.shape, f"{qtype}: {got.dtype} {got.shape}, want {want.shape}"
+    g, w = got.view(np.uint32), want.view(np.uint32)
+    bad = np.flatnonzero(g != w)
+    if bad.size:
+        i = int(bad[0])
+        r, e = divmod(i, n)
+        b = e // cls.block_size
+        blk = raw[r, b * cls.type_size:(b + 1) * cls.type_size]
+        raise AssertionError(f"{qtype} {what}: {bad.size}/{g.size} values differ; first row {r} element {e} "
+                             f"(block {b}, element {e % cls.block_size} of it): got {g.flat[i]:#010x} "
+                             f"({got.flat[i]!r}), want {w.flat[i]:#010x} ({want.flat[i]!r})\n"
+                             f"  block bytes {blk.tolist()}")
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ __all__ = [
     "ORACLE_MARKS",
     "available",
     "lib_dir",
+    "oracle_dequantize",
     "oracle_quantize",
     "oracle_row_size",
     "requires_imatrix",
@@ -109,7 +110,7 @@ def requires_oracle(obj):
 
 
 def _type_id(qtype) -> int:
-    if isinstance(qtype, str):
+    if isinstance(qtype, str):  # gpuquant's enum: gguf's types plus those it does not know yet (Q2_0)
         from gpuquant.quants import parse_type
 
         return int(parse_type(qtype))
@@ -162,3 +163,31 @@ def oracle_quantize(rows: np.ndarray, qtype, imatrix: np.ndarray | None = None) 
     if n != nrows * rs:
         raise RuntimeError(f"ggml_quantize_chunk wrote {n} bytes, expected {nrows * rs}")
     return dst
+
+
+def _to_float_fn(qtype):
+    """ggml's ``to_float`` of a type (ggml.c type_traits): ``dequantize_row_<type>`` or the float rows."""
+    from gpuquant.quants import type_name
+
+    name = type_name(_type_id(qtype))
+    sym = {"F16": "ggml_fp16_to_fp32_row", "BF16": "ggml_bf16_to_fp32_row"}.get(name)
+    if sym is None:
+        sym = "dequantize_row_" + name.lower().replace("_k", "_K")
+    fn = getattr(_lib(), sym)
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    fn.restype = None
+    return fn
+
+
+def oracle_dequantize(raw: np.ndarray, qtype, n_per_row: int) -> np.ndarray:
+    """ggml's ``to_float`` of the rows ``raw`` (uint8 ``(nrows, row_size)``): float32 ``(nrows, n_per_row)``.
+
+    F32 is a copy (ggml has no to_float for it: llama-quantize memcpys F32 rows)."""
+    src = np.ascontiguousarray(raw, dtype=np.uint8)
+    nrows = src.shape[0]
+    if _type_id(qtype) == 0:  # GGML_TYPE_F32
+        return src.view(np.float32).reshape(nrows, n_per_row).copy()
+    out = np.zeros((nrows, n_per_row), dtype=np.float32)
+    if out.size:
+        _to_float_fn(qtype)(src.ctypes.data, out.ctypes.data, out.size)
+    return out

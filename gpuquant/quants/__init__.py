@@ -235,16 +235,7 @@ def dequantize(raw: np.ndarray, qtype: str | int | GGMLQuantizationType, n_per_r
     if t == T.F32:
         return raw.view(np.float32).reshape(-1, n_per_row)
     rows = raw.reshape(-1, row_size(t, n_per_row))
-    cls = get(t)
-    if cls.dequantize_rows.__func__ is not QuantType.dequantize_rows.__func__:
-        return cls.dequantize_rows(rows)
-    if t == T.F16:  # MERGE: the float types' dequantize_rows replace these two
-        return rows.view(np.float16).astype(np.float32).reshape(-1, n_per_row)
-    if t == T.BF16:
-        return (rows.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(-1, n_per_row)
-    import gguf.quants  # MERGE: goes once every type has dequantize_rows
-
-    return gguf.quants.dequantize(rows, gguf.GGMLQuantizationType(int(t))).astype(np.float32).reshape(-1, n_per_row)
+    return get(t).dequantize_rows(rows)
 
 
 def can_dequantize(qtype: GGMLQuantizationType) -> bool:

@@ -26,8 +26,10 @@ __all__ = [
     "below_exact",
     "bf16_bits",
     "blocks_t",
+    "dequantize_blocks",
     "fp16_bits",
     "fp16_to_fp32",
+    "fp16_to_fp32_ggml",
     "levels_f32",
     "levels_int",
     "make_qkx_quants",
@@ -141,6 +143,25 @@ def fp16_bits(x: np.ndarray) -> np.ndarray:
 def fp16_to_fp32(h: np.ndarray) -> np.ndarray:
     """``GGML_FP16_TO_FP32`` of uint16 bits (exact; numpy's cast is exact too)."""
     return np.asarray(h, dtype=np.uint16).view(np.float16).astype(F32)
+
+
+_FP16_LUT: np.ndarray | None = None
+
+
+def fp16_to_fp32_ggml(h: np.ndarray) -> np.ndarray:
+    """``GGML_FP16_TO_FP32`` (ggml_compute_fp16_to_fp32) of uint16 bits, NaN bits included (float32).
+
+    ggml's software conversion multiplies by 2**-112, which quiets a signaling NaN (0x7C01 ->
+    0x7FC02000); numpy's float16 cast keeps it signaling (0x7F802000). Every other value is the cast's.
+    A 65536-entry table, built once; the dequantizers read their scales through it.
+    """
+    global _FP16_LUT
+    if _FP16_LUT is None:
+        lut = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(F32)
+        bits = lut.view(U32)
+        bits[np.isnan(lut)] |= U32(0x00400000)
+        _FP16_LUT = lut
+    return _FP16_LUT[np.asarray(h, dtype=np.uint16)]
 
 
 def bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -259,6 +280,20 @@ def row_chunks(nrows: int, n_per_row: int, target: int = 1 << 16):
     step = max(1, target // max(1, n_per_row))
     for r0 in range(0, nrows, step):
         yield slice(r0, min(nrows, r0 + step))
+
+
+def dequantize_blocks(raw: np.ndarray, block_size: int, type_size: int, fn, chunk_blocks: int = 8192) -> np.ndarray:
+    """The row driver of every ``dequantize_rows``: uint8 rows ``(nrows, row_size)`` -> float32
+    ``(nrows, n_per_row)``, ``fn(blocks (nb, type_size) uint8, out (nb, block_size) float32)`` writing one
+    cache-sized run of blocks at a time."""
+    raw = np.ascontiguousarray(raw, dtype=np.uint8)
+    nrows = raw.shape[0]
+    blocks = raw.reshape(-1, type_size)
+    out = np.empty((blocks.shape[0], block_size), F32)
+    with np.errstate(all="ignore"):  # inf scales times zero quants make NaNs, as in C
+        for b0 in range(0, blocks.shape[0], chunk_blocks):
+            fn(blocks[b0:b0 + chunk_blocks], out[b0:b0 + chunk_blocks])
+    return out.reshape(nrows, -1)
 
 
 # ----------------------------------------------------------------------------- bit packing

@@ -1,6 +1,8 @@
 """Float types: F32 (copy), F16 (``ggml_fp32_to_fp16_row``), BF16 (``ggml_fp32_to_bf16_row_ref``).
 
-``ggml_quantize_chunk`` ignores importance weights for all three.
+``ggml_quantize_chunk`` ignores importance weights for all three. Back to float32 (``dequantize_rows``):
+F32 is a copy, F16 ``ggml_fp16_to_fp32_row`` (a signaling NaN comes back quiet), BF16
+``ggml_bf16_to_fp32_row`` (the 16 bits become the top half).
 """
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import numpy as np
 
 from . import GGMLQuantizationType as T
 from . import Kernel, QuantType
-from .common import bf16_bits, fp16_bits
+from .common import bf16_bits, fp16_bits, fp16_to_fp32_ggml
 
 
 class _Float(QuantType):
@@ -31,6 +33,11 @@ class _Float(QuantType):
         nrows, n = rows.shape
         return cls._convert(rows).view(np.uint8).reshape(nrows, cls.row_size(n))
 
+    @classmethod
+    def dequantize_rows(cls, raw: np.ndarray) -> np.ndarray:
+        raw = np.ascontiguousarray(raw, dtype=np.uint8)
+        return cls._to_float(raw.view(cls._bits)).reshape(raw.shape[0], -1)
+
 
 class F32(_Float, qtype=T.F32):
     _bits, _inf_bits = np.dtype(np.uint32), 0x7F800000
@@ -38,6 +45,10 @@ class F32(_Float, qtype=T.F32):
     @staticmethod
     def _convert(rows):  # memcpy
         return rows.copy()
+
+    @staticmethod
+    def _to_float(bits):  # memcpy
+        return bits.view(np.float32).copy()
 
 
 class F16(_Float, qtype=T.F16):
@@ -47,6 +58,10 @@ class F16(_Float, qtype=T.F16):
     def _convert(rows):  # ggml_fp32_to_fp16_row -> GGML_FP32_TO_FP16
         return fp16_bits(rows)
 
+    @staticmethod
+    def _to_float(bits):  # ggml_fp16_to_fp32_row -> GGML_FP16_TO_FP32
+        return fp16_to_fp32_ggml(bits)
+
 
 class BF16(_Float, qtype=T.BF16):
     _bits, _inf_bits = np.dtype(np.uint16), 0x7F80
@@ -54,3 +69,7 @@ class BF16(_Float, qtype=T.BF16):
     @staticmethod
     def _convert(rows):  # ggml_fp32_to_bf16_row_ref -> ggml_compute_fp32_to_bf16
         return bf16_bits(rows)
+
+    @staticmethod
+    def _to_float(bits):  # ggml_bf16_to_fp32_row -> GGML_BF16_TO_FP32
+        return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)

@@ -9,6 +9,9 @@ and re-maps the elements.
 Speed: ``best_index_int8`` is replaced by an exact table lookup (``_NearestLut``) and the 16 candidates of
 a chunk of blocks are evaluated together on ``(32, 16, blocks)`` element-major arrays, a cache-sized chunk
 at a time; the sums over the 32 elements keep the C order (``seq_sum``).
+
+``dequantize_rows`` is ``dequantize_row_iq4_nl`` / ``_xs``: ``d * kvalues[q]`` (IQ4_XS: ``(d * (ls - 32)) *
+kvalues[q]``), the table values of every quant byte's two nibbles looked up at once.
 """
 from __future__ import annotations
 
@@ -21,7 +24,9 @@ from .common import (
     F32,
     GROUP_MAX_EPS,
     absmax_first,
+    dequantize_blocks,
     fp16_bits,
+    fp16_to_fp32_ggml,
     levels_int,
     pack_nibbles,
     row_chunks,
@@ -34,6 +39,19 @@ KVALUES = np.array(_GGUF_IQ4_NL.kvalues, dtype=np.int8)
 _KV_F = KVALUES.astype(F32)
 NTRY = 7  # ggml_quantize_chunk passes ntry = 7 for both types
 _BLOCKS_PER_CHUNK = 256  # 32 x 16 x 256 float32 = 512 KiB per work array
+
+
+# kvalues of the low and the high nibble of every byte, as float32
+_KV_LO = _KV_F[np.arange(256) & 0x0F]
+_KV_HI = _KV_F[np.arange(256) >> 4]
+
+
+def _dequantize_32(d: np.ndarray, qs: np.ndarray, y: np.ndarray) -> None:
+    """``y[j] = d * kvalues[qs[j] & 0xf]``, ``y[j + 16] = d * kvalues[qs[j] >> 4]`` for 32-value blocks:
+    ``d`` ``(nb, 1)``, ``qs`` ``(nb, 16)``, ``y`` ``(nb, 32)``."""
+    np.take(_KV_LO, qs, out=y[:, :16])
+    np.take(_KV_HI, qs, out=y[:, 16:])
+    np.multiply(d, y, out=y)
 
 
 def _ordered_key(f: np.ndarray) -> np.ndarray:
@@ -215,6 +233,12 @@ class IQ4_NL(_IQ4, qtype=T.IQ4_NL):
         return qw.reshape(n // 32, 32).T
 
     @classmethod
+    def dequantize_rows(cls, raw):  # dequantize_row_iq4_nl
+        def blocks(b, y):
+            _dequantize_32(fp16_to_fp32_ggml(b[:, 0:2].view("<u2")), b[:, 2:18], y)
+        return dequantize_blocks(raw, 32, cls.type_size, blocks)
+
+    @classmethod
     def _rows(cls, x, qw_t):
         nr = x.shape[0]
         xt = np.ascontiguousarray(x.reshape(-1, 32).T)  # (32, nr*nb)
@@ -237,6 +261,22 @@ class IQ4_XS(_IQ4, qtype=T.IQ4_XS):
     @staticmethod
     def _weights_t(qw, n):  # (32, 8, nsb_row): element j of block ib of super-block s
         return qw.reshape(n // 256, 8, 32).transpose(2, 1, 0)
+
+    @classmethod
+    def dequantize_rows(cls, raw):  # dequantize_row_iq4_xs
+        return dequantize_blocks(raw, 256, cls.type_size, cls._dequantize, chunk_blocks=1024)
+
+    @staticmethod
+    def _dequantize(b, y):
+        S = b.shape[0]
+        d = fp16_to_fp32_ggml(b[:, 0:2].view("<u2"))  # (S, 1)
+        h = b[:, 2:4].view("<u2").astype(np.int32)  # scales_h
+        lo = b[:, 4:8].astype(np.int32)
+        ls = np.empty((S, 8), np.int32)
+        ls[:, 0::2], ls[:, 1::2] = lo & 0xF, lo >> 4
+        ls |= ((h >> (2 * np.arange(8, dtype=np.int32))) & 3) << 4
+        dl = d * (ls - 32).astype(F32)  # (S, 8)
+        _dequantize_32(dl.reshape(-1, 1), b[:, 8:136].reshape(-1, 16), y.reshape(-1, 32))
 
     @classmethod
     def _rows(cls, x, qw_t):

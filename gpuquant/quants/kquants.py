@@ -5,6 +5,10 @@ Without importance weights ``ggml_quantize_chunk`` runs ``quantize_row_qN_K_ref`
 both.  Work is done on chunks of super-blocks so the float32 temporaries stay in cache; inside a chunk the
 16/32-value sub-blocks are laid out as columns (``_groups``) and the scale searches of
 ``common`` and ``kquants_search`` run on all of them at once.
+
+``dequantize_rows`` is ``dequantize_row_qN_K`` (ggml's to_float): per 16/32-value sub-block a float scale
+(``d * sc``) and min (``dmin * m``), then ``scale * q - min`` (Q6_K: ``d * sc * q``) over the levels of the
+whole run of super-blocks at once; the fp16 fields are read as ggml converts them.
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from .common import (
     GROUP_MAX_EPS,
     absmax_first,
     at_most,
+    dequantize_blocks,
+    fp16_to_fp32_ggml,
     levels_int,
     make_qkx_quants,
     make_qx_quants,
@@ -129,10 +135,50 @@ def _unpack_q3_scales(q: np.ndarray) -> np.ndarray:
     return (low | (hi << 4)) - 32
 
 
+_SHIFT2 = np.array([0, 2, 4, 6], np.uint8)[:, None]  # the four 2-bit fields of a byte
+_BIT = np.arange(8, dtype=np.uint8)[:, None]  # the eight bits of a byte
+
+
+def _fp16_at(blocks: np.ndarray, offset: int) -> np.ndarray:
+    """The fp16 field at ``offset`` of every super-block as ggml reads it (GGML_FP16_TO_FP32), ``(S, 1)``."""
+    return fp16_to_fp32_ggml(blocks[:, offset:offset + 2].view("<u2"))
+
+
+def _crumbs(q: np.ndarray) -> np.ndarray:
+    """Q2_K/Q3_K quants: ``(q[l] >> 2j) & 3`` of each 32-byte half ``(S, 64)`` -> ``(S, 256)`` in element order
+    (element ``128n + 32j + l`` from byte ``32n + l``)."""
+    S = q.shape[0]
+    return ((q.reshape(S, 2, 1, 32) >> _SHIFT2) & 3).reshape(S, QK_K)
+
+
+def _bits8(b: np.ndarray) -> np.ndarray:
+    """Bit ``k`` of byte ``l`` of ``(S, 32)`` at element ``32k + l`` -> ``(S, 256)`` of 0/1 (hmask/qh)."""
+    return ((b[:, None, :] >> _BIT) & 1).reshape(b.shape[0], QK_K)
+
+
+def _scaled(y: np.ndarray, q: np.ndarray, scale: np.ndarray, minus: np.ndarray | None) -> None:
+    """``y = scale * (float)q - minus`` per sub-block: ``q`` ``(S, 256)`` levels, ``scale``/``minus`` ``(S, nsub)``."""
+    nsub = scale.shape[1]
+    y3 = y.reshape(y.shape[0], nsub, -1)
+    np.multiply(scale[:, :, None], q.reshape(y3.shape), out=y3)
+    if minus is not None:
+        y3 -= minus[:, :, None]
+
+
 class _KQuant(QuantType):
-    """Shared row driver: rows -> super-blocks -> chunks; subclasses write ``_superblocks``."""
+    """Shared row driver: rows -> super-blocks -> chunks; subclasses write ``_superblocks`` and
+    ``_dequantize``."""
 
     kernel = Kernel(threads=64)
+
+    @classmethod
+    def dequantize_rows(cls, raw: np.ndarray) -> np.ndarray:
+        return dequantize_blocks(raw, QK_K, cls.type_size, cls._dequantize, chunk_blocks=1024)
+
+    @classmethod
+    def _dequantize(cls, blocks: np.ndarray, y: np.ndarray) -> None:
+        """``dequantize_row_qN_K`` of super-blocks ``(S, type_size)`` uint8 into ``y`` ``(S, 256)`` float32."""
+        raise NotImplementedError
 
     @classmethod
     def quantize_rows(cls, rows: np.ndarray, quant_weights: np.ndarray | None) -> np.ndarray:
@@ -188,6 +234,15 @@ class Q6_K(_KQuant, qtype=GGMLQuantizationType.Q6_K):
         out[max_abs < GROUP_MAX_EPS] = 0  # memset(&y[i], 0, ...)
         return out
 
+    @classmethod
+    def _dequantize(cls, blocks, y):  # dequantize_row_q6_K: y = d * sc * q, q = (ql | qh << 4) - 32
+        S = blocks.shape[0]
+        ql = blocks[:, 0:128].reshape(S, 2, 1, 2, 32)  # [half, -, low/high 32 bytes, l]
+        nib = np.concatenate([ql & 0xF, ql >> 4], axis=2).reshape(S, 2, 4, 32)  # [half, k, l]
+        hi = (blocks[:, 128:192].reshape(S, 2, 1, 32) >> _SHIFT2) & 3
+        q = (nib | (hi << 4)).reshape(S, QK_K).view(np.int8) - np.int8(32)
+        _scaled(y, q, _fp16_at(blocks, 208) * blocks[:, 192:208].view(np.int8), None)
+
 
 class _Q45K(_KQuant):
     """Q4_K / Q5_K: 8 x 32 values with 6-bit scales and mins."""
@@ -211,6 +266,17 @@ class _Q45K(_KQuant):
     def _pack_quants(L: np.ndarray, q: np.ndarray) -> None:
         """Levels (S, 256) uint8 -> the quant bytes ``q`` (S, type_size - 16), in place."""
         raise NotImplementedError
+
+    @staticmethod
+    def _levels(q: np.ndarray) -> np.ndarray:
+        """The quant bytes (S, type_size - 16) -> levels (S, 256) uint8 (the inverse of ``_pack_quants``)."""
+        raise NotImplementedError
+
+    @classmethod
+    def _dequantize(cls, blocks, y):  # dequantize_row_q{4,5}_K: y = (d * sc) * q - (dmin * m)
+        sc, m = _unpack_k4(blocks[:, 4:16])
+        _scaled(y, cls._levels(blocks[:, 16:]), _fp16_at(blocks, 0) * sc.astype(F32),
+                _fp16_at(blocks, 2) * m.astype(F32))
 
     @classmethod
     def _scales(cls, x, qw):
@@ -265,6 +331,10 @@ class Q5_K(_Q45K, qtype=GGMLQuantizationType.Q5_K):
         q[:, 0:32] = _bitplane(L.reshape(S, 8, 32) >> 4)  # qh: bit 2p+h of qh[j] is L[64p + 32h + j] > 15
         q[:, 32:160] = ((Lr[:, :, 0] & 0xF) | ((Lr[:, :, 1] & 0xF) << 4)).reshape(S, 128)  # ql
 
+    @staticmethod
+    def _levels(q):  # (ql[l] & 0xF or >> 4) + 16 where bit 2g+h of qh[l] is set
+        return Q4_K._levels(q[:, 32:160]) | (_bits8(q[:, 0:32]) << 4)
+
 
 class Q4_K(_Q45K, qtype=GGMLQuantizationType.Q4_K):
     """quantize_row_q4_K_ref / quantize_row_q4_K_impl."""
@@ -279,6 +349,12 @@ class Q4_K(_Q45K, qtype=GGMLQuantizationType.Q4_K):
     def _pack_quants(L, q):
         Lr = L.reshape(L.shape[0], 4, 2, 32)
         q[...] = (Lr[:, :, 0] | (Lr[:, :, 1] << 4)).reshape(-1, 128)
+
+    @staticmethod
+    def _levels(q):  # element 64g + 32h + l: nibble h of q[32g + l]
+        S = q.shape[0]
+        q3 = q.reshape(S, 4, 1, 32)
+        return np.concatenate([q3 & 0xF, q3 >> 4], axis=2).reshape(S, QK_K)
 
 
 class Q3_K(_KQuant, qtype=GGMLQuantizationType.Q3_K):
@@ -318,6 +394,11 @@ class Q3_K(_KQuant, qtype=GGMLQuantizationType.Q3_K):
         out[:, 108:110] = _fp16_bytes(d16)
         return out
 
+    @classmethod
+    def _dequantize(cls, blocks, y):  # dequantize_row_q3_K: y = (d * (sc - 32)) * (q - (hmask bit ? 0 : 4))
+        q = _crumbs(blocks[:, 32:96]).view(np.int8) + (_bits8(blocks[:, 0:32]) << 2).view(np.int8) - np.int8(4)
+        _scaled(y, q, _fp16_at(blocks, 108) * _unpack_q3_scales(blocks[:, 96:108]).astype(F32), None)
+
 
 class Q2_K(_KQuant, qtype=GGMLQuantizationType.Q2_K):
     """quantize_row_q2_K_ref / quantize_row_q2_K_impl: 16 x 16 values, 4-bit scales and mins, 2-bit quants."""
@@ -355,3 +436,9 @@ class Q2_K(_KQuant, qtype=GGMLQuantizationType.Q2_K):
         out[:, 80:82] = _fp16_bytes(d16)
         out[:, 82:84] = _fp16_bytes(dmin16)
         return out
+
+    @classmethod
+    def _dequantize(cls, blocks, y):  # dequantize_row_q2_K: y = (d * (sc & 0xF)) * q - dmin * (sc >> 4)
+        sc = blocks[:, 0:16]
+        _scaled(y, _crumbs(blocks[:, 16:80]), _fp16_at(blocks, 80) * (sc & 0xF).astype(F32),
+                _fp16_at(blocks, 82) * (sc >> 4).astype(F32))

@@ -13,6 +13,9 @@ end. That is exact as long as the scale and its inverse are finite; the rare blo
 scale so small that ``1.0f/d`` overflows, an overflowing range, NaN) are redone by the element-major
 ``_ref`` that emulates C's float->int conversions of inf/NaN.
 
+``dequantize_rows`` is ``dequantize_row_q*`` (ggml's to_float): ``(float)level * d`` (``+ m`` for Q4_1/Q5_1),
+the levels looked up from tables indexed by the quant bytes, the fp16 fields read as ggml converts them.
+
 llama-quantize refuses NaN/Inf tensors when loading (so does gpuquant's pipeline); they are still
 emulated (NaN never wins a C ``>``/``<`` comparison, Q8_0's ``MAX`` macro restarts after a NaN) and the
 oracle tests check them.
@@ -30,7 +33,9 @@ from .common import (
     absmax_from_extremes,
     absmax_loop,
     blocks_t,
+    dequantize_blocks,
     fp16_bits,
+    fp16_to_fp32_ggml,
     make_qkx_quants,
     make_qx_quants,
     pack_nibbles,
@@ -136,6 +141,30 @@ def _write_quants(out: np.ndarray, offset: int, u: np.ndarray, five: bool) -> No
         _column(out, offset + 4 * r, "<u4")[...] = q[r]
 
 
+def _fp16_at(blocks: np.ndarray, offset: int) -> np.ndarray:
+    """The fp16 field at ``offset`` of every block as ggml reads it (GGML_FP16_TO_FP32), ``(nb, 1)``."""
+    return fp16_to_fp32_ggml(blocks[:, offset:offset + 2].view("<u2"))
+
+
+_NIBBLES = np.uint64(0x0F0F0F0F0F0F0F0F)
+
+
+def _levels(qs: np.ndarray, qh: np.ndarray | None) -> np.ndarray:
+    """The levels ``(nb, 32)`` uint8 of the quant bytes ``qs`` ``(nb, 16)``: element ``j`` the low nibble of
+    ``qs[j]``, element ``j + 16`` its high nibble, plus 16 where bit ``j`` of ``qh`` (``(nb, 4)``, little
+    endian) is set. The nibbles are split eight bytes at a time and moved as 16-byte items (numpy is slow on
+    rows of 16 bytes)."""
+    nb = qs.shape[0]
+    w = np.ascontiguousarray(qs.view(_V16)).view(np.uint64)  # (nb, 2)
+    L = np.empty((nb, 32), np.uint8)
+    v = L.view(_V16)  # (nb, 2): elements 0-15, 16-31
+    v[:, 0] = (w & _NIBBLES).view(_V16)[:, 0]
+    v[:, 1] = ((w >> np.uint64(4)) & _NIBBLES).view(_V16)[:, 0]
+    if qh is not None:
+        L |= np.unpackbits(qh, axis=1, bitorder="little") << np.uint8(4)
+    return L
+
+
 def _bad(*v: np.ndarray) -> np.ndarray:
     bad = ~np.isfinite(v[0])
     for a in v[1:]:
@@ -170,6 +199,15 @@ class _Legacy(QuantType):
                 w = qw_t * np.sqrt(sigma2[None, :, None] + x3 * x3)
                 out[sl] = cls._impl(xt, w.reshape(QK, nr * nb)).reshape(nr, -1)
         return out
+
+    @classmethod
+    def dequantize_rows(cls, raw: np.ndarray) -> np.ndarray:
+        return dequantize_blocks(raw, QK, cls.type_size, cls._dequantize)
+
+    @classmethod
+    def _dequantize(cls, blocks: np.ndarray, y: np.ndarray) -> None:
+        """``dequantize_row_*`` of blocks ``(nb, type_size)`` uint8 into ``y`` ``(nb, 32)`` float32."""
+        raise NotImplementedError
 
     @classmethod
     def _plain(cls, xb: np.ndarray, out: np.ndarray) -> None:
@@ -213,6 +251,13 @@ class _Symmetric(_Legacy):
         return d[:, None], _bad(d, id_) | np.isnan(amax)
 
     @classmethod
+    def _dequantize(cls, blocks, y):  # dequantize_row_q{4,5}_0: y = (float)(q - nmax) * d
+        five = cls.nmax == 16
+        L = _levels(blocks[:, 6:22], blocks[:, 2:6]) if five else _levels(blocks[:, 2:18], None)
+        np.subtract(L, F32(cls.nmax), out=y, dtype=F32, casting="unsafe")
+        y *= _fp16_at(blocks, 0)
+
+    @classmethod
     def _ref(cls, xt):  # quantize_row_q{4,5}_0_ref: MIN(2*nmax-1, (int8_t)(x*id + nmax + 0.5f))
         d = absmax_loop(xt)[1] / F32(-cls.nmax)
         xi = np.minimum(_int8(xt * safe_recip(d) + F32(cls.nmax + 0.5)), 2 * cls.nmax - 1)
@@ -251,6 +296,13 @@ class _Affine(_Legacy):
             np.clip(u, np.uint8(0), np.uint8(cls.nmax), out=u)
         _write_quants(out, 4, u, cls.nmax == 31)
         return np.stack([d, mn], axis=1), _bad(d, id_)
+
+    @classmethod
+    def _dequantize(cls, blocks, y):  # dequantize_row_q{4,5}_1: y = (float)q * d + m
+        five = cls.nmax == 31
+        L = _levels(blocks[:, 8:24], blocks[:, 4:8]) if five else _levels(blocks[:, 4:20], None)
+        np.multiply(L, _fp16_at(blocks, 0), out=y)
+        y += _fp16_at(blocks, 2)
 
     @classmethod
     def _ref(cls, xt):  # quantize_row_q{4,5}_1_ref
@@ -310,6 +362,10 @@ class Q8_0(_Legacy, qtype=T.Q8_0):
         for r in range(8):
             _column(out, 2 + 4 * r, "<u4")[...] = w[r]
         return d[:, None], _bad(d, id_)
+
+    @staticmethod
+    def _dequantize(blocks, y):  # dequantize_row_q8_0: y = (float)qs * d
+        np.multiply(blocks[:, 2:].view(np.int8), _fp16_at(blocks, 0), out=y)
 
     @staticmethod
     def _ref(xt):  # quantize_row_q8_0_ref
