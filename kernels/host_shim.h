@@ -12,7 +12,7 @@
 //    __shared__` (dynamic shared memory) is rejected by emulated.py. Alignment is the type's (CUDA's
 //    rule too): use __align__(16) on an array read through float4/int4.
 //  * __syncthreads, __syncwarp, __shfl*_sync, __ballot_sync/__any_sync/__all_sync: real barriers
-//    between fibers (host_launch.cpp). Kernels flagged sync=True run each CUDA thread as a fiber; one
+//    between fibers (host_fibers.h). Kernels flagged sync=True run each CUDA thread as a fiber; one
 //    that calls any of these without the flag aborts with a message. Lanes are the linear thread index
 //    % 32. A lane outside `mask`, a mask naming exited or missing lanes, or lanes that never meet abort
 //    (undefined in CUDA); a shuffle reading a lane outside `mask` returns GQ_SHFL_UNDEFINED.
@@ -63,7 +63,7 @@ struct gq_any_ptr {
 };
 
 // ---------------------------------------------------------------------------------------------------
-// Barriers and warp intrinsics (host_launch.cpp). One call is one barrier of the fibers of a block.
+// Barriers and warp intrinsics (host_fibers.h). One call is one barrier of the fibers of a block.
 // ---------------------------------------------------------------------------------------------------
 enum GqWarpOp {
     GQ_OP_SYNCWARP,

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gpuquant.backends import DeviceError
 from gpuquant.backends import kernels as K
 from gpuquant.backends.emulated import KernelLibrary, compile_family
 from tests.host_shim_models import (
@@ -273,6 +274,13 @@ def test_rule_breakers_abort_with_a_message(family, kernel, block, sync, a, mess
     assert res.returncode != 0 and "returned" not in res.stdout, f"{kernel} did not abort: {res.stdout} {res.stderr}"
     for m in messages:
         assert m in res.stderr, f"{kernel}: {m!r} not in stderr:\n{res.stderr}"
+
+
+def test_dynamic_shared_memory_is_refused(tmp_path: Path):
+    (tmp_path / "dyn.cu").write_text('extern "C" __global__ void dyn(const void* in, void* out, long long a, long long b) {\n'
+                                     "    extern __shared__ float buf[];\n    buf[threadIdx.x] = 0;\n}\n")
+    with pytest.raises(DeviceError, match=r"dyn.cu declares dynamic shared memory \(extern __shared__\)"):
+        compile_family("dyn", kernel_dir=tmp_path)
 
 
 def test_deep_but_fitting_recursion_runs():
