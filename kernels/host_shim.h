@@ -79,10 +79,11 @@ enum GqWarpOp {
 // and as double, a large number as an integer, so that a kernel relying on it fails its tests.
 #define GQ_SHFL_UNDEFINED 0xFFF8DEAD7FC0DEADull
 
-void gq_host_syncthreads();
+// Hidden: called directly, not through the PLT.
+void gq_host_syncthreads() GQ_HIDDEN;
 // value: the lane's operand (64 bits); b, width: srcLane/delta/laneMask and width (shuffles). Returns the
 // value of the source lane (shuffles), the ballot of `mask` (votes) or 0 (__syncwarp).
-unsigned long long gq_host_warp(int op, unsigned int mask, unsigned long long value, int b, int width);
+unsigned long long gq_host_warp(int op, unsigned int mask, unsigned long long value, int b, int width) GQ_HIDDEN;
 
 #define __syncthreads() gq_host_syncthreads()
 static inline void __syncwarp(unsigned int mask = 0xffffffffu) { gq_host_warp(GQ_OP_SYNCWARP, mask, 0, 0, 32); }
