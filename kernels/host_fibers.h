@@ -117,7 +117,7 @@ inline void context_switch(Context& from, Context& to) {
 }
 
 // ------------------------------------------------------------------------------------------------------
-// Fiber stacks: one mapping per set, slot i = [guard][stack]; sets are reused across blocks and launches.
+// Fiber stacks: one mapping per set, slot i = [guard][stack][color]; sets are reused across blocks and launches.
 // ------------------------------------------------------------------------------------------------------
 const size_t kStackBytes = 256 * 1024;  // per CUDA thread: a kernel's locals (and what it calls) must fit
 const size_t kGuardBytes = 64 * 1024;   // no access, below each stack (a larger frame may skip it)
@@ -166,17 +166,21 @@ StackSet map_stacks(size_t count) {
 // A set of at least `count` stacks for the calling host thread, with a signal stack for the overflow
 // message if the thread has none.
 StackSet acquire_stacks(size_t count) {
-    StackSet s;
+    StackSet s, too_small;
     {
         std::lock_guard<std::mutex> lock(g_stacks_mutex);
         std::vector<StackSet>& v = free_stacks();
-        for (size_t i = 0; i < v.size(); ++i)
+        for (size_t i = 0; i < v.size() && !s.base; ++i)
             if (v[i].count >= count) {
                 s = v[i];
                 v.erase(v.begin() + i);
-                break;
             }
+        if (!s.base && !v.empty()) {  // replaced by a larger set below
+            too_small = v.back();
+            v.pop_back();
+        }
     }
+    if (too_small.base) munmap(too_small.base, too_small.count * kSlot + kAltStackBytes);
     if (!s.base) s = map_stacks(std::max<size_t>(count, 32));
     stack_t cur;
     s.own_altstack = false;
