@@ -10,6 +10,9 @@
 // A warp is lanes 32w..32w+31 of the linear thread index. Barrier groups are matched by mask (any call
 // site, as on sm_70+); what CUDA leaves undefined (a lane outside its mask, masks naming exited or
 // missing lanes, lanes that can never meet, mixed operations on one mask) aborts with a message.
+// Exchange: each lane leaves its operand in value[lane] when it arrives; the completing lane writes every
+// member's result[lane]. One slot each suffices (no double buffering): a member reads its result as soon
+// as it resumes, before it can arrive anywhere again, and no group completes without all its members.
 // Context switch: a few instructions on x86-64 (callee-saved registers and stack pointer; MXCSR and the x87
 // control word are the same for every fiber and left alone), ucontext elsewhere or with
 // -DGQ_FIBER_UCONTEXT. Stacks: kStackBytes per CUDA thread above a kGuardBytes no-access guard, mapped once
