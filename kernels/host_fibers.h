@@ -472,7 +472,8 @@ namespace {
 __attribute__((noinline, cold, noreturn)) void fail_arrival(const Block& b, int op, unsigned int mask) {
     const unsigned int tid = b.current, w = tid >> 5, lane = tid & 31, bit = 1u << lane;
     const Warp& W = b.warps[w];
-    if (!(mask & bit)) fail(b, "lane %u of warp %u calls %s(mask=0x%08x) without its own bit", lane, w, kOpNames[op], mask);
+    if (!(mask & bit))
+        fail(b, "lane %u of warp %u calls %s(mask=0x%08x) without its own bit", lane, w, kOpNames[op], mask);
     if (mask & ~W.exists)
         fail(b, "%s(mask=0x%08x) in warp %u names lanes %s that the block does not have", kOpNames[op], mask, w,
              Lanes(mask & ~W.exists).s);
@@ -507,7 +508,8 @@ __attribute__((noinline, cold, noreturn)) void fail_join(const Block& b, const G
     if (G.mask == mask)
         snprintf(why, sizeof why, "calls %s instead", kOpNames[op]);
     else
-        snprintf(why, sizeof why, "waits at %s(mask=0x%08x), which needs lanes already waiting here", kOpNames[op], mask);
+        snprintf(why, sizeof why, "waits at %s(mask=0x%08x), which needs lanes already waiting here", kOpNames[op],
+                 mask);
     fail_warp(b, w, G.op, G.mask, G.arrived, bit, why);
 }
 
@@ -557,7 +559,8 @@ unsigned long long gq_host_warp(int op, unsigned int mask, unsigned long long va
     if (__builtin_expect(!(mask & bit) || (mask & ~W.exists) || (mask & (W.done | W.at_block)), 0))
         fail_arrival(b, op, mask);
     W.value[lane] = value;
-    if (op >= GQ_OP_SHFL_IDX && op <= GQ_OP_SHFL_XOR) W.src[lane] = (unsigned char)shuffle_source(b, op, lane, bval, width);
+    if (op >= GQ_OP_SHFL_IDX && op <= GQ_OP_SHFL_XOR)
+        W.src[lane] = (unsigned char)shuffle_source(b, op, lane, bval, width);
     Group& G = join_group(b, W, op, mask, bit);
     G.arrived |= bit;
     if (G.arrived == mask) {  // the last member: exchange and run on

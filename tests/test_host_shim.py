@@ -87,7 +87,8 @@ def test_shuffle_kinds_and_widths(fibers: str, grid, block):
     launch("shuffle", "shuffle_kinds", grid, block, out, v, sync=True, fibers=fibers, threads=3)
     want = shuffle_kinds_model(v, int(np.prod(block)))
     bad = np.argwhere(out != want)
-    assert bad.size == 0, f"{len(bad)} wrong; first (thread, case) {tuple(bad[0])}: {out[tuple(bad[0])]:#x} != {want[tuple(bad[0])]:#x}"
+    first = tuple(bad[0]) if bad.size else None
+    assert bad.size == 0, f"{len(bad)} wrong; first (thread, case) {first}: {out[first]:#x} != {want[first]:#x}"
 
 
 @pytest.mark.parametrize("fibers", FIBERS)
@@ -277,17 +278,20 @@ ABORTS = [
      ["kernel needs_sync calls __shfl_xor_sync but is not marked sync", "Kernel(sync=True)"]),
     ("reduce", "block_sum", "64,1,1", False, 0, ["kernel block_sum calls __shfl_down_sync but is not marked sync"]),
     ("errors", "exit_before_syncthreads", "64,1,1", False, 0, ["calls __syncthreads but is not marked sync"]),
-    ("errors", "own_bit", "32,1,1", True, 0, ["lane 1 of warp 0 calls __shfl_sync(mask=0x00000001) without its own bit"]),
+    ("errors", "own_bit", "32,1,1", True, 0,
+     ["lane 1 of warp 0 calls __shfl_sync(mask=0x00000001) without its own bit"]),
     ("errors", "bad_width", "32,1,1", True, 0, ["__shfl_sync with width 3"]),
     ("errors", "missing_lanes", "48,1,1", True, 0,
      ["__shfl_down_sync(mask=0xffffffff) in warp 1 names lanes 16-31 that the block does not have"]),
     ("errors", "exit_before_syncthreads", "64,1,1", True, 0,
      ["kernel exit_before_syncthreads, block (0,0,0) of 64 threads", "exited while others wait at __syncthreads"]),
-    ("overflow", "overflow", "32,1,1", True, 5000, ["kernel overflow, block (0,0,0): a thread overflowed its 256 KiB fiber stack"]),
+    ("overflow", "overflow", "32,1,1", True, 5000,
+     ["kernel overflow, block (0,0,0): a thread overflowed its 256 KiB fiber stack"]),
 ]
 
 
-@pytest.mark.parametrize("family,kernel,block,sync,a,messages", ABORTS, ids=[f"{c[1]}-{'sync' if c[3] else 'plain'}" for c in ABORTS])
+@pytest.mark.parametrize("family,kernel,block,sync,a,messages", ABORTS,
+                         ids=[f"{c[1]}-{'sync' if c[3] else 'plain'}" for c in ABORTS])
 def test_rule_breakers_abort_with_a_message(family, kernel, block, sync, a, messages):
     lib(family)  # compiled here, so that the subprocess finds it in the cache
     res = subprocess.run([sys.executable, "-c", _RUN, family, kernel, block, "1" if sync else "0", str(a), str(KDIR)],
@@ -298,8 +302,8 @@ def test_rule_breakers_abort_with_a_message(family, kernel, block, sync, a, mess
 
 
 def test_dynamic_shared_memory_is_refused(tmp_path: Path):
-    (tmp_path / "dyn.cu").write_text('extern "C" __global__ void dyn(const void* in, void* out, long long a, long long b) {\n'
-                                     "    extern __shared__ float buf[];\n    buf[threadIdx.x] = 0;\n}\n")
+    (tmp_path / "dyn.cu").write_text('extern "C" __global__ void dyn(const void* in, void* out, long long a, long long b) {'
+                                     "\n    extern __shared__ float buf[];\n    buf[threadIdx.x] = 0;\n}\n")
     with pytest.raises(DeviceError, match=r"dyn.cu declares dynamic shared memory \(extern __shared__\)"):
         compile_family("dyn", kernel_dir=tmp_path)
 

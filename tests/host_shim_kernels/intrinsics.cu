@@ -37,7 +37,8 @@ extern "C" __global__ void intrinsics(const void* in, void* out, long long unuse
     const short2 s2 = make_short2((short)x, (short)(x >> 16));
     const ushort2 us2 = make_ushort2((unsigned short)y, (unsigned short)(y >> 16));
     const char4 c4 = make_char4((signed char)x, (signed char)(x >> 8), (signed char)(x >> 16), (signed char)(x >> 24));
-    const uchar4 uc4 = make_uchar4((unsigned char)y, (unsigned char)(y >> 8), (unsigned char)(y >> 16), (unsigned char)(y >> 24));
+    const uchar4 uc4 =
+        make_uchar4((unsigned char)y, (unsigned char)(y >> 8), (unsigned char)(y >> 16), (unsigned char)(y >> 24));
     o[20] = ((unsigned int)i2.x - (unsigned int)i2.y) ^ u4.z ^ u4.w;
     o[21] = (unsigned int)(s2.x + s2.y) + (unsigned int)(us2.x * 3u + us2.y);
     o[22] = (unsigned int)(c4.x + 2 * c4.y + 3 * c4.z + 4 * c4.w) ^ ((unsigned int)uc4.w << 24 | uc4.x);
