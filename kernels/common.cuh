@@ -33,8 +33,9 @@
 //   line or a GQ_QUANTIZE_ENTRY_POINTS(<dst>) line: keep those literal, not inside other macros.
 // * Tables are `static __device__ const` arrays (global memory, not __constant__). Integer min/max via
 //   GQ_MIN/GQ_MAX. No <stdint.h> under NVRTC: the typedefs below stand in.
-// * If a kernel uses __shared__/__syncthreads, set sync=True for it in gpuquant/backends/kernels.py so the
-//   emulator runs the block's threads as fibers.
+// * If a kernel uses __syncthreads or a warp intrinsic (__syncwarp, __shfl*_sync, __ballot/__any/__all_sync),
+//   declare Kernel(sync=True) in its type's descriptor (gpuquant/quants/__init__.py) so the emulator runs
+//   the block's threads as fibers; it aborts otherwise. What the host harness supports: docs/host_harness.md.
 #pragma once
 
 #if defined(__CUDACC_RTC__)

@@ -2,21 +2,19 @@
 //
 // Linked into every emulated kernel library by gpuquant/backends/emulated.py. The grid/block geometry is
 // exactly the GPU's (gpuquant/backends/kernels.py computes it once for both). Thread blocks are handed out
-// to `nthreads` host threads through an atomic counter; the CUDA threads of one block run on one host
-// thread, in threadIdx order, or as fibers when the kernel uses __syncthreads (sync != 0).
-#include <stdio.h>
-#include <stdlib.h>
-#include <ucontext.h>
-
-#include <algorithm>
+// to `nthreads` host threads through an atomic counter. The CUDA threads of one block run on one host
+// thread: in threadIdx order for kernels without barriers (sync == 0, usually through a generated block
+// runner that inlines the kernel into the loop over the block's threads), or as fibers (sync != 0, see
+// host_fibers.h).
 #include <atomic>
 #include <thread>
-#include <vector>
 
 __thread gq_dim3 threadIdx GQ_HIDDEN;
 __thread gq_dim3 blockIdx GQ_HIDDEN;
 __thread gq_dim3 blockDim GQ_HIDDEN;
 __thread gq_dim3 gridDim GQ_HIDDEN;
+
+#include "host_fibers.h"
 
 namespace {
 
@@ -24,91 +22,15 @@ typedef void (*QuantizeFn)(const void*, uint8_t*, const float*, const float*, lo
 // dequantize_<type> and rowstat_* share one shape: (const in*, out*, n_per_row, nrows)
 typedef void (*ConvertFn)(const void*, void*, long long, long long);
 
-struct Geometry {
-    gq_dim3 grid, block;
-};
-
-// Per-host-thread fiber state for blocks of sync kernels.
-const size_t kFiberStack = 256 * 1024;
-
-struct Fiber {
-    ucontext_t ctx;
-    char* stack = nullptr;
-    bool done = false;
-};
-
-thread_local bool t_fiber_mode = false;
-thread_local ucontext_t t_sched;
-thread_local std::vector<Fiber>* t_fibers = nullptr;
-thread_local int t_current = 0;
-thread_local void (*t_body)(void*) = nullptr;
-thread_local void* t_body_arg = nullptr;
-
-void fiber_entry() {
-    t_body(t_body_arg);
-    (*t_fibers)[t_current].done = true;
-    // returning resumes uc_link (the scheduler)
-}
-
-gq_dim3 thread_index(const gq_dim3& b, unsigned int i) {
-    gq_dim3 t;
-    t.x = i % b.x;
-    t.y = (i / b.x) % b.y;
-    t.z = i / (b.x * b.y);
-    return t;
-}
-
-// Runs the CUDA threads of the current block (blockIdx/blockDim set) as fibers; each __syncthreads
-// yields back here, and a phase ends when every fiber has yielded or finished.
-void run_block_fibers(void (*body)(void*), void* arg, std::vector<Fiber>& fibers) {
-    const unsigned int n = blockDim.x * blockDim.y * blockDim.z;
-    if (fibers.size() < n) fibers.resize(n);
-    for (unsigned int i = 0; i < n; ++i) {
-        Fiber& f = fibers[i];
-        if (!f.stack) {
-            f.stack = (char*)malloc(kFiberStack);
-            if (!f.stack) {
-                fprintf(stderr, "gpuquant emulator: out of memory for fiber stacks\n");
-                abort();
-            }
-        }
-        getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = f.stack;
-        f.ctx.uc_stack.ss_size = kFiberStack;
-        f.ctx.uc_link = &t_sched;
-        makecontext(&f.ctx, fiber_entry, 0);
-        f.done = false;
-    }
-    t_fibers = &fibers;
-    t_body = body;
-    t_body_arg = arg;
-    t_fiber_mode = true;
-    for (;;) {
-        unsigned int finished = 0;
-        for (unsigned int i = 0; i < n; ++i) {
-            if (fibers[i].done) {
-                ++finished;
-                continue;
-            }
-            t_current = (int)i;
-            threadIdx = thread_index(blockDim, i);
-            swapcontext(&t_sched, &fibers[i].ctx);
-            if (fibers[i].done) ++finished;
-        }
-        if (finished == n) break;
-        if (finished != 0) {
-            fprintf(stderr, "gpuquant emulator: __syncthreads() not reached by every thread of block (%u,%u,%u)\n",
-                    blockIdx.x, blockIdx.y, blockIdx.z);
-            abort();
-        }
-    }
-    t_fiber_mode = false;
-}
+// ------------------------------------------------------------------------------------------------------
+// Grid
+// ------------------------------------------------------------------------------------------------------
 
 // Hands the grid's blocks out to nthreads host threads (the calling one included) through an atomic
-// counter; run_block(fibers) runs the block whose blockIdx is set, fibers being its host thread's stacks.
-template <class RunBlock>
-void for_each_block(const Geometry& g, int nthreads, RunBlock run_block) {
+// counter; make_state() builds each host thread's state, run_block(state) runs the block whose blockIdx
+// is set.
+template <class MakeState, class RunBlock>
+void for_each_block(const Geometry& g, int nthreads, const void* kernel, MakeState make_state, RunBlock run_block) {
     const long long nbx = g.grid.x, nby = g.grid.y, nbz = g.grid.z;
     const long long total = nbx * nby * nbz;
     if (total <= 0) return;
@@ -116,9 +38,10 @@ void for_each_block(const Geometry& g, int nthreads, RunBlock run_block) {
     // a few blocks per grab keeps the counter cold but the tail short
     const long long chunk = std::max(1LL, std::min(16LL, total / (8LL * std::max(nthreads, 1))));
     auto worker = [&]() {
-        std::vector<Fiber> fibers;
         blockDim = g.block;
         gridDim = g.grid;
+        t_kernel = kernel;
+        auto state = make_state();  // a prvalue: built in place (C++17)
         for (;;) {
             const long long b0 = next.fetch_add(chunk);
             if (b0 >= total) break;
@@ -127,10 +50,9 @@ void for_each_block(const Geometry& g, int nthreads, RunBlock run_block) {
                 blockIdx.x = (unsigned int)(b % nbx);
                 blockIdx.y = (unsigned int)((b / nbx) % nby);
                 blockIdx.z = (unsigned int)(b / (nbx * nby));
-                run_block(fibers);
+                run_block(state);
             }
         }
-        for (Fiber& f : fibers) free(f.stack);
     };
     const int extra = (int)std::min((long long)std::max(nthreads, 1) - 1, total - 1);
     std::vector<std::thread> pool;
@@ -140,19 +62,26 @@ void for_each_block(const Geometry& g, int nthreads, RunBlock run_block) {
     for (std::thread& t : pool) t.join();
 }
 
-// Runs the whole grid; body(arg) runs one CUDA thread (indices already set).
-void run_grid(const Geometry& g, int nthreads, int sync, void (*body)(void*), void* arg) {
+struct NoState {};
+
+// Runs the whole grid; body(arg) runs one CUDA thread (indices already set). kernel: for messages.
+void run_grid(const Geometry& g, int nthreads, int sync, void (*body)(void*), void* arg, const void* kernel) {
+    if (sync) {
+        install_overflow_handler();
+        for_each_block(
+            g, nthreads, kernel, [&] { return FiberWorker(g, body, arg, kernel); },
+            [](FiberWorker& f) { f.run_block(); });
+        return;
+    }
     const unsigned int threads_per_block = g.block.x * g.block.y * g.block.z;
-    for_each_block(g, nthreads, [&](std::vector<Fiber>& fibers) {
-        if (sync) {
-            run_block_fibers(body, arg, fibers);
-            return;
-        }
-        for (unsigned int i = 0; i < threads_per_block; ++i) {
-            threadIdx = thread_index(g.block, i);
-            body(arg);
-        }
-    });
+    for_each_block(
+        g, nthreads, kernel, [] { return NoState(); },
+        [&](NoState&) {
+            for (unsigned int i = 0; i < threads_per_block; ++i) {
+                threadIdx = thread_index(g.block, i);
+                body(arg);
+            }
+        });
 }
 
 struct QuantizeArgs {
@@ -190,16 +119,9 @@ Geometry make_geometry(const long long* geom) {
 
 }  // namespace
 
-void gq_host_syncthreads() {
-    if (!t_fiber_mode) {
-        fprintf(stderr,
-                "gpuquant emulator: a kernel called __syncthreads() but is not marked sync=True in "
-                "gpuquant/backends/kernels.py\n");
-        abort();
-    }
-    swapcontext(&(*t_fibers)[t_current].ctx, &t_sched);
-    threadIdx = thread_index(blockDim, (unsigned int)t_current);
-}
+// ------------------------------------------------------------------------------------------------------
+// Launch entry points (gpuquant/backends/emulated.py)
+// ------------------------------------------------------------------------------------------------------
 
 namespace {
 
@@ -212,7 +134,9 @@ struct BlockArgs {
 // With a block runner (generated by emulated.py next to the kernel, so the kernel inlines into the loop
 // over the block's threads) the grid calls it once per block instead of the kernel once per thread.
 void run_grid_blocks(const Geometry& g, int nthreads, const BlockArgs& a) {
-    for_each_block(g, nthreads, [&](std::vector<Fiber>&) { a.runner(a.ptrs, a.ints); });
+    for_each_block(
+        g, nthreads, (const void*)a.runner, [] { return NoState(); },
+        [&](NoState&) { a.runner(a.ptrs, a.ints); });
 }
 
 }  // namespace
@@ -222,18 +146,18 @@ extern "C" int gq_launch_quantize(void* fn, const void* src, uint8_t* dst, const
                                   long long n_per_row, long long rows_per_expert, long long n_expert,
                                   const long long* geom, int nthreads, int sync) {
     QuantizeArgs a = {(QuantizeFn)fn, src, dst, qw, rowstat, n_per_row, rows_per_expert, n_expert};
-    run_grid(make_geometry(geom), nthreads, sync, quantize_body, &a);
+    run_grid(make_geometry(geom), nthreads, sync, quantize_body, &a, fn);
     return 0;
 }
 
 extern "C" int gq_launch_convert(void* fn, const void* src, void* dst, long long n_per_row, long long nrows,
                                  const long long* geom, int nthreads, int sync) {
     ConvertArgs a = {(ConvertFn)fn, src, dst, n_per_row, nrows};
-    run_grid(make_geometry(geom), nthreads, sync, convert_body, &a);
+    run_grid(make_geometry(geom), nthreads, sync, convert_body, &a, fn);
     return 0;
 }
 
-// runner: gq_run_block_<kernel>(ptrs, ints) of a kernel without __syncthreads; ptrs/ints: its pointer and
+// runner: gq_run_block_<kernel>(ptrs, ints) of a kernel without barriers; ptrs/ints: its pointer and
 // integer arguments in order.
 extern "C" int gq_launch_blocks(void* runner, const void* const* ptrs, const long long* ints, const long long* geom,
                                 int nthreads) {

@@ -126,6 +126,8 @@ def _remove_stale(out_dir: Path, age_s: float = 3600.0) -> None:
 
 
 _KERNEL_RE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(')
+_DYNAMIC_SHARED_RE = re.compile(r"\bextern\s+__shared__\b")
+_COMMENT_RE = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
 _ENTRY_RE = re.compile(r"^\s*GQ_QUANTIZE_ENTRY_POINTS\((\w+)\)", re.M)
 
 
@@ -141,7 +143,12 @@ def block_runners(cu: Path) -> str:
     """The host translation unit of a family: the .cu itself, then for every kernel a block runner
     ``gq_run_block_<kernel>(ptrs, ints)`` looping over the block's threads with the kernel inlined.
     ``quantize_*`` kernels have the quantize ABI (4 pointers, 3 integers), every other kernel the
-    (in, out, n_per_row, nrows) one."""
+    (in, out, n_per_row, nrows) one. Dynamic shared memory (``extern __shared__``, in the .cu or a header
+    of its folder) is refused: the harness has static ``__shared__`` arrays only."""
+    for src in [cu, *sorted(cu.parent.glob("*.cuh"))]:
+        if _DYNAMIC_SHARED_RE.search(_COMMENT_RE.sub("", src.read_text())):
+            raise DeviceError(f"emulated device: {src.name} declares dynamic shared memory (extern __shared__), "
+                              "which the host harness does not run: use a static __shared__ array sized for the block")
     out = [f'#include "{cu.resolve()}"', ""]
     for name in kernel_names(cu.read_text()):
         if name.startswith("quantize_"):
@@ -168,8 +175,8 @@ def _digest(kdir: Path, family: str, cxx: str) -> str:
 
     shim = K.kernel_dir()
     h = hashlib.sha256()
-    for p in [kdir / f"{family}.cu", *sorted(kdir.glob("*.cuh")), shim / "host_shim.h", shim / "host_launch.cpp",
-              *sorted(shim.glob("*.cuh"))]:
+    for p in [kdir / f"{family}.cu", *sorted(kdir.glob("*.cuh")), shim / "host_shim.h", shim / "host_fibers.h",
+              shim / "host_launch.cpp", *sorted(shim.glob("*.cuh"))]:
         h.update(str(p.name).encode())
         h.update(p.read_bytes())
     h.update(" ".join(HOST_CXX_FLAGS).encode())
