@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from gguf import GGUFValueType
+from .gguf_constants import GGUFValueType
 
 from . import mixes, quants
 from .backends import Device, DeviceError, DeviceOutOfMemory, open_device

@@ -300,7 +300,7 @@ def _print_report(result, measured, out: Console, quiet: bool, profile: bool) ->
     from . import report as rep
 
     if result.output is None:
-        out.print(rep.plan_table(result.tensors))
+        out.file.write(rep.plan_text(result.tensors) + "\n")
     for note in [] if quiet else result.notes:
         err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     if not quiet:

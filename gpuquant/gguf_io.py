@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGUFValueType
+from .gguf_constants import GGUFValueType
 
 from .quants import QUANT_SIZES, GGMLQuantizationType
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from gguf import GGUFValueType
+from .gguf_constants import GGUFValueType
 
 from .gguf_io import GGUF_MAGIC, GGUF_VERSION, KV, SCALAR_FMT, n_dims, pad, tensor_nbytes
 from .quants import GGMLQuantizationType

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGUFValueType
+from .gguf_constants import GGML_QUANT_SIZES, GGUFValueType
 
 __all__ = [
     "ImatrixData", "ImatrixError", "RawImatrix", "filter_entries", "gguf_imatrix_bytes", "legacy_imatrix_bytes",

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGUFValueType
+from .gguf_constants import GGUFValueType
 from rich.console import Console
 from rich.table import Table
 

@@ -158,15 +158,20 @@ def make_progress(console: Console, quiet: bool) -> RunProgress:
 # ---------------------------------------------------------------------------------------------- tables
 
 
-def plan_table(tensors: list[TensorReport]) -> Table:
-    """Every tensor's chosen type and size, as llama-quantize's --dry-run lists them."""
-    t = Table(title="tensor plan", show_lines=False)
-    for col in ("#", "tensor", "shape", "from", "to", "MiB in", "MiB out"):
-        t.add_column(col, justify="right" if col in ("#", "MiB in", "MiB out") else "left")
-    for i, r in enumerate(tensors, 1):
-        t.add_row(str(i), r.name, _shape(r.shape), type_name(r.src_type), type_name(r.dst_type),
-                  f"{r.src_bytes / MiB:.2f}", f"{r.dst_bytes / MiB:.2f}")
-    return t
+def plan_text(tensors: list[TensorReport]) -> str:
+    """Every tensor's chosen type and size, as llama-quantize's --dry-run lists them: plain aligned columns
+    (a rich Table takes seconds for the thousands of tensors of a MoE model)."""
+    rows = [(str(i), r.name, _shape(r.shape), type_name(r.src_type), type_name(r.dst_type),
+             f"{r.src_bytes / MiB:.2f}", f"{r.dst_bytes / MiB:.2f}") for i, r in enumerate(tensors, 1)]
+    head = ("#", "tensor", "shape", "from", "to", "MiB in", "MiB out")
+    right = (True, False, False, False, False, True, True)
+    widths = [max(len(head[c]), *(len(r[c]) for r in rows)) if rows else len(head[c]) for c in range(len(head))]
+
+    def line(cells) -> str:
+        return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join(["tensor plan", line(head), rule, *(line(r) for r in rows)])
 
 
 def type_rows(report: Report) -> list[dict[str, Any]]:

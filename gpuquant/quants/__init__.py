@@ -7,7 +7,7 @@ of llama.cpp's ggml-quants.c bit for bit, and ``dequantize_rows``, ggml's ``to_f
 ``ggml_validate_row_data`` checks, and how its CUDA kernels in ``kernels/<family>.cu`` are launched. Every
 other table (kernel launches, validation, golden data, test parameters) is derived from the registry.
 
-This module is the bottom layer: it imports numpy and gguf only.
+This module is the bottom layer: it imports numpy and gguf's constants only.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-import gguf
+
+from .. import gguf_constants as _gguf
 
 __all__ = [
     "GGMLQuantizationType",
@@ -44,14 +45,14 @@ _EXTRA_TYPES: dict[str, tuple[int, tuple[int, int]]] = {
 #: Every ggml type: gguf's ``GGMLQuantizationType`` members plus ``_EXTRA_TYPES`` (same ids as ggml.h).
 GGMLQuantizationType = enum.IntEnum(  # type: ignore[misc]
     "GGMLQuantizationType",
-    [(t.name, int(t)) for t in gguf.GGMLQuantizationType] + [(n, i) for n, (i, _) in _EXTRA_TYPES.items()],
+    [(t.name, int(t)) for t in _gguf.GGMLQuantizationType] + [(n, i) for n, (i, _) in _EXTRA_TYPES.items()],
     module=__name__,
 )
 T = GGMLQuantizationType
 
 #: The one table of (block_size, type_size) per ggml type; every shape is derived from it.
 QUANT_SIZES: dict[GGMLQuantizationType, tuple[int, int]] = {
-    **{T(int(t)): v for t, v in gguf.GGML_QUANT_SIZES.items()},
+    **{T(int(t)): v for t, v in _gguf.GGML_QUANT_SIZES.items()},
     **{T[n]: sizes for n, (_, sizes) in _EXTRA_TYPES.items()},
 }
 
