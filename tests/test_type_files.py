@@ -5,8 +5,7 @@ llama and MoE models and on SmolLM2-135M F16, with and without an importance mat
 devices; llama-quantize's refusals (a row length no type of the mix divides, with no fallback) refused the
 same way, before anything is written; and requantizing files of these types into a K-quant and Q8_0.
 
-The SmolLM2 rows take minutes each on 2 cores (the reference's run included): they are marked ``extended``
-and stay out of the default run (``make test-extended`` runs them; README).
+The SmolLM2 rows are marked ``slow`` (about 90 s together on 2 cores, the reference's runs included).
 """
 from __future__ import annotations
 
@@ -102,7 +101,7 @@ def test_requantize_into_k_quant_and_q8_0(ftype, device, llama_f16, llama_128, t
 
 
 @requires_oracle
-@pytest.mark.extended
+@pytest.mark.slow
 @pytest.mark.parametrize("imatrix", [False, True], ids=["plain", "imatrix"])
 @pytest.mark.parametrize("ftype", FTYPES)
 def test_smollm2(ftype, imatrix, smollm2_f16, tmp_path):
@@ -110,7 +109,7 @@ def test_smollm2(ftype, imatrix, smollm2_f16, tmp_path):
 
 
 @requires_oracle
-@pytest.mark.extended
+@pytest.mark.slow
 def test_smollm2_q1_0_refused(smollm2_f16, tmp_path):
     with pytest.raises(UsageError, match="no tensor type fallback is defined for type q1_0"):
         quantize_file(smollm2_f16, tmp_path / "o.gguf", "Q1_0", device="cpu")
