@@ -1,14 +1,26 @@
-"""Reading GGUF models with the checks of ggml/src/gguf.cpp (``gguf_init_from_file``) and clear messages,
-and the size helpers shared with the writer (``gguf_writer``)."""
+"""The GGUF codec's reading half, and the model reader built on it.
+
+:func:`parse_gguf` is the one GGUF parser: it mirrors ``gguf_init_from_file`` of ggml/src/gguf.cpp (ggml
+0.3.36) check for check -- version rules, string and array limits, empty and duplicate keys, tensor names
+(at most ``GGML_MAX_NAME - 1`` bytes, kept as ``ggml_set_name`` keeps them: cut at the first NUL), duplicate
+names, ``GGML_MAX_DIMS``, the int64 element and SIZE_MAX byte overflow checks, the ggml type ids of 0.3.36,
+``general.alignment``, the data offsets, and (``need_data``, gguf's ``no_alloc = false``) whether the tensor
+data is all there -- and refuses what it refuses, with a message naming the file and the problem.
+
+:func:`read_model` reads a model (all its splits) through it and adds the llama loader's own checks: the
+types of the keys gpuquant reads, split files, tensors inside the file, no tensor name twice. ``gguf_writer``
+is the writing half. ``imatrix`` reads GGUF imatrices through :func:`parse_gguf` too.
+"""
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from .gguf_constants import GGUFValueType
@@ -20,9 +32,49 @@ GGUF_VERSION = 3
 ALIGNMENT = 32  # GGUF_DEFAULT_ALIGNMENT; llama-quantize's output context never changes it
 SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
+# ggml / gguf limits (ggml/include/ggml.h, ggml/src/gguf.cpp)
+GGML_MAX_DIMS = 4
+GGML_MAX_NAME = 64
+GGUF_MAX_STRING_LENGTH = 1 << 30
+GGUF_MAX_ARRAY_ELEMENTS = 1 << 30
+INT64_MAX = (1 << 63) - 1
+SIZE_MAX = (1 << 64) - 1
+_MAX_TENSORS = SIZE_MAX // 344  # sizeof(gguf_tensor_info) on x86-64
+_MAX_KVS = SIZE_MAX // 88  # sizeof(gguf_kv)
+
+SCALAR_FMT = {
+    GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
+    GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i", GGUFValueType.FLOAT32: "<f",
+    GGUFValueType.UINT64: "<Q", GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d", GGUFValueType.BOOL: "<?",
+}
+_NP_DTYPE = {
+    GGUFValueType.UINT8: "<u1", GGUFValueType.INT8: "<i1", GGUFValueType.UINT16: "<u2", GGUFValueType.INT16: "<i2",
+    GGUFValueType.UINT32: "<u4", GGUFValueType.INT32: "<i4", GGUFValueType.FLOAT32: "<f4",
+    GGUFValueType.BOOL: "<i1", GGUFValueType.UINT64: "<u8", GGUFValueType.INT64: "<i8",
+    GGUFValueType.FLOAT64: "<f8",
+}
+_INT_TYPES = frozenset(_NP_DTYPE) - {GGUFValueType.FLOAT32, GGUFValueType.FLOAT64, GGUFValueType.BOOL}
+_VALUE_TYPES = {int(t): t for t in GGUFValueType if t != GGUFValueType.ARRAY}  # what an element can be
+# every ggml type id of 0.3.36 with a block size (removed ids have none); gpuquant reads them all
+_VALID_TYPE_IDS = {int(t): t for t in QUANT_SIZES}
+
 
 class GGUFError(ValueError):
-    """The input is not a GGUF file gpuquant can read; the message names file and problem."""
+    """The input is not a GGUF file gpuquant can read; the message names file and problem.
+
+    ``problem`` is the message without the file name."""
+
+    def __init__(self, message: str, problem: str | None = None) -> None:
+        super().__init__(message)
+        self.problem = message if problem is None else problem
+
+
+class GGUFTruncated(GGUFError):
+    """The file ends before what its header announces; ``detail`` says where."""
+
+    def __init__(self, path: Path | str, detail: str) -> None:
+        super().__init__(f"{path}: truncated GGUF file: {detail}", f"truncated GGUF file: {detail}")
+        self.detail = detail
 
 
 def pad(n: int, align: int = ALIGNMENT) -> int:
@@ -47,18 +99,299 @@ def n_dims(ne: tuple[int, ...]) -> int:
     return 1
 
 
-# ---------------------------------------------------------------------------------------------- reading
+def cstr(b: bytes) -> bytes:
+    """A ``std::string`` seen through ``c_str()``: cut at the first NUL."""
+    return b.partition(b"\0")[0]
+
+
+# ---------------------------------------------------------------------------------------------- parsing
 
 
 @dataclass
 class KV:
-    """One key/value pair: decoded value for rules, raw bytes for a byte-exact copy."""
+    """One key/value pair: decoded value for rules, raw bytes for a byte-exact copy.
+
+    ``key`` and string values are what ggml's getters see (cut at the first NUL), decoded."""
 
     key: str
     vtype: GGUFValueType
     value: Any
     raw: bytes
     subtype: GGUFValueType | None = None
+
+
+@dataclass
+class TensorInfo:
+    """One tensor info as gguf_init_from_file keeps it."""
+
+    name: str  # as ggml_set_name keeps it: cut at the first NUL, decoded
+    ne: tuple[int, ...]  # the stored dimensions, ggml order ((1,) for none)
+    type: GGMLQuantizationType
+    offset: int  # from the start of the data section
+
+    @property
+    def nbytes(self) -> int:
+        return tensor_nbytes(self.type, self.ne)
+
+
+@dataclass
+class FileInfo:
+    """Header facts of one GGUF file (one split)."""
+
+    path: Path
+    version: int
+    n_kv: int
+    n_tensors: int
+    size: int
+    data_offset: int  # gguf_get_data_offset
+    alignment: int
+    data_size: int = 0  # the data section, each tensor padded to the alignment
+
+
+class Cursor:
+    """Sequential reads that never run past the end of the file (gguf.cpp's ``gguf_reader``).
+
+    ``errors``: how names and string values are decoded from UTF-8 (``"replace"``, ``"surrogateescape"``)."""
+
+    def __init__(self, f: BinaryIO, path: Path | str, size: int, errors: str = "replace") -> None:
+        self.f, self.path, self.size, self.pos, self.errors = f, path, size, 0, errors
+
+    @property
+    def remain(self) -> int:
+        return self.size - self.pos
+
+    def fail(self, problem: str) -> GGUFError:
+        return GGUFError(f"{self.path}: {problem}", problem)
+
+    def truncated(self, detail: str) -> GGUFTruncated:
+        return GGUFTruncated(self.path, detail)
+
+    def text(self, b: bytes) -> str:
+        """A name or string value as ggml's getters return it (``c_str()``), decoded."""
+        return cstr(b).decode("utf-8", self.errors)
+
+    def take(self, n: int, what: str) -> bytes:
+        if n < 0 or n > self.remain:
+            raise self.truncated(f"it ends at byte {self.size} inside the {what} (byte {self.pos}, {n} bytes needed)")
+        b = self.f.read(n)
+        if len(b) != n:
+            raise self.fail(f"the file shrank while being read (at byte {self.pos})")
+        self.pos += n
+        return b
+
+    def unpack(self, fmt: str, what: str):
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))[0]
+
+    def _length(self, n: int, what: str) -> int:
+        if n > GGUF_MAX_STRING_LENGTH:
+            raise self.fail(f"corrupt {what}: string length {n} exceeds the GGUF maximum {GGUF_MAX_STRING_LENGTH}")
+        return n
+
+    def string(self, what: str) -> bytes:
+        return self.take(self._length(self.unpack("<Q", what), what), what)
+
+    def strings(self, n: int, what: str) -> list[str]:
+        """``n`` length-prefixed strings, parsed from 1 MiB chunks (vocabularies hold ~10^5 of them)."""
+        out = []
+        buf, off = b"", 0
+        unpack = struct.Struct("<Q").unpack_from
+        for _ in range(n):
+            if len(buf) - off < 8:
+                buf, off = buf[off:] + self._chunk(8 - (len(buf) - off), what), 0
+            ln = self._length(unpack(buf, off)[0], what)
+            off += 8
+            if len(buf) - off < ln:
+                buf, off = buf[off:] + self._chunk(ln - (len(buf) - off), what), 0
+            out.append(self.text(buf[off:off + ln]))
+            off += ln
+        self.pos -= len(buf) - off  # give back what was read ahead
+        self.f.seek(self.pos)
+        return out
+
+    def _chunk(self, need: int, what: str) -> bytes:
+        n = min(self.remain, max(need, 1 << 20))
+        if n < need:
+            raise self.truncated(f"it ends at byte {self.size} inside the {what}")
+        return self.take(n, what)
+
+
+def _show(key: str) -> str:
+    """A key for a message: corrupt files can hold megabyte-long keys."""
+    return repr(key) if len(key) <= 80 else repr(key[:80]) + f"... ({len(key)} characters)"
+
+
+def _read_kv(cur: Cursor, i: int, seen: set[bytes]) -> KV:
+    """One key/value pair (gguf_init_from_reader's KV loop), with its raw bytes for a byte-exact copy."""
+    start = cur.pos
+    key_b = cur.string(f"key of key/value pair {i}")
+    if not key_b:
+        raise cur.fail(f"corrupt metadata: key/value pair {i} has an empty key")
+    if key_b in seen:  # the whole std::string, NULs included
+        raise cur.fail(f"corrupt metadata: duplicate key {_show(key_b.decode('utf-8', 'replace'))}")
+    seen.add(key_b)
+    key = cur.text(key_b)
+    what = f"value of metadata key {_show(key)}"
+    vtype = cur.unpack("<i", what)
+    sub = n = None
+    if vtype == GGUFValueType.ARRAY:
+        sub, n = cur.unpack("<i", what), cur.unpack("<Q", what)
+    elem = _VALUE_TYPES.get(vtype if sub is None else sub)
+    if elem is None:
+        if sub == GGUFValueType.ARRAY:
+            raise cur.fail(f"corrupt {what}: arrays of arrays are not valid GGUF")
+        raise cur.fail(f"corrupt {what}: invalid GGUF value type {vtype if sub is None else sub}")
+    if n is not None:
+        value: Any = _read_array(cur, elem, n, what)
+    elif elem == GGUFValueType.STRING:
+        value = cur.text(cur.string(what))
+    else:
+        value = cur.unpack(SCALAR_FMT[elem], what)
+    end = cur.pos
+    cur.f.seek(start)
+    raw = cur.f.read(end - start)
+    cur.f.seek(end)
+    return KV(key, GGUFValueType(vtype), value, raw, None if sub is None else elem)
+
+
+def _read_array(cur: Cursor, elem: GGUFValueType, n: int, what: str) -> list:
+    """gguf_reader::read(std::vector<T> &, n): element count limit, room for ``n`` elements, then each one."""
+    if n > GGUF_MAX_ARRAY_ELEMENTS:
+        raise cur.fail(f"corrupt {what}: array of {n} elements exceeds the GGUF maximum {GGUF_MAX_ARRAY_ELEMENTS}")
+    if elem == GGUFValueType.STRING:
+        if n * 8 > cur.remain:
+            raise cur.truncated(f"{what} claims {n} strings, more than the {cur.remain} bytes left can hold")
+        return cur.strings(n, what)
+    dt = np.dtype(_NP_DTYPE[elem])
+    arr = np.frombuffer(cur.take(n * dt.itemsize, what), dt)
+    return (arr != 0).tolist() if elem == GGUFValueType.BOOL else arr.tolist()
+
+
+def _read_shape(cur: Cursor, what: str) -> tuple[int, ...]:
+    """n_dims and ne of a tensor info, with gguf.cpp's dimension, sign and int64 overflow checks."""
+    nd = cur.unpack("<I", what)
+    if nd > GGML_MAX_DIMS:
+        raise cur.fail(f"corrupt {what}: {nd} dimensions (ggml allows at most {GGML_MAX_DIMS})")
+    ne = []
+    for j in range(nd):
+        d = cur.unpack("<q", what)
+        if d < 0:
+            raise cur.fail(f"corrupt {what}: dimension {j} has {d} elements")
+        ne.append(d)
+    count = ne[0] if ne else 1
+    for d in ne[1:]:
+        if d > 1 and INT64_MAX // d < count:
+            raise cur.fail(f"corrupt {what}: shape {ne} has {math.prod(ne)} elements, more than ggml can address")
+        count *= d
+    return tuple(ne) or (1,)
+
+
+def _read_tensor_info(cur: Cursor, i: int, seen: set[bytes]) -> TensorInfo:
+    """One tensor info (name, ne, type, offset) with gguf.cpp's checks."""
+    name_b = cur.string(f"name of tensor info {i}")
+    name = name_b.decode("utf-8", "replace")  # for messages
+    if len(name_b) >= GGML_MAX_NAME:
+        raise cur.fail(f"corrupt tensor info {i}: name {name[:80]!r} is {len(name_b)} bytes long "
+                       f"(ggml allows at most {GGML_MAX_NAME - 1})")
+    if name_b in seen:
+        raise cur.fail(f"corrupt tensor info {i}: duplicate tensor name {name!r}")
+    seen.add(name_b)
+    what = f"tensor info of {name!r}"
+    ne = _read_shape(cur, what)
+    tid = cur.unpack("<i", what)
+    qtype = _VALID_TYPE_IDS.get(tid)
+    if qtype is None:
+        raise cur.fail(f"tensor {name!r} has unknown ggml type id {tid} (gpuquant reads: "
+                       f"{', '.join(t.name for t in sorted(QUANT_SIZES))})")
+    block, type_size = QUANT_SIZES[qtype]
+    if ne[0] % block:
+        raise cur.fail(f"corrupt {what}: {ne[0]} elements per row is not a multiple of the "
+                       f"{qtype.name} block size {block}")
+    if math.prod(ne) // block > SIZE_MAX // type_size:
+        raise cur.fail(f"corrupt {what}: shape {list(ne)} of {qtype.name} is more than SIZE_MAX bytes")
+    return TensorInfo(cur.text(name_b), ne, qtype, cur.unpack("<Q", what))
+
+
+def _data_section(cur: Cursor, infos: list[TensorInfo], alignment: int, need_data: str | None) -> tuple[int, int]:
+    """Where the data section starts and its size: the aligned seek, then each offset and size checked."""
+    data_offset = pad(cur.pos, alignment) if infos else cur.pos
+    if data_offset > cur.size:
+        raise cur.truncated(f"the tensor data should start at byte {data_offset} but the file has {cur.size} bytes")
+    size = 0
+    for t in infos:
+        if t.offset != size:
+            raise cur.fail(f"corrupt tensor info of {t.name!r}: data offset {t.offset}, expected {size} "
+                           f"(tensors are stored in order, each padded to {alignment} bytes)")
+        padded = pad(t.nbytes, alignment)
+        if t.nbytes > SIZE_MAX - (alignment - 1) or SIZE_MAX - size < padded:
+            raise cur.fail(f"corrupt tensor info of {t.name!r}: the tensor data would exceed SIZE_MAX bytes")
+        if need_data == "tensors" and data_offset + size + t.nbytes > cur.size:
+            start, shape = data_offset + size, " x ".join(str(d) for d in t.ne)
+            raise cur.fail(f"truncated GGUF file or corrupt tensor info: tensor {t.name!r} ({shape}, "
+                           f"{t.type.name}) needs bytes {start}..{start + t.nbytes} but the file has {cur.size} bytes")
+        size += padded
+    if need_data == "section" and size > cur.size - data_offset:
+        raise cur.truncated(f"the tensor data ends at byte {data_offset + size} but the file has {cur.size} bytes")
+    return data_offset, size
+
+
+def _read_header(cur: Cursor) -> tuple[int, int, int]:
+    """Magic, version, tensor and key/value counts."""
+    head = cur.f.read(4)
+    if head != GGUF_MAGIC:
+        if len(head) < 4:
+            raise cur.fail(f"not a GGUF file ({cur.size} bytes, too short to hold the GGUF magic)")
+        raise cur.fail(f"not a GGUF file (starts with {head!r}, expected b'GGUF')")
+    cur.pos = 4
+    version = cur.unpack("<I", "GGUF header")
+    if version == 0 or version & 0xFFFF == 0:
+        raise cur.fail(f"unsupported GGUF version {version} (a corrupt header, or a big-endian "
+                       f"file: gpuquant reads little-endian GGUF versions 2 and 3)")
+    if version == 1 or version > GGUF_VERSION:
+        raise cur.fail(f"unsupported GGUF version {version} (gpuquant, like llama.cpp, reads versions 2 and 3)")
+    n_tensors, n_kv = cur.unpack("<q", "GGUF header"), cur.unpack("<q", "GGUF header")
+    if not (0 <= n_tensors <= _MAX_TENSORS and 0 <= n_kv <= _MAX_KVS):
+        raise cur.fail(f"corrupt GGUF header: {n_tensors} tensors, {n_kv} key/value pairs")
+    return version, n_tensors, n_kv
+
+
+def _alignment(cur: Cursor, kvs: list[KV]) -> int:
+    kv = find_kv(kvs, "general.alignment")
+    if kv is None:
+        return ALIGNMENT
+    if kv.vtype != GGUFValueType.UINT32:
+        sub = f" of {kv.subtype.name}" if kv.subtype is not None else ""
+        raise cur.fail(f"metadata key 'general.alignment' has type {kv.vtype.name}{sub}, but must be of type UINT32")
+    if kv.value == 0 or kv.value & (kv.value - 1):
+        raise cur.fail(f"general.alignment {kv.value} is not a power of 2")
+    return kv.value
+
+
+def parse_gguf(f: BinaryIO, path: Path | str, size: int, *, errors: str = "replace",
+               need_data: str | None = None) -> tuple[list[KV], list[TensorInfo], FileInfo]:
+    """``gguf_init_from_file`` on the open file ``f`` of ``size`` bytes: key/values, tensor infos, layout.
+
+    Raises :class:`GGUFError` (:class:`GGUFTruncated` when the file ends early) where gguf.cpp refuses the
+    file. ``need_data``: ``"section"``, the whole data section must be in the file (gguf's ``no_alloc =
+    false``); ``"tensors"``, each tensor's bytes must be (the llama loader's bounds check, made while the
+    offsets are walked so that the message names the first tensor at fault); None, no check.
+    """
+    cur = Cursor(f, path, size, errors)
+    version, n_tensors, n_kv = _read_header(cur)
+    seen: set[bytes] = set()
+    kvs = [_read_kv(cur, i, seen) for i in range(n_kv)]
+    alignment = _alignment(cur, kvs)
+    seen = set()
+    infos = [_read_tensor_info(cur, i, seen) for i in range(n_tensors)]
+    data_offset, data_size = _data_section(cur, infos, alignment, need_data)
+    return kvs, infos, FileInfo(Path(path), version, n_kv, n_tensors, size, data_offset, alignment, data_size)
+
+
+def find_kv(kvs: list[KV], key: str) -> KV | None:
+    """gguf_find_key: the first pair with this key."""
+    return next((kv for kv in kvs if kv.key == key), None)
+
+
+# ---------------------------------------------------------------------------------------------- models
 
 
 @dataclass
@@ -96,13 +429,11 @@ class GGUFModel:
     tensors: list[SourceTensor]
     split_paths: list[Path] = field(default_factory=list)
     version: int = GGUF_VERSION
-    files: list["FileInfo"] = field(default_factory=list)  # one per split
+    files: list[FileInfo] = field(default_factory=list)  # one per split
 
     def kv(self, key: str, default: Any = None) -> Any:
-        for kv in self.kvs:
-            if kv.key == key:
-                return kv.value
-        return default
+        kv = find_kv(self.kvs, key)
+        return default if kv is None else kv.value
 
     @property
     def kv_dict(self) -> dict[str, Any]:
@@ -121,142 +452,6 @@ class GGUFModel:
         return sum(t.nbytes for t in self.tensors)
 
 
-# ggml / gguf limits (ggml/include/ggml.h, ggml/src/gguf.cpp)
-GGML_MAX_DIMS = 4
-GGML_MAX_NAME = 64
-GGUF_MAX_STRING_LENGTH = 1 << 30
-GGUF_MAX_ARRAY_ELEMENTS = 1 << 30
-INT64_MAX = (1 << 63) - 1
-
-SCALAR_FMT = {
-    GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
-    GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i", GGUFValueType.FLOAT32: "<f",
-    GGUFValueType.UINT64: "<Q", GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d", GGUFValueType.BOOL: "<?",
-}
-_NP_DTYPE = {
-    GGUFValueType.UINT8: "<u1", GGUFValueType.INT8: "<i1", GGUFValueType.UINT16: "<u2", GGUFValueType.INT16: "<i2",
-    GGUFValueType.UINT32: "<u4", GGUFValueType.INT32: "<i4", GGUFValueType.FLOAT32: "<f4",
-    GGUFValueType.BOOL: "<i1", GGUFValueType.UINT64: "<u8", GGUFValueType.INT64: "<i8",
-    GGUFValueType.FLOAT64: "<f8",
-}
-_INT_TYPES = frozenset(_NP_DTYPE) - {GGUFValueType.FLOAT32, GGUFValueType.FLOAT64, GGUFValueType.BOOL}
-_VALID_TYPE_IDS = {int(t): t for t in QUANT_SIZES}
-
-
-class _Cursor:
-    """Sequential reads that never run past the end of the file (gguf.cpp's ``gguf_reader``)."""
-
-    def __init__(self, f, path: Path, size: int) -> None:
-        self.f, self.path, self.size, self.pos = f, path, size, 0
-
-    def fail(self, msg: str) -> GGUFError:
-        return GGUFError(f"{self.path}: {msg}")
-
-    def take(self, n: int, what: str) -> bytes:
-        if n > self.size - self.pos:
-            raise self.fail(f"truncated GGUF file: it ends at byte {self.size} inside the {what} "
-                            f"(byte {self.pos}, {n} bytes needed)")
-        b = self.f.read(n)
-        if len(b) != n:
-            raise self.fail(f"the file shrank while being read (at byte {self.pos})")
-        self.pos += n
-        return b
-
-    def unpack(self, fmt: str, what: str):
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))[0]
-
-    def string(self, what: str) -> bytes:
-        n = self.unpack("<Q", what)
-        if n > GGUF_MAX_STRING_LENGTH:
-            raise self.fail(f"corrupt {what}: string length {n} exceeds the GGUF maximum {GGUF_MAX_STRING_LENGTH}")
-        return self.take(n, what)
-
-    def strings(self, n: int, what: str) -> list[str]:
-        """``n`` length-prefixed strings, parsed from 1 MiB chunks (vocabularies hold ~10^5 of them)."""
-        out = []
-        buf, off = b"", 0
-        unpack = struct.Struct("<Q").unpack_from
-        for _ in range(n):
-            if len(buf) - off < 8:
-                buf, off = buf[off:] + self._chunk(8 - (len(buf) - off), what), 0
-            (ln,) = unpack(buf, off)
-            off += 8
-            if ln > GGUF_MAX_STRING_LENGTH:
-                raise self.fail(f"corrupt {what}: string length {ln} exceeds the GGUF maximum {GGUF_MAX_STRING_LENGTH}")
-            if len(buf) - off < ln:
-                buf, off = buf[off:] + self._chunk(ln - (len(buf) - off), what), 0
-            out.append(buf[off:off + ln].decode("utf-8", "replace"))
-            off += ln
-        self.pos -= len(buf) - off  # give back what was read ahead
-        self.f.seek(self.pos)
-        return out
-
-    def _chunk(self, need: int, what: str) -> bytes:
-        n = min(self.size - self.pos, max(need, 1 << 20))
-        if n < need:
-            raise self.fail(f"truncated GGUF file: it ends at byte {self.size} inside the {what}")
-        b = self.f.read(n)
-        if len(b) != n:
-            raise self.fail(f"the file shrank while being read (at byte {self.pos})")
-        self.pos += n
-        return b
-
-    def value_type(self, what: str) -> GGUFValueType:
-        raw = self.unpack("<i", what)
-        try:
-            return GGUFValueType(raw)
-        except ValueError:
-            raise self.fail(f"corrupt {what}: invalid GGUF value type {raw}") from None
-
-
-def _text(b: bytes) -> str:
-    return b.decode("utf-8", "replace")
-
-
-def _show(key: str) -> str:
-    """A key for a message: corrupt files can hold megabyte-long keys."""
-    return repr(key) if len(key) <= 80 else repr(key[:80]) + f"... ({len(key)} characters)"
-
-
-def _read_kv(cur: _Cursor, i: int) -> KV:
-    """One key/value pair (gguf_init_from_reader's KV loop), with its raw bytes for a byte-exact copy."""
-    start = cur.pos
-    key_b = cur.string(f"key of key/value pair {i}")
-    if not key_b:
-        raise cur.fail(f"corrupt metadata: key/value pair {i} has an empty key")
-    key = _text(key_b)
-    what = f"value of metadata key {_show(key)}"
-    vtype = cur.value_type(what)
-    sub = None
-    if vtype == GGUFValueType.ARRAY:
-        sub = cur.value_type(what)
-        if sub == GGUFValueType.ARRAY:
-            raise cur.fail(f"corrupt {what}: arrays of arrays are not valid GGUF")
-        n = cur.unpack("<Q", what)
-        if n > GGUF_MAX_ARRAY_ELEMENTS:
-            raise cur.fail(f"corrupt {what}: array of {n} elements exceeds the GGUF maximum {GGUF_MAX_ARRAY_ELEMENTS}")
-        if sub == GGUFValueType.STRING:
-            if n * 8 > cur.size - cur.pos:
-                raise cur.fail(f"truncated GGUF file: {what} claims {n} strings, more than the "
-                               f"{cur.size - cur.pos} bytes left can hold")
-            value: Any = cur.strings(n, what)
-        else:
-            dt = np.dtype(_NP_DTYPE[sub])
-            arr = np.frombuffer(cur.take(n * dt.itemsize, what), dt)
-            value = (arr != 0).tolist() if sub == GGUFValueType.BOOL else arr.tolist()
-    elif vtype == GGUFValueType.STRING:
-        value = _text(cur.string(what))
-    else:
-        value = cur.unpack(SCALAR_FMT[vtype], what)
-        if vtype == GGUFValueType.BOOL:
-            value = bool(value)
-    end = cur.pos
-    cur.f.seek(start)
-    raw = cur.f.read(end - start)
-    cur.f.seek(end)
-    return KV(key, vtype, value, raw, sub)
-
-
 # keys gpuquant reads, and the kind of value llama.cpp's loader insists on for them
 _STRING_KEYS = ("general.architecture",)
 _INT_KEYS = ("general.file_type", "general.quantization_version", "split.no", "split.count")
@@ -264,7 +459,7 @@ _INT_SUFFIXES = (".block_count", ".expert_count", ".nextn_predict_layers")
 _INT_OR_ARRAY_SUFFIXES = (".attention.head_count", ".attention.head_count_kv")
 
 
-def _check_known_keys(cur: _Cursor, kvs: list[KV]) -> None:
+def _check_known_keys(path: Path, kvs: list[KV]) -> None:
     for kv in kvs:
         k, vt = kv.key, kv.vtype
         if k in _STRING_KEYS:
@@ -276,67 +471,15 @@ def _check_known_keys(cur: _Cursor, kvs: list[KV]) -> None:
         elif k.endswith(_INT_OR_ARRAY_SUFFIXES):
             ok = vt in _INT_TYPES or (vt == GGUFValueType.ARRAY and kv.subtype in _INT_TYPES)
             want = "an integer or an array of integers"
-        elif k == "general.alignment":
-            ok = vt == GGUFValueType.UINT32
-            want = "of type UINT32"
         else:
             continue
         if not ok:
             sub = f" of {kv.subtype.name}" if kv.subtype is not None else ""
-            raise cur.fail(f"metadata key {k!r} has type {vt.name}{sub}, but must be {want}")
-
-
-def _read_tensor_info(cur: _Cursor, i: int, names: set[str]) -> tuple[str, tuple[int, ...], GGMLQuantizationType, int]:
-    """One tensor info (name, ne, type, offset) with gguf.cpp's checks."""
-    name_b = cur.string(f"name of tensor info {i}")
-    name = _text(name_b)
-    if len(name_b) >= GGML_MAX_NAME:
-        raise cur.fail(f"corrupt tensor info {i}: name {name[:80]!r} is {len(name_b)} bytes long "
-                       f"(ggml allows at most {GGML_MAX_NAME - 1})")
-    if name in names:
-        raise cur.fail(f"corrupt tensor info {i}: duplicate tensor name {name!r}")
-    names.add(name)
-    what = f"tensor info of {name!r}"
-    nd = cur.unpack("<I", what)
-    if nd > GGML_MAX_DIMS:
-        raise cur.fail(f"corrupt {what}: {nd} dimensions (ggml allows at most {GGML_MAX_DIMS})")
-    ne = tuple(cur.unpack("<q", what) for _ in range(nd)) or (1,)
-    for j, d in enumerate(ne):
-        if d < 0:
-            raise cur.fail(f"corrupt {what}: dimension {j} has {d} elements")
-    count = 1
-    for d in ne:
-        count *= d
-    if count > INT64_MAX:
-        raise cur.fail(f"corrupt {what}: shape {list(ne)} has {count} elements, more than ggml can address")
-    tid = cur.unpack("<i", what)
-    qtype = _VALID_TYPE_IDS.get(tid)
-    if qtype is None:
-        raise cur.fail(f"tensor {name!r} has unknown ggml type id {tid} (gpuquant reads: "
-                       f"{', '.join(t.name for t in sorted(QUANT_SIZES))})")
-    block = QUANT_SIZES[qtype][0]
-    if ne[0] % block:
-        raise cur.fail(f"corrupt {what}: {ne[0]} elements per row is not a multiple of the "
-                       f"{qtype.name} block size {block}")
-    offset = cur.unpack("<Q", what)
-    return name, ne, qtype, offset
-
-
-@dataclass
-class FileInfo:
-    """Header facts of one GGUF file (one split)."""
-
-    path: Path
-    version: int
-    n_kv: int
-    n_tensors: int
-    size: int
-    data_offset: int
-    alignment: int
+            raise GGUFError(f"{path}: metadata key {k!r} has type {vt.name}{sub}, but must be {want}")
 
 
 def _read_one(path: Path, split: int) -> tuple[list[KV], list[SourceTensor], FileInfo]:
-    """Parse one GGUF file's metadata the way ``gguf_init_from_file`` does, refusing what it refuses."""
+    """Parse one GGUF file's metadata the way llama's loader does, refusing what it refuses."""
     try:
         f = open(path, "rb")
     except FileNotFoundError:
@@ -346,63 +489,13 @@ def _read_one(path: Path, split: int) -> tuple[list[KV], list[SourceTensor], Fil
     except OSError as e:
         raise GGUFError(f"{path}: cannot open: {e.strerror}") from None
     with f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
             raise GGUFError(f"{path}: not a regular file")
-        size = os.fstat(f.fileno()).st_size
-        cur = _Cursor(f, path, size)
-        head = f.read(4)
-        if head != GGUF_MAGIC:
-            if len(head) < 4:
-                raise GGUFError(f"{path}: not a GGUF file ({size} bytes, too short to hold the GGUF magic)")
-            raise GGUFError(f"{path}: not a GGUF file (starts with {head!r}, expected b'GGUF')")
-        cur.pos = 4
-        version = cur.unpack("<I", "GGUF header")
-        if version == 0 or version & 0xFFFF == 0:
-            raise GGUFError(f"{path}: unsupported GGUF version {version} (a corrupt header, or a big-endian "
-                            f"file: gpuquant reads little-endian GGUF versions 2 and 3)")
-        if version not in (2, 3):
-            raise GGUFError(f"{path}: unsupported GGUF version {version} (gpuquant, like llama.cpp, reads "
-                            f"versions 2 and 3)")
-        n_tensors = cur.unpack("<q", "GGUF header")
-        n_kv = cur.unpack("<q", "GGUF header")
-        if n_tensors < 0 or n_kv < 0:
-            raise GGUFError(f"{path}: corrupt GGUF header: {n_tensors} tensors, {n_kv} key/value pairs")
-        kvs: list[KV] = []
-        seen: set[str] = set()
-        for i in range(n_kv):
-            kv = _read_kv(cur, i)
-            if kv.key in seen:
-                raise cur.fail(f"corrupt metadata: duplicate key {_show(kv.key)}")
-            seen.add(kv.key)
-            kvs.append(kv)
-        _check_known_keys(cur, kvs)
-        alignment = next((kv.value for kv in kvs if kv.key == "general.alignment"), ALIGNMENT)
-        if alignment == 0 or alignment & (alignment - 1):
-            raise cur.fail(f"general.alignment {alignment} is not a power of 2")
-        infos = []
-        names: set[str] = set()
-        for i in range(n_tensors):
-            infos.append(_read_tensor_info(cur, i, names))
-    data_offset = pad(cur.pos, alignment)
-    if n_tensors and data_offset > size:
-        raise GGUFError(f"{path}: truncated GGUF file: the tensor data should start at byte {data_offset} "
-                        f"but the file has {size} bytes")
-    tensors = []
-    expected = 0
-    for name, ne, qtype, offset in infos:
-        if offset != expected:
-            raise GGUFError(f"{path}: corrupt tensor info of {name!r}: data offset {offset}, expected {expected} "
-                            f"(tensors are stored in order, each padded to {alignment} bytes)")
-        nbytes = tensor_nbytes(qtype, ne)
-        start = data_offset + offset
-        if start + nbytes > size:
-            shape = " x ".join(str(d) for d in ne)
-            raise GGUFError(f"{path}: truncated GGUF file or corrupt tensor info: tensor {name!r} "
-                            f"({shape}, {qtype.name}) needs bytes {start}..{start + nbytes} but the file has "
-                            f"{size} bytes")
-        tensors.append(SourceTensor(name, ne, qtype, path, start, nbytes, split))
-        expected = offset + pad(nbytes, alignment)
-    return kvs, tensors, FileInfo(path, version, n_kv, n_tensors, size, data_offset, alignment)
+        kvs, infos, info = parse_gguf(f, path, st.st_size, need_data="tensors")
+    _check_known_keys(path, kvs)
+    tensors = [SourceTensor(t.name, t.ne, t.type, path, info.data_offset + t.offset, t.nbytes, split) for t in infos]
+    return kvs, tensors, info
 
 
 def read_model(path: str | os.PathLike) -> GGUFModel:

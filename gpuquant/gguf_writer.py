@@ -20,8 +20,10 @@ from .gguf_constants import GGUFValueType
 from .gguf_io import GGUF_MAGIC, GGUF_VERSION, KV, SCALAR_FMT, n_dims, pad, tensor_nbytes
 from .quants import GGMLQuantizationType
 
+
 def _str(s: str | bytes) -> bytes:
-    b = s.encode("utf-8") if isinstance(s, str) else s
+    """A GGUF string; ``str`` is UTF-8 (surrogate escapes give back the bytes they stand for)."""
+    b = s.encode("utf-8", "surrogateescape") if isinstance(s, str) else s
     return struct.pack("<Q", len(b)) + b
 
 

@@ -2,9 +2,10 @@
 
 Reading mirrors three pieces of llama.cpp:
 
-* ``common_imatrix_load`` (common/imatrix-loader.cpp): try the file as GGUF (``gguf_init_from_file``, whose
-  validity checks :func:`_parse_gguf` repeats), fall back to the legacy ``.dat`` layout when that fails.
-  The result is :class:`RawImatrix`: raw sums and integer counts per entry, like ``common_imatrix``.
+* ``common_imatrix_load`` (common/imatrix-loader.cpp): try the file as GGUF (``gguf_init_from_file`` with
+  ``no_alloc = false``: :func:`gpuquant.gguf_io.parse_gguf` with the whole data section required), fall back
+  to the legacy ``.dat`` layout when that fails. The result is :class:`RawImatrix`: raw sums and integer
+  counts per entry, like ``common_imatrix``.
 * ``load_imatrix`` (tools/quantize/quantize.cpp): normalize in float32 -- GGUF sums / per-expert count
   (count <= 0 -> 1.0), legacy sums / ncall (ncall <= 0 -> sums as stored) -- giving :class:`ImatrixData`.
 * ``prepare_imatrix`` (quantize.cpp): ``--exclude-weights`` / ``--include-weights`` substring filtering.
@@ -15,23 +16,28 @@ size against ``ne[0] * ne[2]`` of its tensor: :meth:`ImatrixData.check_finite` a
 :meth:`ImatrixData.kv_overrides` / :meth:`ImatrixData.metadata`.
 
 Writing (:func:`write_gguf_imatrix`, :func:`write_legacy_imatrix`) mirrors ``IMatrixCollector::save_imatrix``
-and ``save_imatrix_legacy`` (tools/imatrix/imatrix.cpp) byte for byte, from the collector's raw state: summed
-squared activations (flat, ``ne0 * n_mat`` float32) and integer counts per matrix.
+(through the GGUF encoder of ``gguf_writer``) and ``save_imatrix_legacy`` (tools/imatrix/imatrix.cpp) byte
+for byte, from the collector's raw state: summed squared activations (flat, ``ne0 * n_mat`` float32) and
+integer counts per matrix.
 
 Names and dataset strings are bytes in the files; they are decoded as UTF-8 with ``surrogateescape`` so that
 nothing is lost (``name.encode("utf-8", "surrogateescape")`` gives the file's bytes back).
 
-Bottom layer: imports numpy and gguf only.
+Bottom layer: imports numpy, ``gguf_constants``, ``gpuquant.quants`` and the GGUF codec (``gguf_io``, ``gguf_writer``).
 """
 from __future__ import annotations
 
+import io
 import os
 import struct
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
-from .gguf_constants import GGML_QUANT_SIZES, GGUFValueType
+from .gguf_constants import GGUFValueType
+from .gguf_io import GGML_MAX_NAME, KV, Cursor, GGUFError, GGUFTruncated, cstr, find_kv, pad, parse_gguf
+from .gguf_writer import KVList, OutTensor, encode_header, encode_kv
+from .quants import GGMLQuantizationType as T
 
 __all__ = [
     "ImatrixData", "ImatrixError", "RawImatrix", "filter_entries", "gguf_imatrix_bytes", "legacy_imatrix_bytes",
@@ -49,31 +55,10 @@ KV_IMATRIX_DATASET = "quantize.imatrix.dataset"
 KV_IMATRIX_N_ENTRIES = "quantize.imatrix.entries_count"
 KV_IMATRIX_N_CHUNKS = "quantize.imatrix.chunks_count"
 
-_SUM_SUFFIX = b".in_sum2"
-_COUNT_SUFFIX = b".counts"
+_SUM_SUFFIX = ".in_sum2"
+_COUNT_SUFFIX = ".counts"
 _TOKEN_EMBD = ("token_embd.weight", "per_layer_token_embd.weight")  # tensor_name_match_token_embd
-
-# ggml/gguf limits (ggml.h, gguf.h, gguf.cpp)
-_GGML_MAX_NAME = 64
-_GGML_MAX_DIMS = 4
-_GGML_TYPE_COUNT = 43
-_GGML_TYPE_F32 = 0
-_GGUF_VERSION = 3
-_GGUF_DEFAULT_ALIGNMENT = 32
-_GGUF_MAX_STRING_LENGTH = 1024 * 1024 * 1024
-_GGUF_MAX_ARRAY_ELEMENTS = 1024 * 1024 * 1024
-_SIZE_MAX = 2**64 - 1
-_INT64_MAX = 2**63 - 1
 _LONG_MIN = -(2**63)
-# ggml type_traits (blck_size, type_size); removed ids (4, 5, 31-33, 36-38) have blck_size 0.
-# Q2_0 (42, QK2_0 = 64, fp16 d + 16 bytes) is newer than gguf-py's table.
-_GGML_SIZES: dict[int, tuple[int, int]] = {int(k): v for k, v in GGML_QUANT_SIZES.items()}
-_GGML_SIZES.setdefault(42, (64, 18))
-
-# gguf_type -> numpy dtype of one element (GGUF_TYPE_SIZE); STRING (8) and ARRAY (9) are handled apart
-_GGUF_DTYPES = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "<i1",
-                10: "<u8", 11: "<i8", 12: "<f8"}
-_T_STRING, _T_ARRAY, _T_UINT32 = 8, 9, 4
 
 
 class ImatrixError(ValueError):
@@ -86,11 +71,6 @@ def _s(b: bytes) -> str:
 
 def _b(s: str) -> bytes:
     return s.encode("utf-8", "surrogateescape")
-
-
-def _cstr(b: bytes) -> bytes:
-    """A ``std::string`` read back through ``c_str()``: cut at the first NUL."""
-    return b.split(b"\0", 1)[0]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -111,157 +91,11 @@ class RawImatrix:
     missing_keys: tuple[str, ...] = ()  # which of the three metadata keys a GGUF file lacks
 
 
-class _Short(Exception):
-    """Ran past the end of the file (an internal signal, always turned into a message)."""
-
-
-class _Reader:
-    """Sequential little-endian reads with gguf_reader's rule: never read past the end."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    @property
-    def remain(self) -> int:
-        return len(self.data) - self.pos
-
-    def take(self, n: int) -> bytes:
-        if n < 0 or n > self.remain:
-            raise _Short
-        out = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return out
-
-    def unpack(self, fmt: str) -> int:
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
-
-
-def _read_gguf_value(r: _Reader, key: bytes, vtype: int, n: int | None) -> object:
-    """One KV value as gguf_read_emplace_helper reads it (``n`` is None for a scalar)."""
-    if vtype == _T_STRING:
-        def one() -> bytes:
-            size = r.unpack("<Q")
-            if size > _GGUF_MAX_STRING_LENGTH or size > r.remain:
-                raise ValueError(f"string of key {_s(key)!r} has length {size} beyond the file or the limit")
-            return r.take(size)
-        if n is None:
-            return one()
-        if n > _GGUF_MAX_ARRAY_ELEMENTS or r.remain < n * 8:
-            raise ValueError(f"array of key {_s(key)!r} has {n} strings, more than the file holds")
-        return [one() for _ in range(n)]
-    if vtype not in _GGUF_DTYPES:
-        raise ValueError(f"key {_s(key)!r} has invalid GGUF type {vtype}")
-    dt = np.dtype(_GGUF_DTYPES[vtype])
-    if n is None:
-        return np.frombuffer(r.take(dt.itemsize), dt)[0].item()
-    if n > _GGUF_MAX_ARRAY_ELEMENTS or r.remain < n * dt.itemsize:
-        raise ValueError(f"array of key {_s(key)!r} has {n} elements, more than the file holds")
-    return np.frombuffer(r.take(n * dt.itemsize), dt)
-
-
-def _nbytes(ne: list[int], ggml_type: int) -> int:
-    """ggml_nbytes of a contiguous tensor."""
-    if any(d <= 0 for d in ne):
-        return 0
-    blck, size = _GGML_SIZES[ggml_type]
-    n = 1
-    for d in ne:
-        n *= d
-    return n // blck * size
-
-
-def _parse_gguf(data: bytes) -> tuple[list[tuple[bytes, int, bool, object]], list[tuple[bytes, int, list[int], bytes]]]:
-    """gguf_init_from_file (no_alloc = false): ``(kvs, tensors)`` or ValueError saying why it refuses the file.
-
-    ``kvs``: ``(key, type, is_array, value)`` in file order. ``tensors``: ``(name, ggml type, ne, data)``
-    in file order, the name as ``ggml_set_name`` keeps it (cut at the first NUL).
-    """
-    r = _Reader(data)
-    try:
-        if r.take(4) != b"GGUF":
-            raise ValueError("invalid magic, expected 'GGUF'")
-        version = r.unpack("<I")
-        if version == 0 or (version & 0xFFFF) == 0 or version == 1 or version > _GGUF_VERSION:
-            raise ValueError(f"unsupported GGUF version {version}")
-        n_tensors = r.unpack("<q")
-        n_kv = r.unpack("<q")
-        if n_tensors < 0 or n_kv < 0:
-            raise ValueError(f"bad header: n_tensors={n_tensors} n_kv={n_kv}")
-
-        kvs: list[tuple[bytes, int, bool, object]] = []
-        seen: set[bytes] = set()
-        for i in range(n_kv):
-            key = _read_gguf_value(r, b"#%d" % i, _T_STRING, None)
-            if not key:
-                raise ValueError(f"key {i} is empty")
-            if key in seen:
-                raise ValueError(f"duplicate key {_s(key)!r}")
-            seen.add(key)
-            vtype, is_array, n = r.unpack("<i"), False, None
-            if vtype == _T_ARRAY:
-                is_array, vtype, n = True, r.unpack("<i"), r.unpack("<Q")
-            kvs.append((key, vtype, is_array, _read_gguf_value(r, key, vtype, n)))
-
-        alignment = _GGUF_DEFAULT_ALIGNMENT
-        kv_align = _find_key(kvs, b"general.alignment")
-        if kv_align is not None:
-            if kv_align[1] != _T_UINT32 or kv_align[2]:
-                raise ValueError("key 'general.alignment' must be of type u32")
-            alignment = kv_align[3]
-            if alignment == 0 or alignment & (alignment - 1):
-                raise ValueError(f"alignment {alignment} is not a power of 2")
-
-        infos: list[tuple[bytes, int, list[int], int]] = []
-        seen = set()
-        for i in range(n_tensors):
-            name = _read_gguf_value(r, b"tensor name %d" % i, _T_STRING, None)
-            if len(name) >= _GGML_MAX_NAME:
-                raise ValueError(f"tensor name {i} is too long: {len(name)} >= {_GGML_MAX_NAME}")
-            if name in seen:
-                raise ValueError(f"duplicate tensor name {_s(name)!r}")
-            seen.add(name)
-            n_dims = r.unpack("<I")
-            if n_dims > _GGML_MAX_DIMS:
-                raise ValueError(f"tensor {_s(name)!r} has {n_dims} dimensions > {_GGML_MAX_DIMS}")
-            ne = [r.unpack("<q") for _ in range(n_dims)] + [1] * (_GGML_MAX_DIMS - n_dims)
-            if any(d < 0 for d in ne):
-                raise ValueError(f"tensor {_s(name)!r} has a negative dimension: {ne}")
-            cur = ne[0]
-            for d in ne[1:]:
-                if d > 1 and _INT64_MAX // d < cur:
-                    raise ValueError(f"tensor {_s(name)!r} shape {ne} overflows int64")
-                cur *= d
-            gtype = r.unpack("<i")
-            blck, tsize = _GGML_SIZES.get(gtype, (0, 0)) if 0 <= gtype < _GGML_TYPE_COUNT else (0, 0)
-            if not 0 <= gtype < _GGML_TYPE_COUNT or blck == 0 or ne[0] % blck:
-                raise ValueError(f"tensor {_s(name)!r} has invalid ggml type {gtype} for row length {ne[0]}")
-            if cur // blck > _SIZE_MAX // tsize:
-                raise ValueError(f"tensor {_s(name)!r} is larger than SIZE_MAX bytes")
-            infos.append((name, gtype, ne, r.unpack("<Q")))
-
-        if n_tensors > 0:
-            r.take(-r.pos % alignment)  # the data section starts aligned
-        size = 0
-        for name, gtype, ne, offset in infos:
-            if offset != size:
-                raise ValueError(f"tensor {_s(name)!r} has offset {offset}, expected {size}")
-            size += -(-_nbytes(ne, gtype) // alignment) * alignment
-        if size > _SIZE_MAX:
-            raise ValueError("data section larger than SIZE_MAX")
-        blob = r.take(size)
-    except _Short:
-        raise ValueError(f"file ends early (at byte {r.pos} of {len(data)})") from None
-    tensors = [(_cstr(name), gtype, ne, blob[off:off + _nbytes(ne, gtype)]) for name, gtype, ne, off in infos]
-    return kvs, tensors
-
-
-def _find_key(kvs: list, key: bytes) -> tuple | None:
-    """gguf_find_key: the first KV whose key equals ``key`` as a C string."""
-    for kv in kvs:
-        if _cstr(kv[0]) == key:
-            return kv
-    return None
+def _read_gguf(path: str, data: bytes) -> tuple[list[KV], list[tuple[str, T, bytes]]]:
+    """gguf_init_from_file (no_alloc = false): the key/values, and each tensor's name, type and data."""
+    kvs, infos, info = parse_gguf(io.BytesIO(data), path, len(data), errors="surrogateescape", need_data="section")
+    base = info.data_offset
+    return kvs, [(t.name, t.type, data[base + t.offset:base + t.offset + t.nbytes]) for t in infos]
 
 
 def _lround(x: np.ndarray) -> np.ndarray:
@@ -274,89 +108,99 @@ def _lround(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _load_gguf(path: str, kvs: list, tensors: list) -> RawImatrix:
-    """The GGUF branch of common_imatrix_load, on a file gguf_init_from_file accepted."""
-    if len(tensors) < 1:
-        raise ImatrixError(f"{path}: no data in file (a GGUF without tensors)")
-    datasets: list[str] = []
-    kv = _find_key(kvs, KV_DATASETS.encode())
-    if kv is not None and kv[2] and kv[1] == _T_STRING:
-        datasets = [_s(_cstr(v)) for v in kv[3]]
-    ints = {}
-    for key in (KV_CHUNK_COUNT, KV_CHUNK_SIZE):
-        kv = _find_key(kvs, key.encode())
-        # gguf_get_val_u32 asserts one element of type u32 (an array of one u32 passes); llama.cpp aborts
-        if kv is not None and (kv[1] != _T_UINT32 or (kv[2] and len(kv[3]) != 1)):
-            raise ImatrixError(f"{path}: metadata key {key!r} must be a u32 scalar (llama.cpp aborts on this file)")
-        value = 0 if kv is None else int(kv[3][0] if kv[2] else kv[3])
-        ints[key] = value - (1 << 32) if value >= 1 << 31 else value  # uint32 stored in an int32_t
-    missing = tuple(k for k in (KV_DATASETS, KV_CHUNK_COUNT, KV_CHUNK_SIZE) if _find_key(kvs, k.encode()) is None)
+def _u32_key(path: str, kvs: list[KV], key: str) -> int:
+    """``gguf_get_val_u32`` stored in an int32_t (0 when the key is missing). It asserts one element of type
+    u32 (an array of one u32 passes): llama.cpp aborts on anything else."""
+    kv = find_kv(kvs, key)
+    if kv is None:
+        return 0
+    is_array = kv.vtype == GGUFValueType.ARRAY
+    if (kv.subtype if is_array else kv.vtype) != GGUFValueType.UINT32 or (is_array and len(kv.value) != 1):
+        raise ImatrixError(f"{path}: metadata key {key!r} must be a u32 scalar (llama.cpp aborts on this file)")
+    value = int(kv.value[0] if is_array else kv.value)
+    return value - (1 << 32) if value >= 1 << 31 else value
 
-    pairs: dict[bytes, list] = {}
-    for name, gtype, ne, blob in tensors:
-        if not name:
-            continue
+
+def _sums_and_counts(path: str, tensors: list[tuple[str, T, bytes]]) -> tuple[dict, dict]:
+    """Pair ``NAME.in_sum2`` with ``NAME.counts`` (both F32), entries in std::map (byte) order."""
+    pairs: dict[str, list] = {}
+    for name, gtype, blob in tensors:
         for slot, suffix in ((0, _SUM_SUFFIX), (1, _COUNT_SUFFIX)):
-            if name.endswith(suffix):
+            if name and name.endswith(suffix):
                 pairs.setdefault(name[:-len(suffix)], [None, None])[slot] = (gtype, blob)
                 break
     sums, counts = {}, {}
-    for name in sorted(pairs):  # std::map order
+    for name in sorted(pairs, key=_b):
         s, c = pairs[name]
         if s is None or c is None:
-            raise ImatrixError(f"{path}: mismatched sums and counts for {_s(name)!r} "
-                               f"(has {'no' if s is None else 'a'} .in_sum2 and {'no' if c is None else 'a'} .counts tensor)")
-        if s[0] != _GGML_TYPE_F32 or c[0] != _GGML_TYPE_F32:
-            raise ImatrixError(f"{path}: sums and counts for {_s(name)!r} must be F32 "
-                               f"(ggml types {s[0]} and {c[0]})")
-        sums[_s(name)] = np.frombuffer(s[1], "<f4").astype(np.float32)
-        counts[_s(name)] = _lround(np.frombuffer(c[1], "<f4"))
-    return RawImatrix(sums, counts, datasets, ints[KV_CHUNK_COUNT], ints[KV_CHUNK_SIZE], False, not missing, missing)
+            raise ImatrixError(f"{path}: mismatched sums and counts for {name!r} (has {'no' if s is None else 'a'} "
+                               f".in_sum2 and {'no' if c is None else 'a'} .counts tensor)")
+        if s[0] != T.F32 or c[0] != T.F32:
+            raise ImatrixError(f"{path}: sums and counts for {name!r} must be F32 (ggml types {s[0]} and {c[0]})")
+        sums[name] = np.frombuffer(s[1], "<f4").astype(np.float32)
+        counts[name] = _lround(np.frombuffer(c[1], "<f4"))
+    return sums, counts
+
+
+def _load_gguf(path: str, kvs: list[KV], tensors: list[tuple[str, T, bytes]]) -> RawImatrix:
+    """The GGUF branch of common_imatrix_load, on a file gguf_init_from_file accepted."""
+    if len(tensors) < 1:
+        raise ImatrixError(f"{path}: no data in file (a GGUF without tensors)")
+    kv = find_kv(kvs, KV_DATASETS)
+    datasets = list(kv.value) if kv is not None and kv.subtype == GGUFValueType.STRING else []
+    chunk_count, chunk_size = _u32_key(path, kvs, KV_CHUNK_COUNT), _u32_key(path, kvs, KV_CHUNK_SIZE)
+    missing = tuple(k for k in (KV_DATASETS, KV_CHUNK_COUNT, KV_CHUNK_SIZE) if find_kv(kvs, k) is None)
+    sums, counts = _sums_and_counts(path, tensors)
+    return RawImatrix(sums, counts, datasets, chunk_count, chunk_size, False, not missing, missing)
 
 
 def _load_legacy(path: str, data: bytes) -> RawImatrix:
     """common_imatrix_load_legacy: ``int n_entries``, then per entry ``int32 len, name, int32 ncall,
     int32 nval, float[nval]``, then optionally ``int32 chunk_count, int32 len, dataset``."""
-    r = _Reader(data)
-    try:
-        n_entries = r.unpack("<i")
-    except _Short:
-        n_entries = 0
+    cur = Cursor(io.BytesIO(data), path, len(data))
+    n_entries = cur.unpack("<i", "entry count") if cur.remain >= 4 else 0
     if n_entries < 1:
         raise ImatrixError(f"{path}: no data in file (legacy imatrix with {n_entries} entries)")
     sums, counts = {}, {}
     for i in range(n_entries):
         where = f"entry {i + 1} of {n_entries}"
         try:
-            length = r.unpack("<i")
-            name = _s(_cstr(r.take(length)))
-        except _Short:
+            name = _s(cstr(cur.take(cur.unpack("<i", where), where)))
+        except GGUFTruncated:
             raise ImatrixError(f"{path}: failed reading name for {where} (file ends at byte {len(data)})") from None
         try:
-            ncall, nval = r.unpack("<i"), r.unpack("<i")
-        except _Short:
+            ncall, nval = cur.unpack("<i", where), cur.unpack("<i", where)
+        except GGUFTruncated:
             nval = 0
         if nval < 1:
             raise ImatrixError(f"{path}: failed reading number of values for {where} {name!r}")
         try:
-            values = np.frombuffer(r.take(4 * nval), "<f4").astype(np.float32)
-        except _Short:
+            values = np.frombuffer(cur.take(4 * nval, where), "<f4").astype(np.float32)
+        except GGUFTruncated:
             raise ImatrixError(f"{path}: failed reading data for {where} {name!r}: {nval} values "
-                               f"announced, {r.remain // 4} left in the file") from None
+                               f"announced, {cur.remain // 4} left in the file") from None
         sums[name] = values  # a repeated name replaces the earlier entry (std::map operator[])
         counts[name] = np.array([ncall], np.int64)
-
-    # optional trailer; istream::read keeps the bytes of a short read, so a partial chunk count counts
-    chunk_count, datasets = 0, []
-    if r.remain:
-        raw = r.data[r.pos:r.pos + 4]
-        chunk_count = struct.unpack("<i", raw.ljust(4, b"\0"))[0]
-        r.pos += len(raw)
-        if len(raw) == 4 and r.remain >= 4:
-            length = r.unpack("<i")
-            if 0 < length <= r.remain:
-                datasets.append(_s(_cstr(r.take(length))))
+    chunk_count, datasets = _legacy_trailer(cur)
     return RawImatrix(sums, counts, datasets, chunk_count, 0, True, False)
+
+
+def _legacy_trailer(cur: Cursor) -> tuple[int, list[str]]:
+    """The optional chunk count and dataset; istream::read keeps the bytes of a short read, so a partial
+    chunk count counts."""
+    if not cur.remain:
+        return 0, []
+    raw = cur.take(min(4, cur.remain), "chunk count")
+    chunk_count = struct.unpack("<i", raw.ljust(4, b"\0"))[0]
+    if len(raw) == 4 and cur.remain >= 4:
+        length = cur.unpack("<i", "dataset")
+        if 0 < length <= cur.remain:
+            return chunk_count, [_s(cstr(cur.take(length, "dataset")))]
+    return chunk_count, []
+
+
+def _gguf_refusal(e: GGUFError) -> str:
+    return f"file ends early ({e.detail})" if isinstance(e, GGUFTruncated) else e.problem
 
 
 def load_raw(path: str | os.PathLike) -> RawImatrix:
@@ -368,13 +212,13 @@ def load_raw(path: str | os.PathLike) -> RawImatrix:
     except OSError as e:
         raise ImatrixError(f"{spath}: cannot read imatrix file: {e.strerror or e}") from None
     try:
-        kvs, tensors = _parse_gguf(data)
-    except ValueError as gguf_error:
+        kvs, tensors = _read_gguf(spath, data)
+    except GGUFError as gguf_error:
         try:
             return _load_legacy(spath, data)
         except ImatrixError as legacy_error:
             if data[:4] == b"GGUF":
-                raise ImatrixError(f"{spath}: invalid GGUF imatrix: {gguf_error}") from None
+                raise ImatrixError(f"{spath}: invalid GGUF imatrix: {_gguf_refusal(gguf_error)}") from None
             raise legacy_error from None
     return _load_gguf(spath, kvs, tensors)
 
@@ -459,7 +303,8 @@ class ImatrixData:
             out.append((KV_IMATRIX_N_CHUNKS, "int", self.chunk_count))
         return out
 
-    def metadata(self, imatrix_file: str | os.PathLike | None = None) -> list[tuple[str, GGUFValueType, str | bytes | int]]:
+    def metadata(self, imatrix_file: str | os.PathLike | None = None
+                 ) -> list[tuple[str, GGUFValueType, str | bytes | int]]:
         """The same keys as llama_model_quantize_impl writes them: STRING, and int overrides as
         ``UINT32`` of ``(uint32_t) std::abs(val_i64)``."""
         return [(k, GGUFValueType.STRING, v) if tag == "str" else (k, GGUFValueType.UINT32, abs(v) & 0xFFFFFFFF)
@@ -467,7 +312,7 @@ class ImatrixData:
 
 
 def _val_str(b: bytes) -> str | bytes:
-    cut = _cstr(b)[:127]
+    cut = cstr(b)[:127]
     try:
         return cut.decode("utf-8")
     except UnicodeDecodeError:
@@ -566,8 +411,22 @@ def _stats(entries: Mapping[str, np.ndarray], counts: Mapping[str, object]) -> l
     return sorted(out, key=lambda t: t[0])
 
 
-def _gguf_str(b: bytes) -> bytes:
-    return struct.pack("<Q", len(b)) + b
+def _imatrix_tensors(entries: Mapping[str, np.ndarray], counts: Mapping[str, object]) -> list[tuple[OutTensor, bytes]]:
+    """save_imatrix's tensors and their data: per entry ``NAME.in_sum2`` (ne0 x n_mat) and ``NAME.counts``
+    (1 x n_mat), F32, in name order; entries without values or counts are left out."""
+    out, seen = [], set()
+    for name, values, cnt in _stats(entries, counts):
+        if not values.size or not cnt.size:
+            continue
+        nmat = cnt.size
+        for suffix, ne0, data in ((_SUM_SUFFIX, values.size // nmat, values),
+                                  (_COUNT_SUFFIX, 1, cnt.astype(np.float32))):
+            tname = (cstr(name) + suffix.encode())[:GGML_MAX_NAME - 1]  # ggml_format_name into char[64]
+            if tname in seen:
+                raise ValueError(f"duplicate tensor name {_s(tname)!r} (llama-imatrix aborts)")
+            seen.add(tname)
+            out.append((OutTensor(_s(tname), (ne0, nmat), T.F32), data.astype("<f4").tobytes()))
+    return out
 
 
 def gguf_imatrix_bytes(entries: Mapping[str, np.ndarray], counts: Mapping[str, object],
@@ -579,33 +438,15 @@ def gguf_imatrix_bytes(entries: Mapping[str, np.ndarray], counts: Mapping[str, o
     ``imatrix.datasets`` array (earlier files' datasets, then this run's prompt file); ``chunk_count``:
     ``m_last_chunk``; ``chunk_size``: ``n_ctx / n_parallel``.
     """
-    kvs = [
-        _gguf_str(b"general.type") + struct.pack("<i", _T_STRING) + _gguf_str(b"imatrix"),
-        _gguf_str(KV_DATASETS.encode()) + struct.pack("<iiQ", _T_ARRAY, _T_STRING, len(datasets))
-        + b"".join(_gguf_str(_cstr(_b(d))) for d in datasets),
-        _gguf_str(KV_CHUNK_COUNT.encode()) + struct.pack("<iI", _T_UINT32, chunk_count & 0xFFFFFFFF),
-        _gguf_str(KV_CHUNK_SIZE.encode()) + struct.pack("<iI", _T_UINT32, chunk_size & 0xFFFFFFFF),
-    ]
-    align = _GGUF_DEFAULT_ALIGNMENT
-    infos, blobs, offset, seen = [], [], 0, set()
-    for name, values, cnt in _stats(entries, counts):
-        if not values.size or not cnt.size:
-            continue
-        nmat = cnt.size
-        for suffix, ne0, data in ((_SUM_SUFFIX, values.size // nmat, values.astype("<f4")),
-                                  (_COUNT_SUFFIX, 1, cnt.astype(np.float32).astype("<f4"))):
-            tname = (_cstr(name) + suffix)[:_GGML_MAX_NAME - 1]  # ggml_format_name into char[64]
-            if tname in seen:
-                raise ValueError(f"duplicate tensor name {_s(tname)!r} (llama-imatrix aborts)")
-            seen.add(tname)
-            ne = [ne0, nmat] if nmat > 1 else [ne0]  # ggml_n_dims
-            infos.append(_gguf_str(tname) + struct.pack("<I", len(ne)) + struct.pack(f"<{len(ne)}q", *ne)
-                         + struct.pack("<iQ", _GGML_TYPE_F32, offset))
-            raw = data.tobytes()
-            blobs.append(raw + b"\0" * (-len(raw) % align))
-            offset += len(blobs[-1])
-    head = b"GGUF" + struct.pack("<Iqq", _GGUF_VERSION, len(infos), len(kvs)) + b"".join(kvs) + b"".join(infos)
-    return head + b"\0" * (-len(head) % align) + b"".join(blobs)
+    kvs = KVList([
+        encode_kv("general.type", GGUFValueType.STRING, "imatrix"),
+        encode_kv(KV_DATASETS, GGUFValueType.ARRAY, [cstr(_b(d)) for d in datasets], GGUFValueType.STRING),
+        encode_kv(KV_CHUNK_COUNT, GGUFValueType.UINT32, chunk_count & 0xFFFFFFFF),
+        encode_kv(KV_CHUNK_SIZE, GGUFValueType.UINT32, chunk_size & 0xFFFFFFFF),
+    ])
+    tensors = _imatrix_tensors(entries, counts)
+    data = b"".join(raw.ljust(pad(len(raw)), b"\0") for _, raw in tensors)
+    return encode_header(kvs, [t for t, _ in tensors]) + data
 
 
 def legacy_imatrix_bytes(entries: Mapping[str, np.ndarray], counts: Mapping[str, object],
