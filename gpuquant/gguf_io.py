@@ -111,13 +111,20 @@ def cstr(b: bytes) -> bytes:
 class KV:
     """One key/value pair: decoded value for rules, raw bytes for a byte-exact copy.
 
-    ``key`` and string values are what ggml's getters see (cut at the first NUL), decoded."""
+    ``key`` and string values are what ggml's getters see (cut at the first NUL), decoded. ``raw`` is the
+    pair as llama-quantize's output holds it (gguf_set_kv's copy): the file's bytes unless the key or a
+    string holds a NUL (``c_str()`` cuts there) or a bool is neither 0 nor 1 (copied as 1)."""
 
     key: str
     vtype: GGUFValueType
     value: Any
     raw: bytes
     subtype: GGUFValueType | None = None
+
+    @property
+    def key_bytes(self) -> bytes:
+        """The key as ``raw`` writes it."""
+        return self.raw[8:8 + struct.unpack_from("<Q", self.raw)[0]]
 
 
 @dataclass
@@ -190,7 +197,7 @@ class Cursor:
     def string(self, what: str) -> bytes:
         return self.take(self._length(self.unpack("<Q", what), what), what)
 
-    def strings(self, n: int, what: str) -> list[str]:
+    def strings(self, n: int, what: str) -> list[bytes]:
         """``n`` length-prefixed strings, parsed from 1 MiB chunks (vocabularies hold ~10^5 of them)."""
         out = []
         buf, off = b"", 0
@@ -202,7 +209,7 @@ class Cursor:
             off += 8
             if len(buf) - off < ln:
                 buf, off = buf[off:] + self._chunk(ln - (len(buf) - off), what), 0
-            out.append(self.text(buf[off:off + ln]))
+            out.append(buf[off:off + ln])
             off += ln
         self.pos -= len(buf) - off  # give back what was read ahead
         self.f.seek(self.pos)
@@ -220,17 +227,24 @@ def _show(key: str) -> str:
     return repr(key) if len(key) <= 80 else repr(key[:80]) + f"... ({len(key)} characters)"
 
 
-def _read_kv(cur: Cursor, i: int, seen: set[bytes]) -> KV:
-    """One key/value pair (gguf_init_from_reader's KV loop), with its raw bytes for a byte-exact copy."""
-    start = cur.pos
+def gguf_string(b: bytes) -> bytes:
+    """A GGUF string on the wire: uint64 length, then the bytes."""
+    return struct.pack("<Q", len(b)) + b
+
+
+def _read_key(cur: Cursor, i: int, seen: set[bytes]) -> bytes:
     key_b = cur.string(f"key of key/value pair {i}")
     if not key_b:
         raise cur.fail(f"corrupt metadata: key/value pair {i} has an empty key")
     if key_b in seen:  # the whole std::string, NULs included
         raise cur.fail(f"corrupt metadata: duplicate key {_show(key_b.decode('utf-8', 'replace'))}")
     seen.add(key_b)
-    key = cur.text(key_b)
-    what = f"value of metadata key {_show(key)}"
+    return key_b
+
+
+def _read_value_type(cur: Cursor, what: str) -> tuple[int, int | None, GGUFValueType, int | None]:
+    """``(type, array subtype, element type, array length)``; the element type is checked after the
+    length is read, as gguf.cpp does."""
     vtype = cur.unpack("<i", what)
     sub = n = None
     if vtype == GGUFValueType.ARRAY:
@@ -240,21 +254,49 @@ def _read_kv(cur: Cursor, i: int, seen: set[bytes]) -> KV:
         if sub == GGUFValueType.ARRAY:
             raise cur.fail(f"corrupt {what}: arrays of arrays are not valid GGUF")
         raise cur.fail(f"corrupt {what}: invalid GGUF value type {vtype if sub is None else sub}")
+    return vtype, sub, elem, n
+
+
+def _read_kv(cur: Cursor, i: int, seen: set[bytes]) -> KV:
+    """One key/value pair (gguf_init_from_reader's KV loop), and the bytes llama-quantize copies it as."""
+    start = cur.pos
+    key_b = _read_key(cur, i, seen)
+    key = cur.text(key_b)
+    what = f"value of metadata key {_show(key)}"
+    vtype, sub, elem, n = _read_value_type(cur, what)
+    value_start = cur.pos
     if n is not None:
         value: Any = _read_array(cur, elem, n, what)
     elif elem == GGUFValueType.STRING:
-        value = cur.text(cur.string(what))
+        value = cur.string(what)
     else:
         value = cur.unpack(SCALAR_FMT[elem], what)
     end = cur.pos
     cur.f.seek(start)
     raw = cur.f.read(end - start)
     cur.f.seek(end)
-    return KV(key, GGUFValueType(vtype), value, raw, None if sub is None else elem)
+    head, body = raw[:value_start - start], raw[value_start - start:]
+    if elem == GGUFValueType.STRING:
+        value, body = _strings(cur, value if n is not None else [value], body)
+        value = value if n is not None else value[0]
+    elif elem == GGUFValueType.BOOL and body.translate(None, b"\0\1"):
+        body = bytes(x != 0 for x in body)  # gguf reads a bool as int8 != 0 and copies it as 0 or 1
+    if b"\0" in key_b:
+        head = gguf_string(cstr(key_b)) + head[8 + len(key_b):]
+    return KV(key, GGUFValueType(vtype), value, head + body, None if sub is None else elem)
+
+
+def _strings(cur: Cursor, strings: list[bytes], body: bytes) -> tuple[list[str], bytes]:
+    """Decoded strings as ggml's getters see them, and their bytes as ``gguf_set_kv`` copies them: both
+    through ``c_str()`` (cut at the first NUL); ``body`` (the file's bytes) when no string holds a NUL."""
+    if b"\0" not in b"".join(strings):
+        return [b.decode("utf-8", cur.errors) for b in strings], body
+    return [cur.text(b) for b in strings], b"".join(gguf_string(cstr(b)) for b in strings)
 
 
 def _read_array(cur: Cursor, elem: GGUFValueType, n: int, what: str) -> list:
-    """gguf_reader::read(std::vector<T> &, n): element count limit, room for ``n`` elements, then each one."""
+    """gguf_reader::read(std::vector<T> &, n): element count limit, room for ``n`` elements, then each one
+    (strings as bytes)."""
     if n > GGUF_MAX_ARRAY_ELEMENTS:
         raise cur.fail(f"corrupt {what}: array of {n} elements exceeds the GGUF maximum {GGUF_MAX_ARRAY_ELEMENTS}")
     if elem == GGUFValueType.STRING:
@@ -452,7 +494,8 @@ class GGUFModel:
         return sum(t.nbytes for t in self.tensors)
 
 
-# keys gpuquant reads, and the kind of value llama.cpp's loader insists on for them
+# keys gpuquant reads, and the kind of value llama.cpp's loader insists on for them; no key may be empty
+# up to its first NUL (llama-quantize's copy of the metadata aborts on that)
 _STRING_KEYS = ("general.architecture",)
 _INT_KEYS = ("general.file_type", "general.quantization_version", "split.no", "split.count")
 _INT_SUFFIXES = (".block_count", ".expert_count", ".nextn_predict_layers")
@@ -460,8 +503,11 @@ _INT_OR_ARRAY_SUFFIXES = (".attention.head_count", ".attention.head_count_kv")
 
 
 def _check_known_keys(path: Path, kvs: list[KV]) -> None:
-    for kv in kvs:
+    for i, kv in enumerate(kvs):
         k, vt = kv.key, kv.vtype
+        if not kv.key_bytes:  # gguf_set_kv copies key.c_str(): GGML_ASSERT(!key.empty()) aborts
+            raise GGUFError(f"{path}: metadata key/value pair {i} has a key that starts with a NUL byte "
+                            f"(llama-quantize aborts copying it)")
         if k in _STRING_KEYS:
             ok = vt == GGUFValueType.STRING
             want = "a string"

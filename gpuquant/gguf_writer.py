@@ -1,9 +1,10 @@
 """Writing GGUF files the way llama-quantize does (``gguf_write_out`` of ggml/src/gguf.cpp as driven by
 ``llama_model_quantize_impl`` of src/llama-quant.cpp).
 
-GGUF v3 header, the input's key/value pairs in order (raw bytes copied), then the keys llama-quantize sets
-(each ``gguf_set_val_*`` removes a key and appends it at the end), tensor infos in llama-quantize's tensor
-order with offsets padded to 32 bytes, meta padded to 32, then each tensor's data padded to 32 bytes.
+GGUF v3 header, the input's key/value pairs in order (as ``gguf_set_kv`` copies them, see ``KV.raw``), then
+the keys llama-quantize sets (each ``gguf_set_val_*`` removes a key and appends it at the end), tensor infos
+in llama-quantize's tensor order with offsets padded to 32 bytes, meta padded to 32, then each tensor's data
+padded to 32 bytes.
 Everything goes to a temporary file beside the target, renamed on commit.
 """
 from __future__ import annotations
@@ -17,14 +18,13 @@ from typing import Any, Iterable
 
 from .gguf_constants import GGUFValueType
 
-from .gguf_io import GGUF_MAGIC, GGUF_VERSION, KV, SCALAR_FMT, n_dims, pad, tensor_nbytes
+from .gguf_io import GGUF_MAGIC, GGUF_VERSION, KV, SCALAR_FMT, gguf_string, n_dims, pad, tensor_nbytes
 from .quants import GGMLQuantizationType
 
 
 def _str(s: str | bytes) -> bytes:
     """A GGUF string; ``str`` is UTF-8 (surrogate escapes give back the bytes they stand for)."""
-    b = s.encode("utf-8", "surrogateescape") if isinstance(s, str) else s
-    return struct.pack("<Q", len(b)) + b
+    return gguf_string(s.encode("utf-8", "surrogateescape") if isinstance(s, str) else s)
 
 
 def encode_kv(key: str, vtype: GGUFValueType, value: Any, subtype: GGUFValueType | None = None) -> KV:
@@ -48,7 +48,13 @@ class KVList:
     """Ordered key/values with gguf's semantics: setting a key removes it and appends it at the end."""
 
     def __init__(self, kvs: Iterable[KV]) -> None:
-        self.items: list[KV] = list(kvs)
+        """``gguf_set_kv`` into an empty context: a pair replaces an earlier one with the same key (keys
+        are compared as ``raw`` writes them: cut at the first NUL)."""
+        latest: dict[bytes, KV] = {}
+        for kv in kvs:
+            latest.pop(kv.key_bytes, None)
+            latest[kv.key_bytes] = kv
+        self.items: list[KV] = list(latest.values())
 
     def remove(self, key: str) -> None:
         self.items = [kv for kv in self.items if kv.key != key]

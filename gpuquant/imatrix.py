@@ -397,7 +397,8 @@ prepare_imatrix = prepare
 # Writing: IMatrixCollector::save_imatrix / save_imatrix_legacy (tools/imatrix/imatrix.cpp)
 
 
-def _stats(entries: Mapping[str, np.ndarray], counts: Mapping[str, object]) -> list[tuple[bytes, np.ndarray, np.ndarray]]:
+def _stats(entries: Mapping[str, np.ndarray],
+           counts: Mapping[str, object]) -> list[tuple[bytes, np.ndarray, np.ndarray]]:
     """The collector's ``m_stats`` in the writers' order (names sorted as std::sort sorts std::string)."""
     if set(entries) != set(counts):
         raise ValueError(f"entries and counts name different tensors: {sorted(set(entries) ^ set(counts))}")
