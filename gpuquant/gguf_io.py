@@ -18,6 +18,7 @@ import os
 import re
 import stat
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -155,6 +156,9 @@ class FileInfo:
     data_size: int = 0  # the data section, each tensor padded to the alignment
 
 
+_U64 = struct.Struct("<Q")
+
+
 class Cursor:
     """Sequential reads that never run past the end of the file (gguf.cpp's ``gguf_reader``).
 
@@ -199,19 +203,23 @@ class Cursor:
 
     def strings(self, n: int, what: str) -> list[bytes]:
         """``n`` length-prefixed strings, parsed from 1 MiB chunks (vocabularies hold ~10^5 of them)."""
-        out = []
-        buf, off = b"", 0
-        unpack = struct.Struct("<Q").unpack_from
+        out: list[bytes] = []
+        append, unpack = out.append, _U64.unpack_from
+        buf, off, end = b"", 0, 0
         for _ in range(n):
-            if len(buf) - off < 8:
-                buf, off = buf[off:] + self._chunk(8 - (len(buf) - off), what), 0
-            ln = self._length(unpack(buf, off)[0], what)
+            if end - off < 8:
+                buf, off = buf[off:] + self._chunk(8 - (end - off), what), 0
+                end = len(buf)
+            ln = unpack(buf, off)[0]
+            if ln > GGUF_MAX_STRING_LENGTH:
+                self._length(ln, what)
             off += 8
-            if len(buf) - off < ln:
-                buf, off = buf[off:] + self._chunk(ln - (len(buf) - off), what), 0
-            out.append(buf[off:off + ln])
+            if end - off < ln:
+                buf, off = buf[off:] + self._chunk(ln - (end - off), what), 0
+                end = len(buf)
+            append(buf[off:off + ln])
             off += ln
-        self.pos -= len(buf) - off  # give back what was read ahead
+        self.pos -= end - off  # give back what was read ahead
         self.f.seek(self.pos)
         return out
 
@@ -286,12 +294,35 @@ def _read_kv(cur: Cursor, i: int, seen: set[bytes]) -> KV:
     return KV(key, GGUFValueType(vtype), value, head + body, None if sub is None else elem)
 
 
-def _strings(cur: Cursor, strings: list[bytes], body: bytes) -> tuple[list[str], bytes]:
-    """Decoded strings as ggml's getters see them, and their bytes as ``gguf_set_kv`` copies them: both
-    through ``c_str()`` (cut at the first NUL); ``body`` (the file's bytes) when no string holds a NUL."""
-    if b"\0" not in b"".join(strings):
-        return [b.decode("utf-8", cur.errors) for b in strings], body
-    return [cur.text(b) for b in strings], b"".join(gguf_string(cstr(b)) for b in strings)
+class StringList(Sequence):
+    """A GGUF string array, decoded element by element when read: a vocabulary holds ~10^5 strings and
+    quantizing reads none of them."""
+
+    def __init__(self, strings: list[bytes], errors: str) -> None:
+        self._raw, self._errors = strings, errors
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [cstr(b).decode("utf-8", self._errors) for b in self._raw[i]]
+        return cstr(self._raw[i]).decode("utf-8", self._errors)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and not isinstance(other, (str, bytes)) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"StringList({len(self)} strings)"
+
+
+def _strings(cur: Cursor, strings: list[bytes], body: bytes) -> tuple[StringList, bytes]:
+    """The strings as ggml's getters see them (decoded when read), and their bytes as ``gguf_set_kv`` copies
+    them: both through ``c_str()`` (cut at the first NUL); ``body`` (the file's bytes) when none holds a NUL."""
+    values = StringList(strings, cur.errors)
+    if not any(b"\0" in b for b in strings):
+        return values, body
+    return values, b"".join(gguf_string(cstr(b)) for b in strings)
 
 
 def _read_array(cur: Cursor, elem: GGUFValueType, n: int, what: str) -> list:
