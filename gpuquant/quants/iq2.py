@@ -72,6 +72,28 @@ def _sum_x2(x: np.ndarray) -> np.ndarray:
         return seq_sum(xt * xt)
 
 
+KSIGNS = np.frombuffer(gq.IQ2_XXS.ksigns, dtype=np.uint8)  # ksigns_iq2xs: 7 sign bits + parity bit
+
+
+def _grid_values(qtype, gguf_cls) -> np.ndarray:
+    """The dequantization grid (``iq2xxs_grid`` ...): ``grid_map[l]`` per level, ``(grid_size, 8)`` float32."""
+    levels = (iq2_grid(qtype).grid.astype(np.intp) - 1) // 2
+    return np.array(gguf_cls.grid_map, dtype=F32)[levels]
+
+
+def _dequantize_octets(d: np.ndarray, code: np.ndarray, gidx: np.ndarray, signs: np.ndarray,
+                       values: np.ndarray) -> np.ndarray:
+    """``db = d*(0.5f + code)*0.25f; y[j] = db * grid[j] * (signs & 1<<j ? -1.f : 1.f)`` for ``(nb, 32)``
+    octets (4-bit scale ``code``, grid index, sign byte each) of blocks with fp16 scales ``d`` -> (nb, 256)."""
+    nb = len(d)
+    with np.errstate(over="ignore", invalid="ignore"):
+        db = (fp16_to_fp32(d)[:, None] * (F32(0.5) + code.astype(F32))) * F32(0.25)  # (nb, 32)
+        y = db[:, :, None] * np.take(values, gidx.reshape(-1), axis=0).reshape(nb, 32, 8)
+    neg = np.unpackbits(signs.astype(np.uint8)[:, :, None], axis=2, bitorder="little").astype(bool)
+    np.negative(y, out=y, where=neg)  # the x86 build flips the sign bit (NaNs included)
+    return y.reshape(nb, 256)
+
+
 class _IQ2(QuantType):
     """Shared row driver and group search of the three types."""
 
@@ -96,7 +118,8 @@ class _IQ2(QuantType):
             if qw_sb is not None:  # super-block s0 + j uses the weights of block (s0 + j) % nsb of the row
                 qw = qw_sb[(s0 + np.arange(len(xs))) % nsb]
             try:
-                blocks[s0:s0 + len(xs)] = cls._superblocks(xs, qw)
+                with np.errstate(all="ignore"):  # C computes through overflow, underflow and NaN silently
+                    blocks[s0:s0 + len(xs)] = cls._superblocks(xs, qw)
             except GGMLAbort as e:
                 raise GGMLAbort(f"{cls.qtype.name}: ggml-quants.c aborts on this input "
                                 f"(super-block {s0 + e.args[1]}, row {(s0 + e.args[1]) // nsb}): {e.args[0]}") from None
@@ -129,9 +152,27 @@ class _IQ2(QuantType):
         return xval, weight, waux, (signs & 127 if parity else signs)
 
     @classmethod
-    def _abort(cls, bad: np.ndarray, what: str):
-        g = int(np.flatnonzero(bad)[0])
-        raise GGMLAbort(what, g // (QK_K // cls.group))
+    def _raise_first_abort(cls, live: np.ndarray, no_neighbour: np.ndarray, nan_scale: np.ndarray,
+                           octets: np.ndarray | None = None) -> None:
+        """Raise ``GGMLAbort`` for the first group (in C order) of ``live`` on which ggml aborts, naming
+        the first check C fails there: a search without a neighbour (in the trials), an octet off the
+        grid at the end (``octets`` (K, n): 1 past the map, 2 off the grid), a NaN scale."""
+        bad = no_neighbour | nan_scale
+        if octets is not None:
+            bad = bad | (octets > 0).any(axis=0)
+        if not bad.any():
+            return
+        i = int(np.flatnonzero(bad)[0])
+        if no_neighbour[i]:
+            what = "iq2_find_best_neighbour found no neighbour (GGML_ASSERT)"
+        elif octets is not None and (octets[:, i] > 0).any():
+            code = int(octets[np.flatnonzero(octets[:, i])[0], i])
+            what = ("found point not on grid (Oops, GGML_ABORT)" if code == 2 else
+                    "index past the grid map (C reads out of bounds, then prints Oops or GGML_ASSERT(scale >= 0) "
+                    "fails on the NaN scale)")
+        else:
+            what = "NaN scale (GGML_ASSERT(scale >= 0))"
+        raise GGMLAbort(what, int(live[i]) // (QK_K // cls.group))
 
 
 # ----------------------------------------------------------------------------- IQ2_XS and IQ2_S
@@ -203,10 +244,7 @@ class _IQ2_16(_IQ2):
         gi = np.zeros((2, G), dtype=np.int32)
         if live.size:
             sc, Lb, bad = _search_16(cls, grid, xval[:, :, live], weight[:, :, live], waux[:, :, live], mx[live])
-            if bad.any():
-                cls._abort(_at(G, live, bad[None, None]), "iq2_find_best_neighbour found no neighbour (GGML_ASSERT)")
-            if not (sc >= 0).all():  # NaN
-                cls._abort(_at(G, live, ~(sc >= 0)[None, None]), "NaN scale (GGML_ASSERT(scale >= 0))")
+            cls._raise_first_abort(live, bad, ~(sc >= 0))
             neg = sc < 0
             sc = np.where(neg, -sc, sc)
             signs[:, live] = np.where(neg, ~signs[:, live], signs[:, live]) & cls.sign_mask
@@ -237,6 +275,17 @@ class IQ2_XS(_IQ2_16, qtype=T.IQ2_XS):
     requires_imatrix = True
     eps = GROUP_MAX_EPS
     sign_mask = np.uint8(127)
+
+    @classmethod
+    def dequantize_rows(cls, raw):
+        """``dequantize_row_iq2_xs``: 9-bit grid index and 7 signs (``ksigns_iq2xs``) per octet."""
+        b = np.ascontiguousarray(raw).reshape(-1, cls.type_size)
+        d = b[:, :2].copy().view(np.uint16)[:, 0]
+        qs = b[:, 2:66].copy().view("<u2")  # (nb, 32)
+        sc = b[:, 66:74]
+        code = np.stack([sc & 0xF, sc >> 4], axis=2).reshape(-1, 16).repeat(2, axis=1)  # octet 4*ib + l: db[l/2]
+        y = _dequantize_octets(d, code, qs & 511, KSIGNS[qs >> 9], _grid_values(T.IQ2_XS, gq.IQ2_XS))
+        return y.reshape(raw.shape[0], -1)
 
     @classmethod
     def _sigma2(cls, sumx2):
@@ -278,6 +327,18 @@ class IQ2_S(_IQ2_16, qtype=T.IQ2_S):
             return F32(0.25) * sigma2 + xb * xb
 
     @classmethod
+    def dequantize_rows(cls, raw):
+        """``dequantize_row_iq2_s``: 8 + 2 (``qh``) bit grid index and a sign byte per octet."""
+        b = np.ascontiguousarray(raw).reshape(-1, cls.type_size)
+        d = b[:, :2].copy().view(np.uint16)[:, 0]
+        qs, signs, qh, sc = b[:, 2:34], b[:, 34:66], b[:, 66:74], b[:, 74:82]
+        hi = (qh[:, :, None] >> (2 * np.arange(4, dtype=np.uint8))) & 3  # (nb, 8, 4): octet 4*ib + l
+        gidx = qs.astype(np.intp) | (hi.reshape(-1, 32).astype(np.intp) << 8)
+        code = np.stack([sc & 0xF, sc >> 4], axis=2).reshape(-1, 16).repeat(2, axis=1)
+        y = _dequantize_octets(d, code, gidx, signs, _grid_values(T.IQ2_S, gq.IQ2_S))
+        return y.reshape(raw.shape[0], -1)
+
+    @classmethod
     def _superblocks(cls, x, qw):
         S = x.shape[0]
         scale, gi, signs, _ = cls._groups_search(x, qw)
@@ -315,6 +376,20 @@ class IQ2_XXS(_IQ2, qtype=T.IQ2_XXS):
     group = 32
     steps = range(-6, 7)
     eps = GROUP_MAX_EPS
+
+    @classmethod
+    def dequantize_rows(cls, raw):
+        """``dequantize_row_iq2_xxs``: per 32 values two uint32: four 8-bit grid indices; four 7-bit sign
+        indices (``ksigns_iq2xs``) and the 4-bit scale."""
+        b = np.ascontiguousarray(raw).reshape(-1, cls.type_size)
+        d = b[:, :2].copy().view(np.uint16)[:, 0]
+        q = b[:, 2:66].copy().view("<u4").reshape(-1, 8, 2)
+        gidx = q[:, :, 0:1] >> (8 * np.arange(4, dtype=np.uint32)) & 255  # (nb, 8, 4)
+        sidx = q[:, :, 1:2] >> (7 * np.arange(4, dtype=np.uint32)) & 127
+        code = np.repeat(q[:, :, 1] >> 28, 4, axis=1)
+        y = _dequantize_octets(d, code, gidx.reshape(-1, 32).astype(np.intp), KSIGNS[sidx.reshape(-1, 32)],
+                               _grid_values(T.IQ2_XXS, gq.IQ2_XXS))
+        return y.reshape(raw.shape[0], -1)
 
     @classmethod
     def _search(cls, grid: Grid, xval, weight, waux):
@@ -367,15 +442,13 @@ class IQ2_XXS(_IQ2, qtype=T.IQ2_XXS):
         q_hi = np.zeros(G, dtype=np.uint32)  # q2[2*ib+1]: four 7-bit signs (and the scale code)
         if live.size:
             sc, L, bad, done = cls._search(grid, xval[:, :, live], weight[:, :, live], waux[:, :, live])
-            if bad.any():
-                cls._abort(_at(G, live, bad[None, None]), "iq2_find_best_neighbour found no neighbour (GGML_ASSERT)")
-            live, sc, L = live[done], sc[done], L[:, :, done]
+            # only a NaN scale keeps make_qp_quants' levels (0..4, and negative ones), which may be off the
+            # grid (C prints "Oops" and aborts) or past the map (C reads out of bounds)
             u = _c_index(L)  # (4, n)
-            off = (u >= grid.kmap_size) | (grid.map[np.minimum(u, grid.kmap_size - 1)] < 0)
-            if off.any():
-                cls._abort(_at(G, live, off[:, None]), "found point not on grid (Oops, GGML_ABORT)")
-            if not (sc >= 0).all():
-                cls._abort(_at(G, live, ~(sc >= 0)[None, None]), "NaN scale (GGML_ASSERT(scale >= 0))")
+            past = u >= grid.kmap_size
+            octets = np.where(past, 1, np.where(grid.map[np.where(past, 0, u)] < 0, 2, 0)) * done
+            cls._raise_first_abort(live, bad, ~(sc >= 0) & done, octets)
+            live, sc, u = live[done], sc[done], u[:, done]
             gi = grid.map[u].astype(np.uint32)
             neg = sc < 0
             sg = np.where(neg, ~signs[:, live], signs[:, live]) & np.uint8(127)
