@@ -69,8 +69,8 @@ def forked_oracle(rows: np.ndarray, qtype: str, w: np.ndarray | None) -> tuple[n
             data = None
         p.join()
         text = open(log.name).read()
-    if data is None:
-        assert p.exitcode == -signal.SIGABRT, f"oracle child ended with {p.exitcode}: {text}"
+    if data is None:  # SIGSEGV: IQ2_XXS may read past its grid map before aborting (see test_known_aborts)
+        assert p.exitcode in (-signal.SIGABRT, -signal.SIGSEGV), f"oracle child ended with {p.exitcode}: {text}"
         return None, text
     return np.frombuffer(data, np.uint8).reshape(len(rows), -1), ""
 
@@ -305,7 +305,8 @@ def test_known_aborts():
     with pytest.raises(GGMLAbort, match="past the grid map"):
         quantize(x, "IQ2_XXS", w)
     want, text = forked_oracle(x, "IQ2_XXS", w)
-    assert want is None and "Oops: found point 39931 not on grid" in text
+    # what C prints depends on the memory it reads past its map: "Oops" for 65535, for 39931, or the assert
+    assert want is None and ("not on grid" in text or "scale >= 0" in text), text
     assert kinds
     nan_max = np.ones((1, 256), F32)
     nan_max[0, 15] = np.nan  # the last value of the first group: its maximum is NaN, and so its scale

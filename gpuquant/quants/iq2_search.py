@@ -8,6 +8,11 @@ Here every trial of every group of a chunk is evaluated at once: arrays are laid
 axes (``seq_sum`` of the ``(K*8, T, G)`` view) and the 8 values of an octet sit on one axis. The trials do
 not depend on one another; only which one is kept does (``accept_trials``, a scan in C order).
 
+The neighbour searches of a call are collected (``Requests``) and resolved at once (``best_neighbours``):
+the 24 possible terms ``w*(scale*q - x)**2`` of an octet are exact float32 values; the requests sharing
+an index are ranked by one-hot matrix products (the same terms summed in another order), and where one
+neighbour is clearly least it is the C choice; ties and non-finite terms take the C loop term by term.
+
 ggml aborts the process (``GGML_ASSERT``/``GGML_ABORT``) on a few inputs (an octet whose every neighbour
 distance is NaN or not below ``FLT_MAX``, a NaN scale, a point off the grid at the end); the searches
 report those groups and the quantizers raise :class:`GGMLAbort` instead.
@@ -112,7 +117,8 @@ def octet_terms(x: np.ndarray, w: np.ndarray, scale: np.ndarray, ncol: int = 24)
     and grid value ``q = 2*l + 1``: ``(M, ncol)`` float32, column ``8*l + i`` (exactly the C values);
     columns from 24 on are 1. ``x``, ``w``: ``(M, 8)`` C-contiguous; ``scale``: ``(M,)``."""
     m = len(scale)
-    t = np.ones((m, ncol), dtype=F32)
+    t = np.empty((m, ncol), dtype=F32)
+    t[:, 24:] = 1
     t3 = t[:, :24].reshape(m, 3, 8)
     s8 = np.repeat(scale, 8)
     xf, wf = x.reshape(-1), w.reshape(-1)
@@ -185,25 +191,26 @@ def _rank_groups(grid: Grid, req: "Requests", rows: np.ndarray, starts: np.ndarr
         ng = len(gsel)
         n_g = sizes[gsel]
         out = _ranges(starts[gsel], n_g)  # their places in ``rows``
-        t = req.terms(rows[out], ncol=25)  # column 24 (ones) picks the padding penalty
+        # padded rows repeat their group's last request (their results are dropped)
+        prow = starts[gsel][:, None] + np.minimum(np.arange(nmax, dtype=np.intp)[None, :], n_g[:, None] - 1)
+        tb = req.terms(rows[prow.reshape(-1)], ncol=25)  # column 24 (ones) picks the padding penalty
         with np.errstate(invalid="ignore"):
-            ok = (t.max() < _FAST_MAX) or (t.max(axis=1) < _FAST_MAX)  # NaN fails
-        tb = np.zeros((ng * nmax, 25), dtype=F32)
-        tb[_ranges(np.arange(0, ng * nmax, nmax, dtype=np.intp), n_g)] = t
+            ok = (tb.max() < _FAST_MAX) or (tb.max(axis=1) < _FAST_MAX)  # NaN fails
         col = np.arange(wc, dtype=np.intp)[None, :]
         pos = grid.nb_first[ug[gsel]][:, None] + np.minimum(col, wcount[gsel][:, None] - 1)  # (ng, wc)
         oh = np.take(onehot_t, pos, axis=0)  # (ng, wc, 25)
         oh[:, :, 24] = np.where(col < wcount[gsel][:, None], F32(0), F32(np.inf))  # padding never wins
         with np.errstate(invalid="ignore", over="ignore"):
-            d = np.matmul(tb.reshape(ng, nmax, 25), oh.transpose(0, 2, 1))  # (ng, nmax, wc)
-        d = np.take(d.reshape(ng * nmax, wc), _ranges(np.arange(0, ng * nmax, nmax, dtype=np.intp), n_g), axis=0)
+            d = np.matmul(tb.reshape(ng, nmax, 25), oh.transpose(0, 2, 1)).reshape(ng * nmax, wc)
         j = np.argmin(d, axis=1)
         r = np.arange(len(j))
         dmin = d[r, j]
         d[r, j] = np.inf
         with np.errstate(invalid="ignore", over="ignore"):
-            alone[out] = ok & (d.min(axis=1) > dmin + (dmin * _TOL + _SLACK))
-        entry[out] = pos[np.repeat(np.arange(ng), n_g), j]
+            a = ok & (d.min(axis=1) > dmin + (dmin * _TOL + _SLACK))
+        real = _ranges(np.arange(0, ng * nmax, nmax, dtype=np.intp), n_g)
+        alone[out] = a[real] if np.ndim(a) else a
+        entry[out] = pos[real // nmax, j[real]]
     return entry, alone
 
 
