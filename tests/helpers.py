@@ -17,17 +17,17 @@ import pytest
 from gpuquant import quants
 from gpuquant.backends import Device, SlabJob
 from gpuquant.gguf_io import SourceTensor, pad
-from gpuquant.quants import QUANT_SIZES, parse_type
+from gpuquant.quants import QUANT_SIZES, GGMLAbort, parse_type, quantize
 from gpuquant.quants import GGMLQuantizationType as T
 from tests.golden import first_difference
-from tests.oracle import oracle_dequantize
+from tests.oracle import forked_oracle, oracle_dequantize
 
 F32 = np.float32
 
 __all__ = [
     "DEVICES", "F32", "MemWriter", "assert_bytes", "assert_same_floats", "cuda_skip_reason", "expected",
     "gpu_nan_device", "gpu_nan_kernel_dir", "make_device", "make_rows", "make_source", "nonfinite_rows",
-    "random_blocks", "check_dequantize", "random_imatrix", "random_rows", "reference", "run_device",
+    "random_blocks", "check_abort_aware", "check_dequantize", "check_vs_oracle", "random_imatrix", "random_rows", "reference", "run_device",
     "to_bf16", "to_f16",
 ]
 
@@ -329,3 +329,48 @@ def reference(x: np.ndarray, qtype, qw: np.ndarray | None, n_expert: int = 1) ->
     """The numpy reference, expert by expert (``qw``: ``(n_expert, n)`` or None)."""
     rows = x.reshape(n_expert, -1, x.shape[-1])
     return np.concatenate([quants.quantize(rows[e], qtype, None if qw is None else qw[e]) for e in range(n_expert)])
+
+
+# ------------------------------------------------------------------------------------------------------
+# inputs on which ggml may abort
+# ------------------------------------------------------------------------------------------------------
+
+
+def check_vs_oracle(quantize_fn, rows: np.ndarray, qtype, w: np.ndarray | None, what: str) -> int:
+    """``quantize_fn(rows)`` (gpuquant's bytes, on some device) against ``ggml_quantize_chunk``. For a type
+    whose ggml quantizer aborts on some inputs (``ggml_aborts``) the oracle runs in a forked child; where it
+    aborts, gpuquant must raise ``GGMLAbort`` on exactly those rows (checked row by row). Returns how many rows
+    abort."""
+    t = parse_type(qtype)
+    if not quants.get(t).ggml_aborts:
+        from tests.oracle import oracle_quantize
+
+        assert_bytes(quantize_fn(rows), oracle_quantize(rows, t, w), t, rows, what)
+        return 0
+    want, _ = forked_oracle(rows, t.name, w)
+    if want is not None:
+        assert_bytes(quantize_fn(rows), want, t, rows, what)
+        return 0
+    return check_abort_aware(t.name, rows, w, what, quantize_fn)
+
+
+def check_abort_aware(qtype: str, rows: np.ndarray, w: np.ndarray | None, what: str, quantize_fn=None) -> int:
+    """Row by row: gpuquant's bytes (``quantize_fn``, default the numpy reference) must equal the oracle's, and
+    gpuquant must raise ``GGMLAbort`` exactly on the rows where ggml aborts. Returns how many rows abort."""
+    quantize_fn = quantize_fn or (lambda r: quantize(r, qtype, w))
+    ours, refused = [], []
+    for r in range(len(rows)):
+        try:
+            with np.errstate(all="raise"):  # no float warning may escape
+                ours.append(quantize_fn(rows[r:r + 1]))
+        except GGMLAbort:
+            refused.append(r)
+    kept = [r for r in range(len(rows)) if r not in refused]
+    if kept:
+        want, text = forked_oracle(rows[kept], qtype, w)
+        assert want is not None, f"{qtype} {what}: ggml aborts on rows gpuquant quantizes: {text[:300]}"
+        assert_bytes(np.concatenate(ours), want, qtype, rows[kept], what)
+    for r in refused:
+        want, _ = forked_oracle(rows[r:r + 1], qtype, w)
+        assert want is None, f"{qtype} {what}: gpuquant raises GGMLAbort on row {r}, ggml quantizes it"
+    return len(refused)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from gpuquant import quants
-from gpuquant.quants import QUANT_SIZES, registered
+from gpuquant.quants import QUANT_SIZES, GGMLAbort, registered
 from gpuquant.quants import GGMLQuantizationType as T
 from tests import helpers as H
 from tests.golden import first_difference, groups_for, iter_cases
@@ -74,6 +74,14 @@ def test_golden(device, qtype: T):
     failures, first, n = [], None, 0
     for case_id, rows, imatrix, want in iter_cases(qtype.name):
         n += 1
+        if want is None:  # ggml aborts on this row: gpuquant refuses it
+            try:
+                _quantize(device, rows, qtype, imatrix)
+                failures.append(case_id)
+                first = first or f"{case_id}: ggml aborts on this row, gpuquant quantized it"
+            except GGMLAbort:
+                pass
+            continue
         got = _quantize(device, rows, qtype, imatrix)
         diff = first_difference(got, want, QUANT_SIZES[qtype][1], QUANT_SIZES[qtype][0], rows)
         if diff is not None:
@@ -98,8 +106,8 @@ def test_random_rows(device, qtype: T):
             rng = np.random.default_rng([int(qtype), n, len(kind)])
             x = H.random_rows(rng, 6, n)
             w = H.random_imatrix(rng, n, kind)
-            H.assert_bytes(_quantize(device, x, qtype, w), oracle_quantize(x, qtype, w), qtype, x,
-                           f"random {x.shape} {kind} on {device.name}")
+            H.check_vs_oracle(lambda r: _quantize(device, r, qtype, w), x, qtype, w,
+                              f"random {x.shape} {kind} on {device.name}")
 
 
 @requires_oracle
@@ -109,8 +117,8 @@ def test_edge_cases(device, qtype: T):
     for group in groups_for(qtype.name):
         for case_id, rows, imatrix in build_cases(group, seed=11):
             for w in ((imatrix,) if quants.get(qtype).requires_imatrix else (None, imatrix)):
-                H.assert_bytes(_quantize(device, rows, qtype, w), oracle_quantize(rows, qtype, w), qtype, rows,
-                               f"{case_id} {'imatrix' if w is not None else 'plain'} on {device.name}")
+                H.check_vs_oracle(lambda r: _quantize(device, r, qtype, w), rows, qtype, w,
+                                  f"{case_id} {'imatrix' if w is not None else 'plain'} on {device.name}")
 
 
 @requires_oracle
@@ -125,9 +133,10 @@ def test_nan_inf_rows(device, qtype: T):
     w = np.abs(np.random.default_rng(int(qtype)).standard_normal(n)).astype(F32)
     w[:100] = 0
     for qw in ((w,) if quants.get(qtype).requires_imatrix else (None, w)):
-        with np.errstate(all="raise"):  # no float warning may escape
-            got = _quantize(device, x, qtype, qw)
-        H.assert_bytes(got, oracle_quantize(x, qtype, qw), qtype, x, f"NaN/Inf on {device.name}")
+        def run(r, qw=qw):
+            with np.errstate(all="raise"):  # no float warning may escape
+                return _quantize(device, r, qtype, qw)
+        H.check_vs_oracle(run, x, qtype, qw, f"NaN/Inf on {device.name}")
 
 
 @requires_oracle
@@ -143,7 +152,7 @@ def test_half_sources(device, qtype: T, src: str):
     _need(device, src_type, qtype)
     for w in [H.random_imatrix(rng, x.shape[1], k) for k in _weights_kinds(qtype)[:2]]:
         got = H.run_device(device, raw, src_type, qtype, x.shape[1], None if w is None else w[None])
-        H.assert_bytes(got, oracle_quantize(values, qtype, w), qtype, values, f"from {src} on {device.name}")
+        H.check_vs_oracle(lambda r: got, values, qtype, w, f"from {src} on {device.name}")
 
 
 @requires_oracle
@@ -240,7 +249,7 @@ def test_gpu_nan_bits_change_nothing(emulated, gpu_nan_dev, qtype: T):
     _need(emulated, T.F32, qtype)
     n = 0
     for case_id, rows, imatrix, _ in iter_cases(qtype.name):
-        if case_id.split(":")[1].split("/")[0] not in _NAN_KINDS:
+        if case_id.split(":")[1].split("/")[0] not in _NAN_KINDS or "!aborts" in case_id:
             continue
         n += 1
         qw = None if imatrix is None else imatrix[None]

@@ -14,11 +14,6 @@ refuses must kill the child with SIGABRT.
 from __future__ import annotations
 
 import ctypes
-import faulthandler
-import multiprocessing
-import os
-import signal
-import tempfile
 
 import gguf.quants as gq
 import numpy as np
@@ -27,10 +22,10 @@ import pytest
 from gpuquant.quants import QUANT_SIZES, T, get, quantize
 from gpuquant.quants import iq2_search
 from gpuquant.quants.grids import iq2_grid
-from gpuquant.quants.iq2_search import GGMLAbort
+from gpuquant.quants import GGMLAbort
 from tests.golden.cases import IMATRIX_KINDS, build_cases, imatrix
-from tests.oracle import available, lib_dir, oracle_quantize, requires_oracle
-from tests.quant_checks import assert_bytes, check_random, nonfinite_rows
+from tests.helpers import assert_bytes, check_abort_aware, nonfinite_rows
+from tests.oracle import available, forked_oracle, lib_dir, oracle_quantize, requires_oracle
 
 TYPES = ["IQ2_XXS", "IQ2_XS", "IQ2_S"]
 F32 = np.float32
@@ -39,61 +34,6 @@ F32 = np.float32
 def weight_options(qtype: str, im: np.ndarray) -> list[np.ndarray | None]:
     """IQ2_XXS and IQ2_XS require weights (ggml asserts without them); IQ2_S takes both."""
     return [None, im] if qtype == "IQ2_S" else [im]
-
-
-# ----------------------------------------------------------------------------- the oracle in a child
-
-
-def _child(conn, rows, qtype, w, log):
-    faulthandler.disable()  # pytest's handler would print the expected SIGABRT
-    fd = os.open(log, os.O_WRONLY)
-    os.dup2(fd, 1)  # the C printf of "Oops: ..." and ggml's abort message
-    os.dup2(fd, 2)
-    conn.send_bytes(oracle_quantize(rows, qtype, w).tobytes())
-    conn.close()
-
-
-def forked_oracle(rows: np.ndarray, qtype: str, w: np.ndarray | None) -> tuple[np.ndarray | None, str]:
-    """``oracle_quantize`` in a forked child: (bytes, "") or (None, what it printed) when it aborted."""
-    oracle_quantize(np.zeros((1, 256), F32), qtype, np.ones(256, F32))  # tables built once, in the parent
-    os.environ["GGML_NO_BACKTRACE"] = "1"
-    ctx = multiprocessing.get_context("fork")
-    recv, send = ctx.Pipe(duplex=False)
-    with tempfile.NamedTemporaryFile() as log:
-        p = ctx.Process(target=_child, args=(send, rows, qtype, w, log.name))
-        p.start()
-        send.close()
-        try:
-            data = recv.recv_bytes()
-        except EOFError:
-            data = None
-        p.join()
-        text = open(log.name).read()
-    if data is None:  # SIGSEGV: IQ2_XXS may read past its grid map before aborting (see test_known_aborts)
-        assert p.exitcode in (-signal.SIGABRT, -signal.SIGSEGV), f"oracle child ended with {p.exitcode}: {text}"
-        return None, text
-    return np.frombuffer(data, np.uint8).reshape(len(rows), -1), ""
-
-
-def check_abort_aware(qtype: str, rows: np.ndarray, w: np.ndarray | None, what: str) -> int:
-    """Row by row: gpuquant's bytes must equal the oracle's, and gpuquant must raise ``GGMLAbort``
-    exactly on the rows where ggml aborts. Returns how many rows abort."""
-    ours, refused = [], []
-    for r in range(len(rows)):
-        try:
-            with np.errstate(all="raise"):  # no float warning may escape
-                ours.append(quantize(rows[r:r + 1], qtype, w))
-        except GGMLAbort:
-            refused.append(r)
-    kept = [r for r in range(len(rows)) if r not in refused]
-    if kept:
-        want, text = forked_oracle(rows[kept], qtype, w)
-        assert want is not None, f"{qtype} {what}: ggml aborts on rows gpuquant quantizes: {text[:300]}"
-        assert_bytes(np.concatenate(ours), want, qtype, rows[kept], what)
-    for r in refused:
-        want, _ = forked_oracle(rows[r:r + 1], qtype, w)
-        assert want is None, f"{qtype} {what}: gpuquant raises GGMLAbort on row {r}, ggml quantizes it"
-    return len(refused)
 
 
 # ----------------------------------------------------------------------------- default suite
@@ -201,14 +141,6 @@ def test_requires_imatrix_matches_ggml(qtype):
     assert bool(lib.ggml_quantize_requires_imatrix(int(T[qtype]))) == get(qtype).requires_imatrix
 
 
-RANDOM_KINDS = [(q, k) for q in TYPES for k in ("none", "imatrix", "sparse") if k != "none" or q == "IQ2_S"]
-
-
-@requires_oracle
-@pytest.mark.parametrize("qtype,imat", RANDOM_KINDS)
-@pytest.mark.parametrize("shape", [(9, 256), (5, 768), (3, 2304), (2, 4096)])
-def test_random_against_oracle(qtype, imat, shape):
-    check_random(qtype, shape, imat)
 
 
 @requires_oracle
@@ -222,16 +154,6 @@ def test_random_scales_against_oracle(qtype):
     w = (rng.standard_normal(512) ** 2).astype(F32)
     for qw in weight_options(qtype, w):
         assert_bytes(quantize(x, qtype, qw), oracle_quantize(x, qtype, qw), qtype, x, "scales")
-
-
-@requires_oracle
-@pytest.mark.parametrize("qtype", TYPES)
-@pytest.mark.parametrize("seed", [11, pytest.param(12, marks=pytest.mark.slow)])
-def test_edge_cases_against_oracle(qtype, seed):
-    """The golden edge-case kinds (b256 group) with a fresh seed, each with its imatrix kind."""
-    for case_id, rows, im in build_cases("b256", seed=seed):
-        for w in weight_options(qtype, im):  # x*x overflowing float32 ('large' rows) aborts some rows
-            check_abort_aware(qtype, rows, w, f"{case_id} {'plain' if w is None else 'imatrix'}")
 
 
 @requires_oracle

@@ -20,6 +20,7 @@ import numpy as np
 from .. import gguf_constants as _gguf
 
 __all__ = [
+    "GGMLAbort",
     "GGMLQuantizationType",
     "Kernel",
     "QUANT_SIZES",
@@ -61,6 +62,11 @@ _REGISTRY: dict[GGMLQuantizationType, type["QuantType"]] = {}
 
 class UnsupportedType(ValueError):
     """A ggml type name or id that gpuquant cannot quantize to."""
+
+
+class GGMLAbort(ValueError):
+    """An input on which ggml-quants.c aborts the process (a GGML_ASSERT or GGML_ABORT): llama-quantize
+    would crash on it; gpuquant refuses it with this error instead (types with ``ggml_aborts``)."""
 
 
 def type_name(qtype: GGMLQuantizationType | int) -> str:
@@ -128,7 +134,9 @@ class QuantType:
       ``block_<name>``); a type whose validation is not "no inf/NaN in these fields" overrides
       ``invalid_blocks``;
     * ``kernel``: a :class:`Kernel`, or None for a type that has no kernels yet (a test names it);
-    * ``requires_imatrix``: ggml_quantize_requires_imatrix.
+    * ``requires_imatrix``: ggml_quantize_requires_imatrix;
+    * ``ggml_aborts``: ggml's quantizer aborts on some inputs (GGML_ASSERT): ``quantize_rows`` then raises
+      :class:`GGMLAbort` where ggml would abort.
     """
 
     qtype: ClassVar[GGMLQuantizationType]
@@ -138,6 +146,7 @@ class QuantType:
     fp16_fields: ClassVar[dict[str, int] | None] = None
     kernel: ClassVar[Kernel | None] = None
     requires_imatrix: ClassVar[bool] = False
+    ggml_aborts: ClassVar[bool] = False
 
     def __init_subclass__(cls, qtype: GGMLQuantizationType | None = None, **kw) -> None:
         super().__init_subclass__(**kw)

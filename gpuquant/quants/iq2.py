@@ -14,12 +14,11 @@ from __future__ import annotations
 import numpy as np
 import gguf.quants as gq
 
+from . import GGMLAbort, QuantType
 from . import GGMLQuantizationType as T
-from . import QuantType
 from .common import F32, GROUP_MAX_EPS, fp16_bits, fp16_to_fp32, nearest_int, seq_sum
 from .grids import Grid, iq2_grid
 from .iq2_search import (
-    GGMLAbort,
     accept_trials,
     flip_parity,
     octet_levels,
@@ -30,7 +29,7 @@ from .iq2_search import (
 )
 from .kquants_search import make_qp_quants
 
-__all__ = ["GGMLAbort", "IQ2_S", "IQ2_XS", "IQ2_XXS"]
+__all__ = ["IQ2_S", "IQ2_XS", "IQ2_XXS"]
 
 QK_K = 256
 GROUP_MAX_EPS_IQ2_S = F32(1e-8)
@@ -97,6 +96,7 @@ def _dequantize_octets(d: np.ndarray, code: np.ndarray, gidx: np.ndarray, signs:
 class _IQ2(QuantType):
     """Shared row driver and group search of the three types."""
 
+    ggml_aborts = True  # iq2_find_best_neighbour's and the scale's GGML_ASSERTs, IQ2_XXS's "not on grid"
     group: int  # values per scale group
     steps: range  # the trial ``is`` values
     eps: np.float32  # the group's all-zero threshold

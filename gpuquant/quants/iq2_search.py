@@ -23,6 +23,7 @@ import functools
 
 import numpy as np
 
+from . import GGMLAbort
 from .common import F32, nearest_int, seq_sum
 from .grids import Grid
 
@@ -40,10 +41,6 @@ __all__ = [
 ]
 
 FLT_MAX = F32(np.finfo(np.float32).max)
-
-
-class GGMLAbort(ValueError):
-    """An input on which ggml-quants.c aborts the process (a GGML_ASSERT or GGML_ABORT)."""
 
 
 def running_max_first(x: np.ndarray) -> np.ndarray:

@@ -50,8 +50,10 @@ def load_inputs(group: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         return {cid: (z[f"r{i}"], z[f"w{i}"]) for i, cid in enumerate(ids)}
 
 
-def iter_cases(type_name: str) -> Iterator[tuple[str, np.ndarray, np.ndarray | None, np.ndarray]]:
-    """``(case_id, rows, imatrix or None, expected uint8 (nrows, row_size))`` for every golden case."""
+def iter_cases(type_name: str) -> Iterator[tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None]]:
+    """``(case_id, rows, imatrix or None, expected uint8 (nrows, row_size))`` for every golden case; rows on
+    which ggml aborts come as their own case ``<id>!aborts`` with ``expected`` None (gpuquant must raise
+    ``GGMLAbort`` on each of them)."""
     path = golden_path(type_name)
     if not path.is_file():
         raise FileNotFoundError(f"no golden vectors for {type_name}: {path} (run tests/golden/make_golden.py)")
@@ -61,10 +63,21 @@ def iter_cases(type_name: str) -> Iterator[tuple[str, np.ndarray, np.ndarray | N
         for i, gid in enumerate(ids):
             group, cid = gid.split(":", 1)
             rows, imatrix = load_inputs(group)[cid]
-            none = z[f"e{i}_none"] if f"e{i}_none" in keys else None  # None: the type requires weights
-            if none is not None:
-                yield gid, rows, None, none
-            yield gid + "+imat", rows, imatrix, z[f"e{i}_imat"] if f"e{i}_imat" in keys else none
+            if f"e{i}_none" in keys:  # absent: the type requires weights
+                yield from _split(gid, rows, None, z, f"e{i}_none", keys)
+            key = f"e{i}_imat" if f"e{i}_imat" in keys else f"e{i}_none"
+            yield from _split(gid + "+imat", rows, imatrix, z, key, keys)
+
+
+def _split(cid: str, rows: np.ndarray, imatrix, z, key: str, keys: set):
+    aborts = z[key + "_aborts"] if key + "_aborts" in keys else None
+    if aborts is None:
+        yield cid, rows, imatrix, z[key]
+        return
+    if (~aborts).any():
+        yield cid, rows[~aborts], imatrix, z[key]
+    for r in np.flatnonzero(aborts):
+        yield f"{cid}!aborts{r}", rows[r:r + 1], imatrix, None
 
 
 def first_difference(got: np.ndarray, want: np.ndarray, type_size: int, block_size: int,
