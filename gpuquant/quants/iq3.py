@@ -1,0 +1,460 @@
+"""3-bit grid types IQ3_XXS and IQ3_S (256-element super-blocks of 8 x 32, groups of 4 on a grid).
+
+``ggml_quantize_chunk`` runs ``quantize_row_iq3_xxs_impl(256, ...)`` / ``quantize_row_iq3_s_impl(32, ...)``
+per row, with or without importance weights. Per 32-block: the signs are split off (IQ3_XXS flips the
+least important element of every 8 with an odd number of negatives, so that 7 sign bits suffice), then
+a scale search over 31 (IQ3_XXS) / 19 (IQ3_S) trial scales maps each group of 4 magnitudes to 3-bit
+levels; a level vector that is not on the grid (256 / 512 of the 4096) is replaced by its best grid
+neighbour (``iq3_find_best_neighbour``); the best trial is refined once at its own scale. The block
+scales are then quantized to 4 bits against one fp16 super-block scale.
+
+Speed: the trials of a block are independent until the best one is picked, so all of them are evaluated
+together, on element-major ``(32, trials, blocks)`` arrays of a cache-sized chunk of blocks; the C scan
+over the trials then runs on the per-trial sums (``_pick_best``). The neighbour searches of all the
+off-grid groups of a chunk run at once, bucketed by the length of their neighbour list and padded with
+the list's first entry (an equal distance never wins under the C's strict ``<``).
+
+Where the C code aborts (``GGML_ASSERT(grid_index >= 0)`` when every neighbour's distance is NaN or
+``>= FLT_MAX``, ``GGML_ASSERT(scale >= 0)`` on a NaN scale) ``quantize_rows`` raises :class:`GgmlAbort`.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from gguf.quants import IQ2_XXS as _GGUF_IQ2_XXS
+from gguf.quants import IQ3_S as _GGUF_IQ3_S
+from gguf.quants import IQ3_XXS as _GGUF_IQ3_XXS
+
+from . import GGMLQuantizationType as T
+from . import QuantType
+from .common import F32, below_exact, fp16_bits, fp16_to_fp32, levels_f32, levels_int, seq_sum
+
+QK_K = 256
+KMAXQ = 8
+_FLT_MAX = F32(np.finfo(np.float32).max)
+_BLOCKS_PER_CHUNK = 128  # x 32 elements x up to 31 trials: 0.5 MiB per float32 temporary
+_ROWS_ELEMS = 1 << 17  # elements per outer chunk of rows (the trial picks run on all its blocks)
+_PAD_CLASSES = (3, 4, 5, 6, 8, 10, 13, 18, 26, 40)  # neighbour-list lengths are padded to one of these
+
+
+class GgmlAbort(RuntimeError):
+    """The input makes ggml-quants.c abort (a GGML_ASSERT fails): llama.cpp has no bytes for it."""
+
+
+# ----------------------------------------------------------------------------- grid tables
+
+
+def _grid_levels(gguf_cls) -> np.ndarray:
+    """The grid points as 3-bit levels ``(grid_size, 4)`` int32, from gguf's dequantization grid (its
+    values are ``grid_map[level]``); ``iq3xs_init_impl``'s quantization grid holds ``2*level + 1``."""
+    gguf_cls.init_grid()
+    g = np.asarray(gguf_cls.grid, dtype=F32).reshape(-1, 4)
+    lv = np.searchsorted(np.asarray(gguf_cls.grid_map, dtype=F32), g)
+    assert np.array_equal(np.asarray(gguf_cls.grid_map, dtype=F32)[lv], g)
+    return lv.astype(np.int32)
+
+
+def _neighbour_lists(levels: np.ndarray, nwant: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``iq3xs_init_impl``: the map of the 4096 level vectors (grid index, or -1 off the grid) and, for
+    every off-grid point, its neighbour list: the grid points at the ``nwant`` smallest squared distances
+    (in units of ``2*level + 1``), sorted by (distance, index)."""
+    shifts = np.array([0, 3, 6, 9])
+    kmap = np.full(4096, -1, np.int32)
+    kmap[(levels << shifts).sum(axis=1)] = np.arange(len(levels))
+    pts = (np.arange(4096)[:, None] >> shifts) & 7
+    d2 = (((2 * levels[None] + 1) - (2 * pts[:, None] + 1)) ** 2).sum(axis=2)  # (4096, grid_size)
+    lists = []
+    for u in range(4096):
+        if kmap[u] >= 0:
+            lists.append(np.zeros(0, np.int32))
+            continue
+        order = np.lexsort((np.arange(len(levels)), d2[u]))
+        cut = np.unique(d2[u])[nwant - 1]
+        lists.append(order[d2[u][order] <= cut].astype(np.int32))
+    return kmap, lists
+
+
+class _Grid:
+    """One IQ3 grid prepared for the vectorized searches.
+
+    ``kmap``: level vector ``u`` (3 bits per element) -> grid index, -1 off the grid. ``q[g]``:
+    ``(4,)`` float ``2*level + 1`` of grid point ``g`` (``qf`` as 4 rows). Neighbour lists are bucketed
+    by length: for bucket ``c`` of padded length ``M``, ``nb[c]`` ``(M, 4096)`` holds each point's list
+    (padded with its first entry) and ``nq[c]`` ``(4*M, 4096)`` the float levels ``2*l+1`` of those grid
+    points, row ``j*M + m`` element ``j`` of entry ``m``; ``bucket[u]`` is the bucket of point ``u``.
+    """
+
+    def __init__(self, levels: np.ndarray, kmap: np.ndarray, lists: list[np.ndarray]) -> None:
+        self.levels = levels
+        self.kmap = kmap.astype(np.int32)
+        self.qf = np.ascontiguousarray((2 * levels + 1).astype(F32).T)  # (4, grid_size)
+        lens = np.array([len(v) for v in lists])
+        pads = [p for p in _PAD_CLASSES if p < lens.max()] + [int(lens.max())]
+        self.bucket = np.full(4096, 255, np.uint8)
+        self.nb, self.nq = [], []
+        lo = 0
+        for c, M in enumerate(pads):
+            inb = (lens > lo) & (lens <= M)
+            lo = M
+            nb = np.zeros((M, 4096), np.int32)
+            for u in np.flatnonzero(inb):
+                v = lists[u]
+                nb[:, u] = np.concatenate([v, np.full(M - len(v), v[0], np.int32)])
+            self.bucket[inb] = c
+            self.nb.append(nb)
+            self.nq.append(np.ascontiguousarray(self.qf[:, nb].reshape(4 * M, 4096)))
+
+
+@functools.lru_cache(maxsize=None)
+def grid(grid_size: int) -> _Grid:
+    """The IQ3 grid of 256 (IQ3_XXS, 2 distances per neighbour list) or 512 points (IQ3_S, 3), cached."""
+    gguf_cls, nwant = {256: (_GGUF_IQ3_XXS, 2), 512: (_GGUF_IQ3_S, 3)}[grid_size]
+    levels = _grid_levels(gguf_cls)
+    kmap, lists = _neighbour_lists(levels, nwant)
+    return _Grid(levels, kmap, lists)
+
+
+# ----------------------------------------------------------------------------- the searches
+
+
+def _best_neighbours(g: _Grid, u: np.ndarray, xq: np.ndarray, wq: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``iq3_find_best_neighbour`` for many groups: off-grid points ``u`` ``(n,)``, their magnitudes
+    ``xq`` and weights ``wq`` ``(4, n)``, the scale ``s`` ``(n,)`` -> grid index ``(n,)``.
+
+    ``d2 = sum_i w[i]*(s*q[i] - x[i])^2`` in the C order; the first entry of smallest ``d2`` wins
+    (``d2 < best_d2``, from ``FLT_MAX``). Raises :class:`GgmlAbort` where no entry qualifies.
+    """
+    out = np.empty(u.shape, np.int32)
+    bk = g.bucket[u]
+    for c in np.unique(bk):
+        sel = np.flatnonzero(bk == c)
+        uu = u[sel]
+        M = g.nb[c].shape[0]
+        t = np.take(g.nq[c], uu, axis=1).reshape(4, M, -1)  # 2*l+1 of every entry
+        t *= np.take(s, sel)  # scale*q
+        t -= np.take(xq, sel, axis=1)[:, None, :]  # diff = scale*q - xval
+        e = t * np.take(wq, sel, axis=1)[:, None, :]
+        e *= t  # weight*diff*diff
+        d2 = e[0] + e[1]
+        d2 += e[2]
+        d2 += e[3]
+        best = np.full(uu.shape, _FLT_MAX, F32)
+        arg = np.full(uu.shape, -1, np.int32)
+        for m in range(M):
+            lt = d2[m] < best
+            np.copyto(best, d2[m], where=lt)
+            np.copyto(arg, m, where=lt)
+        if (arg < 0).any():
+            raise GgmlAbort("iq3_find_best_neighbour: no neighbour at a finite distance "
+                            "(GGML_ASSERT(grid_index >= 0) fails in ggml-quants.c)")
+        out[sel] = g.nb[c].reshape(-1)[arg * 4096 + uu]
+    return out
+
+
+def _grid_indices(g: _Grid, xv: np.ndarray, wa: np.ndarray, idv: np.ndarray, sv: np.ndarray,
+                  amax: np.ndarray, want: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Levels of every group at every trial and the grid point that replaces them.
+
+    ``xv``, ``wa``: magnitudes and ``waux`` ``(32, nb)``; ``idv``, ``sv``: the trial's inverse scale and
+    scale ``(T, nb)``; ``amax``: max |xval| per block. Per element
+    ``l = MAX(0, MIN(7, nearest_int(0.5f*(id*xval - 1))))``; per group of 4 the level vector ``u``, its
+    grid index ``kmap[u]`` or, off the grid, ``iq3_find_best_neighbour`` at scale ``sv``. ``want``
+    (``(8, T, nb)`` bool) restricts the neighbour searches to some groups. Returns the grid index and
+    the on-grid flag, ``(8, T, nb)``.
+    """
+    T_, nb = idv.shape
+    t = np.empty((32, T_, nb), F32)
+    np.multiply(xv[:, None, :], idv[None, :, :], out=t)
+    t -= F32(1)
+    t *= F32(0.5)
+    bound = np.abs(idv) * amax[None, :]
+    lf = levels_f32(t, 0, KMAXQ - 1, below_exact(bound))  # |t| < bound when bound >= 1
+    lf = lf.reshape(8, 4, T_, nb)
+    uf = lf[:, 3] * F32(8)  # u = l0 | l1 << 3 | l2 << 6 | l3 << 9
+    uf += lf[:, 2]
+    uf *= F32(8)
+    uf += lf[:, 1]
+    uf *= F32(8)
+    uf += lf[:, 0]
+    u = uf.astype(np.intp)  # (8, T, nb)
+    gi = g.kmap[u]
+    on = gi >= 0
+    todo = ~on if want is None else (~on & want)
+    f = np.flatnonzero(todo)
+    if f.size:
+        k, rest = np.divmod(f, T_ * nb)
+        tr, b = np.divmod(rest, nb)
+        el = (k * 4)[None, :] + np.arange(4)[:, None]  # (4, n) element of the block
+        xq = xv[el, b[None, :]]
+        wq = wa[el, b[None, :]]
+        np.put(gi, f, _best_neighbours(g, u.reshape(-1)[f], xq, wq, sv[tr, b]))
+    return gi, on
+
+
+def _sums(g: _Grid, gi: np.ndarray, wx: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``sumqx += w*xval*q; sumq2 += w*q*q`` over the 32 elements (in order), ``q = 2*L + 1`` of the
+    grid points ``gi`` ``(8, T, nb)``; ``wx = weight*xval``, ``w = weight`` ``(32, nb)``."""
+    q = g.qf[:, gi]  # (4, 8, T, nb)
+    q = np.ascontiguousarray(q.transpose(1, 0, 2, 3)).reshape(32, *gi.shape[1:])
+    sumqx = seq_sum(wx[:, None, :] * q)
+    wq = w[:, None, :] * q
+    wq *= q
+    return sumqx, seq_sum(wq)
+
+
+def _pick_best(sumqx: np.ndarray, sumq2: np.ndarray, scale0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The C scan over the trials: ``if (sumq2 > 0 && sumqx*sumqx > best*sumq2) { scale = sumqx/sumq2;
+    best = scale*sumqx; }`` from ``best = 0``, ``scale = scale0``. Returns (scale, best trial or -1)."""
+    scale = scale0.copy()
+    best = np.zeros_like(scale)
+    pick = np.full(scale.shape, -1, np.intp)
+    for t in range(sumqx.shape[0]):
+        sx, s2 = sumqx[t], sumq2[t]
+        upd = (s2 > 0) & (sx * sx > best * s2)
+        np.copyto(scale, sx / s2, where=upd)
+        np.copyto(best, scale * sx, where=upd)
+        np.copyto(pick, t, where=upd)
+    return scale, pick
+
+
+def _signs(x: np.ndarray, w: np.ndarray, parity: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``xval = x >= 0 ? x : -x`` and the sign byte of each 8 elements ``(4, nb)`` uint8.
+
+    ``parity`` (IQ3_XXS): where an 8 has an odd number of negatives, the element of smallest
+    ``weight*x*x`` (the first one, strict ``<``) is negated in ``xval`` and its sign bit flipped; the
+    byte keeps 7 bits (``s & 127``)."""
+    neg = ~(x >= 0)  # NaN counts as negative
+    xv = np.where(neg, -x, x)
+    s = np.packbits(neg.reshape(4, 8, -1), axis=1, bitorder="little")[:, 0, :]
+    if parity:
+        odd = np.bitwise_count(s) & 1 == 1
+        ax = (w * x * x).reshape(4, 8, -1)
+        mn, imin = ax[:, 0].copy(), np.zeros(s.shape, np.uint8)
+        for i in range(1, 8):
+            lt = ax[:, i] < mn
+            np.copyto(mn, ax[:, i], where=lt)
+            np.copyto(imin, i, where=lt)
+        k, b = np.nonzero(odd)
+        e = 8 * k + imin[k, b]
+        xv[e, b] = -xv[e, b]
+        s[k, b] ^= (np.uint8(1) << imin[k, b]).astype(np.uint8)
+        s &= np.uint8(127)
+    return xv, s
+
+
+def _running_max(v: np.ndarray) -> np.ndarray:
+    """``max = v[0]; for (i = 1..) max = MAX(max, v[i]);`` with ``MAX(a, b) = a > b ? a : b`` (a NaN
+    is kept only when it is the last element; a NaN ``max`` gives way to the next element)."""
+    m = v.max(axis=0)
+    nan = np.flatnonzero(np.isnan(m))
+    if nan.size:
+        sub = v[:, nan]
+        r = sub[0].copy()
+        for i in range(1, v.shape[0]):
+            r = np.where(r > sub[i], r, sub[i])
+        m[nan] = r
+    return m
+
+
+class _Search:
+    """The per-type constants of ``quantize_row_iq3_{xxs,s}_impl``'s 32-block search."""
+
+    def __init__(self, grid_size: int, ntry: int, parity: bool, refine_all: bool) -> None:
+        self.grid_size = grid_size
+        self.trials = np.arange(-ntry, ntry + 1)
+        self.parity = parity  # IQ3_XXS: 7 sign bits per 8, is_on_grid starts true, MAX < 1e-8 skips
+        self.refine_all = refine_all  # IQ3_S: the refinement re-maps every group, on the grid or not
+
+    def blocks(self, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Blocks ``x``, ``weight`` ``(32, nb)`` -> (scale ``(nb,)``, grid index ``(8, nb)``, sign bytes
+        ``(4, nb)``, active ``(nb,)``: the blocks not skipped as all-zero, whose scale and indices are
+        set)."""
+        g = grid(self.grid_size)
+        xv, signs = _signs(x, w, self.parity)
+        vmax = _running_max(xv)
+        active = ~(vmax < F32(1e-8)) if self.parity else vmax != 0
+        nb = x.shape[1]
+        scale = np.zeros(nb, F32)
+        gi = np.full((8, nb), g.kmap[0], np.int32)
+        a = np.flatnonzero(active)
+        if a.size:
+            s, gia, flip = self._search(g, *(np.ascontiguousarray(v[..., a]) for v in (xv, w, vmax)))
+            scale[a], gi[:, a] = s, gia
+            sa = signs[:, a]
+            sa[:, flip] = ~sa[:, flip] & np.uint8(127 if self.parity else 255)
+            signs[:, a] = sa
+        signs[:, ~active] = 0
+        return scale, gi, signs, active
+
+    def _search(self, g: _Grid, xv, w, vmax):
+        nb = xv.shape[1]
+        wa = np.sqrt(w)
+        wx = w * xv
+        amax = np.abs(xv).max(axis=0)
+        tr = self.trials.astype(F32)[:, None]
+        idv = (F32(2 * KMAXQ - 1) + tr * F32(0.2)) / vmax[None, :]  # (T, nb)
+        sv = F32(1) / idv
+        T_ = len(self.trials)
+        gi_all = np.empty((8, T_, nb), np.int16)
+        on_all = np.empty((8, T_, nb), bool)
+        sumqx = np.empty((T_, nb), F32)
+        sumq2 = np.empty((T_, nb), F32)
+        for b0 in range(0, nb, _BLOCKS_PER_CHUNK):
+            c = slice(b0, min(nb, b0 + _BLOCKS_PER_CHUNK))
+            gi, on = _grid_indices(g, xv[:, c], wa[:, c], idv[:, c], sv[:, c], amax[c])
+            gi_all[:, :, c], on_all[:, :, c] = gi, on
+            sumqx[:, c], sumq2[:, c] = _sums(g, gi, wx[:, c], w[:, c])
+        scale, pick = _pick_best(sumqx, sumq2, vmax / F32(2 * KMAXQ - 1))
+        cols = np.arange(nb)
+        picked = pick >= 0
+        gi = np.where(picked, gi_all[:, np.maximum(pick, 0), cols], g.kmap[0]).astype(np.int32)
+        on = np.where(picked, on_all[:, np.maximum(pick, 0), cols], self.parity)
+        # refinement at the picked scale of the blocks with groups off the grid
+        r = np.flatnonzero((~on).any(axis=0) & (scale > 0))
+        if r.size:
+            sc = scale[r]
+            want = np.ones((8, 1, r.size), bool) if self.refine_all else ~on[:, None, r]
+            xr, war = np.ascontiguousarray(xv[:, r]), np.ascontiguousarray(wa[:, r])
+            gr, _ = _grid_indices(g, xr, war, (F32(1) / sc)[None, :], sc[None, :], amax[r], want)
+            sub = gi[:, r]
+            upd = want[:, 0]
+            sub[upd] = gr[:, 0][upd]
+            gi[:, r] = sub
+            sx, s2 = _sums(g, sub[:, None, :], wx[:, r], w[:, r])
+            scale[r] = np.where(s2[0] > 0, sx[0] / s2[0], sc)
+        flip = scale < 0
+        scale = np.where(flip, -scale, scale)
+        if not (scale >= 0).all():
+            raise GgmlAbort("quantize_row_iq3: a NaN block scale (GGML_ASSERT(scale >= 0) fails in ggml-quants.c)")
+        return scale, gi, flip
+
+
+# ----------------------------------------------------------------------------- the types
+
+
+def _block_columns(v: np.ndarray) -> np.ndarray:
+    """Super-blocks ``(S, 256)`` -> element-major blocks ``(32, 8*S)``, column ``8*s + ib``."""
+    return np.ascontiguousarray(v.reshape(-1, 32).T)
+
+
+def _scale_levels(scales: np.ndarray, max_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``d = max_scale/31; id = 1/d; l = MAX(0, MIN(15, nearest_int(0.5f*(id*scale - 1))))`` per block
+    ``(S, 8)`` -> (d ``(S,)``, l ``(S, 8)`` int32)."""
+    d = max_scale / F32(31)
+    idd = F32(1) / d
+    return d, levels_int(F32(0.5) * (idd[:, None] * scales - F32(1)), 0, 15)
+
+
+class _IQ3(QuantType):
+    """Shared row driver: rows -> super-blocks -> chunks; subclasses pack the blocks."""
+
+    fp16_fields = {"d": 0}
+    kernel = None
+    search: _Search
+
+    @classmethod
+    def quantize_rows(cls, rows: np.ndarray, quant_weights: np.ndarray | None) -> np.ndarray:
+        rows = np.ascontiguousarray(rows, dtype=F32)
+        nrows, n = rows.shape
+        if n % QK_K:
+            raise ValueError(f"{cls.qtype.name}: n_per_row={n} is not a multiple of {QK_K}")
+        nbl = n // QK_K
+        x = rows.reshape(-1, QK_K)
+        qw = None if quant_weights is None else np.ascontiguousarray(quant_weights, dtype=F32).reshape(nbl, QK_K)
+        out = np.empty((x.shape[0], cls.type_size), np.uint8)
+        step = max(1, _ROWS_ELEMS // QK_K)
+        with np.errstate(all="ignore"):  # C runs into inf/NaN silently (or aborts, raised as GgmlAbort)
+            for s0 in range(0, x.shape[0], step):
+                s1 = min(s0 + step, x.shape[0])
+                w = None if qw is None else qw[np.arange(s0, s1) % nbl]
+                out[s0:s1] = cls._superblocks(x[s0:s1], w)
+        return out.reshape(nrows, -1)
+
+    @classmethod
+    def _superblocks(cls, x: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+        """``(S, 256)`` values and weights -> ``(S, type_size)`` blocks."""
+        S = x.shape[0]
+        xb = _block_columns(x)
+        if qw is None:
+            w = xb * xb
+        else:
+            sumx2 = seq_sum(np.ascontiguousarray((x * x).T))  # for (i < QK_K) sumx2 += x*x
+            sigma2 = F32(2) * sumx2 / F32(QK_K)
+            w = _block_columns(qw) * np.sqrt(np.repeat(sigma2, 8)[None, :] + xb * xb)
+        scale, gi, signs, active = cls.search.blocks(xb, w)
+        sc = scale.reshape(S, 8)
+        max_scale = sc.max(axis=1)
+        d, l = _scale_levels(sc, max_scale)
+        out = np.zeros((S, cls.type_size), np.uint8)
+        cls._pack(out, d, l, gi.reshape(8, S, 8), signs.reshape(4, S, 8), active.reshape(S, 8))
+        cls._zero_superblocks(out, max_scale == 0)
+        return out
+
+    @classmethod
+    def _pack(cls, out, d, l, gi, signs, active) -> None:
+        """Fill ``out`` ``(S, type_size)``; ``gi`` ``(8, S, 8)`` / ``signs`` ``(4, S, 8)``: [k, s, ib]."""
+        raise NotImplementedError
+
+    @classmethod
+    def _zero_superblocks(cls, out: np.ndarray, zero: np.ndarray) -> None:
+        """``if (!max_scale)``: what the C leaves of a super-block whose block scales are all 0."""
+        raise NotImplementedError
+
+
+def _fp16_le(v: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(fp16_bits(v), dtype="<u2").view(np.uint8).reshape(-1, 2)
+
+
+class IQ3_XXS(_IQ3, qtype=T.IQ3_XXS):
+    """``quantize_iq3_xxs``: ``quantize_row_iq3_xxs_impl(256, ...)`` per row.
+
+    ``block_iq3_xxs``: fp16 ``d``; ``qs[64]`` the grid index of every group; 8 uint32
+    ``scales_and_signs``: 4 x 7 sign bits and the 4-bit block scale in bits 28..31."""
+
+    search = _Search(256, 15, parity=True, refine_all=False)
+
+    @classmethod
+    def _pack(cls, out, d, l, gi, signs, active):
+        S = out.shape[0]
+        out[:, 0:2] = _fp16_le(d * F32(1.0125))
+        out[:, 2:66] = gi.transpose(1, 2, 0).reshape(S, 64).astype(np.uint8)
+        s = signs.astype(np.uint32)
+        ss = s[0] | (s[1] << 7) | (s[2] << 14) | (s[3] << 21) | (l.astype(np.uint32) << 28)
+        out[:, 66:98] = np.ascontiguousarray(ss, dtype="<u4").view(np.uint8).reshape(S, 32)
+
+    @classmethod
+    def _zero_superblocks(cls, out, zero):
+        out[zero] = 0  # d = fp16(0), memset(qs, 0, quant_size)
+
+
+class IQ3_S(_IQ3, qtype=T.IQ3_S):
+    """``quantize_iq3_s``: ``quantize_row_iq3_s_impl(32, ...)`` per row.
+
+    ``block_iq3_s``: fp16 ``d``; ``qs[64]`` the low 8 bits of the grid indices, ``qh[8]`` their 9th bits
+    (bit k of ``qh[ib]``), ``signs[32]`` one bit per element, ``scales[4]`` two 4-bit block scales each.
+    The C advances ``qs`` and ``signs`` only past blocks it quantized: those of a skipped all-zero block
+    go to the next block's place, and the last places stay 0."""
+
+    search = _Search(512, 9, parity=False, refine_all=True)
+
+    @classmethod
+    def _pack(cls, out, d, l, gi, signs, active):
+        S = out.shape[0]
+        out[:, 0:2] = _fp16_le(d * F32(1.033))
+        slot = np.cumsum(active, axis=1) - 1  # (S, 8): where block ib's qs and signs go
+        s_idx, ib = np.nonzero(active)
+        dst = slot[s_idx, ib]
+        qs = out[:, 2:66].reshape(S, 8, 8)
+        qs[s_idx, dst] = (gi[:, s_idx, ib] & 255).T.astype(np.uint8)
+        sg = out[:, 74:106].reshape(S, 8, 4)
+        sg[s_idx, dst] = signs[:, s_idx, ib].T
+        hi = (gi >> 8).astype(np.uint8) << np.arange(8, dtype=np.uint8)[:, None, None]
+        out[:, 66:74] = np.where(active, np.bitwise_or.reduce(hi, axis=0), 0)
+        out[:, 106:110] = (l[:, 0::2] | (l[:, 1::2] << 4)).astype(np.uint8)
+
+    @classmethod
+    def _zero_superblocks(cls, out, zero):
+        out[zero, 0:2] = 0  # d = fp16(0); qs, qh and signs as written; scales 0
+        out[zero, 106:110] = 0
+
