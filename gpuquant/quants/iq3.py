@@ -22,12 +22,9 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from gguf.quants import IQ2_XXS as _GGUF_IQ2_XXS
-from gguf.quants import IQ3_S as _GGUF_IQ3_S
-from gguf.quants import IQ3_XXS as _GGUF_IQ3_XXS
 
 from . import GGMLQuantizationType as T
-from . import QuantType
+from . import QuantType, grids
 from .common import F32, below_exact, fp16_bits, fp16_to_fp32, levels_f32, levels_int, seq_sum
 
 QK_K = 256
@@ -45,62 +42,30 @@ class GgmlAbort(RuntimeError):
 # ----------------------------------------------------------------------------- grid tables
 
 
-def _grid_levels(gguf_cls) -> np.ndarray:
-    """The grid points as 3-bit levels ``(grid_size, 4)`` int32, from gguf's dequantization grid (its
-    values are ``grid_map[level]``); ``iq3xs_init_impl``'s quantization grid holds ``2*level + 1``."""
-    gguf_cls.init_grid()
-    g = np.asarray(gguf_cls.grid, dtype=F32).reshape(-1, 4)
-    lv = np.searchsorted(np.asarray(gguf_cls.grid_map, dtype=F32), g)
-    assert np.array_equal(np.asarray(gguf_cls.grid_map, dtype=F32)[lv], g)
-    return lv.astype(np.int32)
-
-
-def _neighbour_lists(levels: np.ndarray, nwant: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """``iq3xs_init_impl``: the map of the 4096 level vectors (grid index, or -1 off the grid) and, for
-    every off-grid point, its neighbour list: the grid points at the ``nwant`` smallest squared distances
-    (in units of ``2*level + 1``), sorted by (distance, index)."""
-    shifts = np.array([0, 3, 6, 9])
-    kmap = np.full(4096, -1, np.int32)
-    kmap[(levels << shifts).sum(axis=1)] = np.arange(len(levels))
-    pts = (np.arange(4096)[:, None] >> shifts) & 7
-    d2 = (((2 * levels[None] + 1) - (2 * pts[:, None] + 1)) ** 2).sum(axis=2)  # (4096, grid_size)
-    lists = []
-    for u in range(4096):
-        if kmap[u] >= 0:
-            lists.append(np.zeros(0, np.int32))
-            continue
-        order = np.lexsort((np.arange(len(levels)), d2[u]))
-        cut = np.unique(d2[u])[nwant - 1]
-        lists.append(order[d2[u][order] <= cut].astype(np.int32))
-    return kmap, lists
-
-
 class _Grid:
-    """One IQ3 grid prepared for the vectorized searches.
+    """An IQ3 grid of ``grids.iq3_grid`` prepared for the vectorized searches.
 
-    ``kmap``: level vector ``u`` (3 bits per element) -> grid index, -1 off the grid. ``q[g]``:
-    ``(4,)`` float ``2*level + 1`` of grid point ``g`` (``qf`` as 4 rows). Neighbour lists are bucketed
-    by length: for bucket ``c`` of padded length ``M``, ``nb[c]`` ``(M, 4096)`` holds each point's list
-    (padded with its first entry) and ``nq[c]`` ``(4*M, 4096)`` the float levels ``2*l+1`` of those grid
-    points, row ``j*M + m`` element ``j`` of entry ``m``; ``bucket[u]`` is the bucket of point ``u``.
+    ``kmap``: level vector ``u`` (3 bits per element) -> grid index, -1 off the grid. ``qf`` ``(4,
+    grid_size)``: float ``2*level + 1`` of every grid point. Neighbour lists are bucketed by length: for
+    bucket ``c`` of padded length ``M``, ``nb[c]`` ``(M, 4096)`` holds each point's list (padded with its
+    last entry) and ``nq[c]`` ``(4*M, 4096)`` the float ``2*l + 1`` of those grid points, row ``j*M + m``
+    element ``j`` of entry ``m``; ``bucket[u]`` is the bucket of point ``u`` (255 on the grid).
     """
 
-    def __init__(self, levels: np.ndarray, kmap: np.ndarray, lists: list[np.ndarray]) -> None:
-        self.levels = levels
-        self.kmap = kmap.astype(np.int32)
-        self.qf = np.ascontiguousarray((2 * levels + 1).astype(F32).T)  # (4, grid_size)
-        lens = np.array([len(v) for v in lists])
+    def __init__(self, src: grids.Grid) -> None:
+        self.kmap = np.where(src.map >= 0, src.map, -1).astype(np.int32)
+        self.qf = np.ascontiguousarray(src.grid.astype(F32).T)  # (4, grid_size)
+        lens = src.nb_count
         pads = [p for p in _PAD_CLASSES if p < lens.max()] + [int(lens.max())]
         self.bucket = np.full(4096, 255, np.uint8)
         self.nb, self.nq = [], []
         lo = 0
         for c, M in enumerate(pads):
-            inb = (lens > lo) & (lens <= M)
+            inb = np.flatnonzero((lens > lo) & (lens <= M))
             lo = M
             nb = np.zeros((M, 4096), np.int32)
-            for u in np.flatnonzero(inb):
-                v = lists[u]
-                nb[:, u] = np.concatenate([v, np.full(M - len(v), v[0], np.int32)])
+            lists = src.padded_lists(inb)
+            nb[:, inb] = np.concatenate([lists, np.repeat(lists[:, -1:], M - lists.shape[1], axis=1)], axis=1).T
             self.bucket[inb] = c
             self.nb.append(nb)
             self.nq.append(np.ascontiguousarray(self.qf[:, nb].reshape(4 * M, 4096)))
@@ -108,11 +73,8 @@ class _Grid:
 
 @functools.lru_cache(maxsize=None)
 def grid(grid_size: int) -> _Grid:
-    """The IQ3 grid of 256 (IQ3_XXS, 2 distances per neighbour list) or 512 points (IQ3_S, 3), cached."""
-    gguf_cls, nwant = {256: (_GGUF_IQ3_XXS, 2), 512: (_GGUF_IQ3_S, 3)}[grid_size]
-    levels = _grid_levels(gguf_cls)
-    kmap, lists = _neighbour_lists(levels, nwant)
-    return _Grid(levels, kmap, lists)
+    """The IQ3 grid of 256 (IQ3_XXS) or 512 points (IQ3_S) with its bucketed neighbour tables, cached."""
+    return _Grid(grids.iq3_grid(grid_size))
 
 
 # ----------------------------------------------------------------------------- the searches
