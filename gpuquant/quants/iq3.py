@@ -20,6 +20,7 @@ Where the C code aborts (``GGML_ASSERT(grid_index >= 0)`` when every neighbour's
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 
@@ -45,30 +46,33 @@ class GgmlAbort(RuntimeError):
 class _Grid:
     """An IQ3 grid of ``grids.iq3_grid`` prepared for the vectorized searches.
 
-    ``kmap``: level vector ``u`` (3 bits per element) -> grid index, -1 off the grid. ``qf`` ``(4,
-    grid_size)``: float ``2*level + 1`` of every grid point. Neighbour lists are bucketed by length: for
-    bucket ``c`` of padded length ``M``, ``nb[c]`` ``(M, 4096)`` holds each point's list (padded with its
-    last entry) and ``nq[c]`` ``(4*M, 4096)`` the float ``2*l + 1`` of those grid points, row ``j*M + m``
-    element ``j`` of entry ``m``; ``bucket[u]`` is the bucket of point ``u`` (255 on the grid).
+    ``kmap``: level vector ``u`` (3 bits per element) -> grid index, -1 off the grid. ``q`` ``(grid_size,
+    4)``: float ``2*level + 1`` of every grid point. The off-grid points are bucketed by the length of
+    their neighbour list: ``bucket[u]`` (255 on the grid) and ``slot[u]``, the point's place in its
+    bucket. For bucket ``c`` of padded length ``M``, ``nb[c]`` ``(M, points)`` holds the lists (padded
+    with their last entry), ``nq[c]`` ``(M, points, 4)`` the ``q`` of those grid points (compact, so the
+    gathers stay in cache) and ``rank[c]`` ``(M, 1)`` uint8 ``M - m`` (first-minimum search).
     """
 
     def __init__(self, src: grids.Grid) -> None:
         self.kmap = np.where(src.map >= 0, src.map, -1).astype(np.int32)
-        self.qf = np.ascontiguousarray(src.grid.astype(F32).T)  # (4, grid_size)
+        self.q = np.ascontiguousarray(src.grid.astype(F32))  # (grid_size, 4)
         lens = src.nb_count
         pads = [p for p in _PAD_CLASSES if p < lens.max()] + [int(lens.max())]
         self.bucket = np.full(4096, 255, np.uint8)
-        self.nb, self.nq = [], []
+        self.slot = np.zeros(4096, np.intp)
+        self.nb, self.nq, self.rank = [], [], []
         lo = 0
         for c, M in enumerate(pads):
             inb = np.flatnonzero((lens > lo) & (lens <= M))
             lo = M
-            nb = np.zeros((M, 4096), np.int32)
             lists = src.padded_lists(inb)
-            nb[:, inb] = np.concatenate([lists, np.repeat(lists[:, -1:], M - lists.shape[1], axis=1)], axis=1).T
+            nb = np.concatenate([lists, np.repeat(lists[:, -1:], M - lists.shape[1], axis=1)], axis=1).T
             self.bucket[inb] = c
-            self.nb.append(nb)
-            self.nq.append(np.ascontiguousarray(self.qf[:, nb].reshape(4 * M, 4096)))
+            self.slot[inb] = np.arange(len(inb))
+            self.nb.append(np.ascontiguousarray(nb, dtype=np.int32))
+            self.nq.append(np.ascontiguousarray(self.q[nb]))
+            self.rank.append((M - np.arange(M, dtype=np.uint8))[:, None])
 
 
 @functools.lru_cache(maxsize=None)
@@ -80,46 +84,98 @@ def grid(grid_size: int) -> _Grid:
 # ----------------------------------------------------------------------------- the searches
 
 
-def _best_neighbours(g: _Grid, u: np.ndarray, xq: np.ndarray, wq: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """``iq3_find_best_neighbour`` for many groups: off-grid points ``u`` ``(n,)``, their magnitudes
-    ``xq`` and weights ``wq`` ``(4, n)``, the scale ``s`` ``(n,)`` -> grid index ``(n,)``.
+class _Chunk:
+    """The per-block data of a chunk of ``nb`` blocks, in the layouts the searches read.
+
+    ``xv`` ``(32, nb)``: the magnitudes ``xval`` (element-major); ``amax``: max |xval| per block;
+    ``x4``, ``wa4`` ``(8*nb, 4)``: ``xval`` and ``waux`` of group ``k`` of block ``b`` in row ``k*nb + b``;
+    ``wx4``, ``w4`` ``(8, 1, nb, 4)``: ``weight*xval`` and ``weight`` likewise, for the sums."""
+
+    def __init__(self, xv: np.ndarray, w: np.ndarray) -> None:
+        nb = xv.shape[1]
+        self.nb = nb
+        self.xv = xv
+        self.amax = np.abs(xv).max(axis=0)
+
+        def groups(v):
+            return np.ascontiguousarray(v.reshape(8, 4, nb).transpose(0, 2, 1))
+
+        self.x4 = groups(xv).reshape(8 * nb, 4)
+        self.wa4 = groups(np.sqrt(w)).reshape(8 * nb, 4)
+        self.wx4 = groups(w * xv)[:, None]
+        self.w4 = groups(w)[:, None]
+
+    def set_scales(self, sv: np.ndarray) -> None:
+        """``s4`` ``(T*nb, 4)``: the scale of trial ``t`` and block ``b`` in row ``t*nb + b``, 4 times."""
+        self.s4 = np.repeat(sv.reshape(-1), 4).reshape(-1, 4)
+
+
+class _Scratch(threading.local):
+    """Reused work buffers, one set per thread: fresh large arrays cost a page fault per 4 KiB."""
+
+    def __init__(self) -> None:
+        self.bufs: dict[tuple[str, str], np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype=F32) -> np.ndarray:
+        size = int(np.prod(shape))
+        key = (name, np.dtype(dtype).str)
+        b = self.bufs.get(key)
+        if b is None or b.size < size:
+            b = self.bufs[key] = np.empty(max(size, 1 << 16), dtype)
+        return b[:size].reshape(shape)
+
+
+_scratch = _Scratch()
+
+
+def _best_neighbours(g: _Grid, u: np.ndarray, rows: np.ndarray, srow: np.ndarray, ch: "_Chunk") -> np.ndarray:
+    """``iq3_find_best_neighbour`` for many groups: off-grid points ``u`` ``(n,)``, the groups' rows of
+    ``ch.x4`` / ``ch.wa4`` (magnitudes and weights) and of ``ch.s4`` (the scale) -> grid index ``(n,)``.
 
     ``d2 = sum_i w[i]*(s*q[i] - x[i])^2`` in the C order; the first entry of smallest ``d2`` wins
-    (``d2 < best_d2``, from ``FLT_MAX``). Raises :class:`GgmlAbort` where no entry qualifies.
+    (``d2 < best_d2``, from ``FLT_MAX``, skips NaN: the first entry equal to the ``fmin`` of the list).
+    Raises :class:`GgmlAbort` where no entry qualifies.
     """
+    bk = np.take(g.bucket, u)
     out = np.empty(u.shape, np.int32)
-    bk = g.bucket[u]
-    for c in np.unique(bk):
+    sc = _scratch
+    for c in range(len(g.nb)):
         sel = np.flatnonzero(bk == c)
-        uu = u[sel]
+        n = sel.size
+        if not n:
+            continue
         M = g.nb[c].shape[0]
-        t = np.take(g.nq[c], uu, axis=1).reshape(4, M, -1)  # 2*l+1 of every entry
-        t *= np.take(s, sel)  # scale*q
-        t -= np.take(xq, sel, axis=1)[:, None, :]  # diff = scale*q - xval
-        e = t * np.take(wq, sel, axis=1)[:, None, :]
+        uu, r = np.take(g.slot, np.take(u, sel)), np.take(rows, sel)
+        t = np.take(g.nq[c], uu, axis=1, out=sc.get("t", (M, n, 4)), mode="clip")  # 2*l+1 of every entry
+        v = np.take(ch.s4, np.take(srow, sel), axis=0, out=sc.get("v", (n, 4)), mode="clip")
+        t *= v  # scale*q
+        np.take(ch.x4, r, axis=0, out=v, mode="clip")
+        t -= v  # diff = scale*q - xval
+        np.take(ch.wa4, r, axis=0, out=v, mode="clip")
+        e = np.multiply(t, v, out=sc.get("e", (M, n, 4)))
         e *= t  # weight*diff*diff
-        d2 = e[0] + e[1]
-        d2 += e[2]
-        d2 += e[3]
-        best = np.full(uu.shape, _FLT_MAX, F32)
-        arg = np.full(uu.shape, -1, np.int32)
-        for m in range(M):
-            lt = d2[m] < best
-            np.copyto(best, d2[m], where=lt)
-            np.copyto(arg, m, where=lt)
-        if (arg < 0).any():
-            raise GgmlAbort("iq3_find_best_neighbour: no neighbour at a finite distance "
+        d2 = np.add(e[..., 0], e[..., 1], out=sc.get("d2", (M, n)))
+        d2 += e[..., 2]
+        d2 += e[..., 3]
+        mn = np.fmin.reduce(d2, axis=0)
+        if not (mn < _FLT_MAX).all():
+            raise GgmlAbort("iq3_find_best_neighbour: no neighbour at a distance below FLT_MAX "
                             "(GGML_ASSERT(grid_index >= 0) fails in ggml-quants.c)")
-        out[sel] = g.nb[c].reshape(-1)[arg * 4096 + uu]
+        eq = np.equal(d2, mn, out=sc.get("eq", (M, n), bool)).view(np.uint8)
+        eq *= g.rank[c]
+        first = np.maximum.reduce(eq, axis=0).astype(np.intp)
+        np.subtract(M, first, out=first)
+        first *= g.nb[c].shape[1]
+        first += uu
+        out[sel] = np.take(g.nb[c], first)
     return out
 
 
-def _grid_indices(g: _Grid, xv: np.ndarray, wa: np.ndarray, idv: np.ndarray, sv: np.ndarray,
-                  amax: np.ndarray, want: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _grid_indices(g: _Grid, ch: _Chunk, idv: np.ndarray, sv: np.ndarray,
+                  want: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Levels of every group at every trial and the grid point that replaces them.
 
-    ``xv``, ``wa``: magnitudes and ``waux`` ``(32, nb)``; ``idv``, ``sv``: the trial's inverse scale and
-    scale ``(T, nb)``; ``amax``: max |xval| per block. Per element
+    ``idv``, ``sv``: the trial's inverse scale and scale ``(T, nb)``. Per element
     ``l = MAX(0, MIN(7, nearest_int(0.5f*(id*xval - 1))))``; per group of 4 the level vector ``u``, its
     grid index ``kmap[u]`` or, off the grid, ``iq3_find_best_neighbour`` at scale ``sv``. ``want``
     (``(8, T, nb)`` bool) restricts the neighbour searches to some groups. Returns the grid index and
@@ -127,10 +183,10 @@ def _grid_indices(g: _Grid, xv: np.ndarray, wa: np.ndarray, idv: np.ndarray, sv:
     """
     T_, nb = idv.shape
     t = np.empty((32, T_, nb), F32)
-    np.multiply(xv[:, None, :], idv[None, :, :], out=t)
+    np.multiply(ch.xv[:, None, :], idv[None, :, :], out=t)
     t -= F32(1)
     t *= F32(0.5)
-    bound = np.abs(idv) * amax[None, :]
+    bound = np.abs(idv) * ch.amax[None, :]
     lf = levels_f32(t, 0, KMAXQ - 1, below_exact(bound))  # |t| < bound when bound >= 1
     lf = lf.reshape(8, 4, T_, nb)
     uf = lf[:, 3] * F32(8)  # u = l0 | l1 << 3 | l2 << 6 | l3 << 9
@@ -140,29 +196,32 @@ def _grid_indices(g: _Grid, xv: np.ndarray, wa: np.ndarray, idv: np.ndarray, sv:
     uf *= F32(8)
     uf += lf[:, 0]
     u = uf.astype(np.intp)  # (8, T, nb)
-    gi = g.kmap[u]
+    gi = np.take(g.kmap, u)
     on = gi >= 0
     todo = ~on if want is None else (~on & want)
     f = np.flatnonzero(todo)
     if f.size:
         k, rest = np.divmod(f, T_ * nb)
-        tr, b = np.divmod(rest, nb)
-        el = (k * 4)[None, :] + np.arange(4)[:, None]  # (4, n) element of the block
-        xq = xv[el, b[None, :]]
-        wq = wa[el, b[None, :]]
-        np.put(gi, f, _best_neighbours(g, u.reshape(-1)[f], xq, wq, sv[tr, b]))
+        b = rest % nb
+        ch.set_scales(sv)
+        np.put(gi, f, _best_neighbours(g, np.take(u, f), k * nb + b, rest, ch))
     return gi, on
 
 
-def _sums(g: _Grid, gi: np.ndarray, wx: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``sumqx += w*xval*q; sumq2 += w*q*q`` over the 32 elements (in order), ``q = 2*L + 1`` of the
-    grid points ``gi`` ``(8, T, nb)``; ``wx = weight*xval``, ``w = weight`` ``(32, nb)``."""
-    q = g.qf[:, gi]  # (4, 8, T, nb)
-    q = np.ascontiguousarray(q.transpose(1, 0, 2, 3)).reshape(32, *gi.shape[1:])
-    sumqx = seq_sum(wx[:, None, :] * q)
-    wq = w[:, None, :] * q
+def _sums(g: _Grid, gi: np.ndarray, ch: _Chunk) -> tuple[np.ndarray, np.ndarray]:
+    """``sumqx += w*xval[i]*q; sumq2 += w*q*q`` over the 32 elements in order, ``q = 2*L + 1`` of the
+    grid points ``gi`` ``(8, T, nb)``. Returns ``(T, nb)`` each."""
+    q = np.take(g.q, gi, axis=0)  # (8, T, nb, 4)
+    wxq = ch.wx4 * q
+    wq = ch.w4 * q
     wq *= q
-    return sumqx, seq_sum(wq)
+    sumqx = np.zeros(gi.shape[1:], F32)
+    sumq2 = np.zeros(gi.shape[1:], F32)
+    for k in range(8):
+        for j in range(4):
+            sumqx += wxq[k, ..., j]
+            sumq2 += wq[k, ..., j]
+    return sumqx, sumq2
 
 
 def _pick_best(sumqx: np.ndarray, sumq2: np.ndarray, scale0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -251,9 +310,6 @@ class _Search:
 
     def _search(self, g: _Grid, xv, w, vmax):
         nb = xv.shape[1]
-        wa = np.sqrt(w)
-        wx = w * xv
-        amax = np.abs(xv).max(axis=0)
         tr = self.trials.astype(F32)[:, None]
         idv = (F32(2 * KMAXQ - 1) + tr * F32(0.2)) / vmax[None, :]  # (T, nb)
         sv = F32(1) / idv
@@ -262,11 +318,14 @@ class _Search:
         on_all = np.empty((8, T_, nb), bool)
         sumqx = np.empty((T_, nb), F32)
         sumq2 = np.empty((T_, nb), F32)
+        chunks = []
         for b0 in range(0, nb, _BLOCKS_PER_CHUNK):
             c = slice(b0, min(nb, b0 + _BLOCKS_PER_CHUNK))
-            gi, on = _grid_indices(g, xv[:, c], wa[:, c], idv[:, c], sv[:, c], amax[c])
+            ch = _Chunk(np.ascontiguousarray(xv[:, c]), np.ascontiguousarray(w[:, c]))
+            chunks.append(ch)
+            gi, on = _grid_indices(g, ch, idv[:, c], sv[:, c])
             gi_all[:, :, c], on_all[:, :, c] = gi, on
-            sumqx[:, c], sumq2[:, c] = _sums(g, gi, wx[:, c], w[:, c])
+            sumqx[:, c], sumq2[:, c] = _sums(g, gi, ch)
         scale, pick = _pick_best(sumqx, sumq2, vmax / F32(2 * KMAXQ - 1))
         cols = np.arange(nb)
         picked = pick >= 0
@@ -276,14 +335,14 @@ class _Search:
         r = np.flatnonzero((~on).any(axis=0) & (scale > 0))
         if r.size:
             sc = scale[r]
+            ch = _Chunk(np.ascontiguousarray(xv[:, r]), np.ascontiguousarray(w[:, r]))
             want = np.ones((8, 1, r.size), bool) if self.refine_all else ~on[:, None, r]
-            xr, war = np.ascontiguousarray(xv[:, r]), np.ascontiguousarray(wa[:, r])
-            gr, _ = _grid_indices(g, xr, war, (F32(1) / sc)[None, :], sc[None, :], amax[r], want)
+            gr, _ = _grid_indices(g, ch, (F32(1) / sc)[None, :], sc[None, :], want)
             sub = gi[:, r]
             upd = want[:, 0]
             sub[upd] = gr[:, 0][upd]
             gi[:, r] = sub
-            sx, s2 = _sums(g, sub[:, None, :], wx[:, r], w[:, r])
+            sx, s2 = _sums(g, sub[:, None, :], ch)
             scale[r] = np.where(s2[0] > 0, sx[0] / s2[0], sc)
         flip = scale < 0
         scale = np.where(flip, -scale, scale)
