@@ -20,9 +20,11 @@ Where the C code aborts (``GGML_ASSERT(grid_index >= 0)`` when every neighbour's
 from __future__ import annotations
 
 import functools
+import math
 import threading
 
 import numpy as np
+import gguf.quants as _gq
 
 from . import GGMLQuantizationType as T
 from . import QuantType, grids
@@ -33,7 +35,7 @@ KMAXQ = 8
 _FLT_MAX = F32(np.finfo(np.float32).max)
 _BLOCKS_PER_CHUNK = 128  # x 32 elements x up to 31 trials: 0.5 MiB per float32 temporary
 _ROWS_ELEMS = 1 << 17  # elements per outer chunk of rows (the trial picks run on all its blocks)
-_PAD_CLASSES = (3, 4, 5, 6, 8, 10, 13, 18, 26, 40)  # neighbour-list lengths are padded to one of these
+_PAD_CLASSES = (2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 18, 21, 24, 28, 40)  # neighbour-list lengths are padded to one of these
 
 
 class GgmlAbort(RuntimeError):
@@ -117,7 +119,7 @@ class _Scratch(threading.local):
         self.bufs: dict[tuple[str, str], np.ndarray] = {}
 
     def get(self, name: str, shape: tuple[int, ...], dtype=F32) -> np.ndarray:
-        size = int(np.prod(shape))
+        size = math.prod(shape)
         key = (name, np.dtype(dtype).str)
         b = self.bufs.get(key)
         if b is None or b.size < size:
@@ -423,6 +425,27 @@ class _IQ3(QuantType):
         raise NotImplementedError
 
 
+@functools.lru_cache(maxsize=None)
+def _dequant_grid(gguf_cls) -> np.ndarray:
+    """The ``iq3xxs_grid`` / ``iq3s_grid`` of ggml-common.h as float ``(grid_size, 4)`` (from gguf)."""
+    gguf_cls.init_grid()
+    return np.ascontiguousarray(np.asarray(gguf_cls.grid, dtype=F32).reshape(-1, 4))
+
+
+#: ggml-common.h ``ksigns_iq2xs``: 7 sign bits -> the byte with the parity bit in bit 7
+KSIGNS = np.frombuffer(_gq.IQ2_XXS.ksigns, dtype=np.uint8)
+
+
+def _apply(db: np.ndarray, grid_vals: np.ndarray, sign_bytes: np.ndarray) -> np.ndarray:
+    """``y[j] = db * grid[j] * (signs & kmask_iq2xs[j] ? -1.f : 1.f)`` for ``(nb, 8, 32)`` grid values,
+    ``db`` ``(nb, 8)``, the sign bytes ``(nb, 8, 4)`` (bit j of byte l: element ``8*l + j``). The compiled
+    C negates (a NaN's sign bit flips too), so the sign is a negation here."""
+    bits = np.unpackbits(sign_bytes[..., None], axis=-1, bitorder="little").reshape(grid_vals.shape)
+    with np.errstate(invalid="ignore", over="ignore"):
+        y = db[..., None] * grid_vals
+    return np.negative(y, out=y, where=bits.astype(bool))
+
+
 def _fp16_le(v: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(fp16_bits(v), dtype="<u2").view(np.uint8).reshape(-1, 2)
 
@@ -434,6 +457,18 @@ class IQ3_XXS(_IQ3, qtype=T.IQ3_XXS):
     ``scales_and_signs``: 4 x 7 sign bits and the 4-bit block scale in bits 28..31."""
 
     search = _Search(256, 15, parity=True, refine_all=False)
+
+    @classmethod
+    def dequantize_rows(cls, raw):  # dequantize_row_iq3_xxs
+        nrows = raw.shape[0]
+        b = np.ascontiguousarray(raw).reshape(-1, cls.type_size)
+        d = fp16_to_fp32(b[:, 0:2].copy().view("<u2")[:, 0])
+        aux = b[:, 66:98].copy().view("<u4")  # (nb, 8)
+        with np.errstate(invalid="ignore", over="ignore"):
+            db = (d[:, None] * (F32(0.5) + (aux >> 28).astype(F32))) * F32(0.5)
+        signs = KSIGNS[(aux[..., None] >> (7 * np.arange(4, dtype=np.uint32))) & 127]  # (nb, 8, 4)
+        vals = _dequant_grid(_gq.IQ3_XXS)[b[:, 2:66]].reshape(-1, 8, 32)
+        return _apply(db, vals, signs).reshape(nrows, -1)
 
     @classmethod
     def _pack(cls, out, d, l, gi, signs, active):
@@ -458,6 +493,20 @@ class IQ3_S(_IQ3, qtype=T.IQ3_S):
     go to the next block's place, and the last places stay 0."""
 
     search = _Search(512, 9, parity=False, refine_all=True)
+
+    @classmethod
+    def dequantize_rows(cls, raw):  # dequantize_row_iq3_s
+        nrows = raw.shape[0]
+        b = np.ascontiguousarray(raw).reshape(-1, cls.type_size)
+        d = fp16_to_fp32(b[:, 0:2].copy().view("<u2")[:, 0])
+        sc = b[:, 106:110]
+        ls = np.stack([sc & 15, sc >> 4], axis=-1).reshape(-1, 8).astype(np.int32)
+        with np.errstate(invalid="ignore", over="ignore"):
+            db = d[:, None] * (1 + 2 * ls).astype(F32)
+        hi = (b[:, 66:74, None] >> np.arange(8, dtype=np.uint8)) & 1  # (nb, 8 blocks, 8 groups)
+        idx = b[:, 2:66].reshape(-1, 8, 8).astype(np.intp) | (hi.astype(np.intp) << 8)
+        vals = _dequant_grid(_gq.IQ3_S)[idx].reshape(-1, 8, 32)
+        return _apply(db, vals, b[:, 74:106].reshape(-1, 8, 4)).reshape(nrows, -1)
 
     @classmethod
     def _pack(cls, out, d, l, gi, signs, active):
