@@ -35,6 +35,7 @@ KMAXQ = 8
 _FLT_MAX = F32(np.finfo(np.float32).max)
 _BLOCKS_PER_CHUNK = 128  # x 32 elements x up to 31 trials: 0.5 MiB per float32 temporary
 _ROWS_ELEMS = 1 << 17  # elements per outer chunk of rows (the trial picks run on all its blocks)
+_CANDIDATES_PER_STEP = 1 << 14  # neighbour-list entries per search step: 256 KiB per work array
 _PAD_CLASSES = (2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 18, 21, 24, 28, 40)  # neighbour-list lengths are padded to one of these
 
 
@@ -59,15 +60,19 @@ class _Grid:
     def __init__(self, src: grids.Grid) -> None:
         self.kmap = np.where(src.map >= 0, src.map, -1).astype(np.int32)
         self.q = np.ascontiguousarray(src.grid.astype(F32))  # (grid_size, 4)
+        self.qcol = [np.ascontiguousarray(self.q[:, j]) for j in range(4)]
         lens = src.nb_count
         pads = [p for p in _PAD_CLASSES if p < lens.max()] + [int(lens.max())]
         self.bucket = np.full(4096, 255, np.uint8)
         self.slot = np.zeros(4096, np.intp)
         self.nb, self.nq, self.rank = [], [], []
         lo = 0
-        for c, M in enumerate(pads):
+        for M in pads:
             inb = np.flatnonzero((lens > lo) & (lens <= M))
             lo = M
+            if not inb.size:
+                continue
+            c = len(self.nb)
             lists = src.padded_lists(inb)
             nb = np.concatenate([lists, np.repeat(lists[:, -1:], M - lists.shape[1], axis=1)], axis=1).T
             self.bucket[inb] = c
@@ -91,7 +96,7 @@ class _Chunk:
 
     ``xv`` ``(32, nb)``: the magnitudes ``xval`` (element-major); ``amax``: max |xval| per block;
     ``x4``, ``wa4`` ``(8*nb, 4)``: ``xval`` and ``waux`` of group ``k`` of block ``b`` in row ``k*nb + b``;
-    ``wx4``, ``w4`` ``(8, 1, nb, 4)``: ``weight*xval`` and ``weight`` likewise, for the sums."""
+    ``wx``, ``w`` ``(32, nb)``: ``weight*xval`` and ``weight``, for the sums."""
 
     def __init__(self, xv: np.ndarray, w: np.ndarray) -> None:
         nb = xv.shape[1]
@@ -104,8 +109,8 @@ class _Chunk:
 
         self.x4 = groups(xv).reshape(8 * nb, 4)
         self.wa4 = groups(np.sqrt(w)).reshape(8 * nb, 4)
-        self.wx4 = groups(w * xv)[:, None]
-        self.w4 = groups(w)[:, None]
+        self.wx = w * xv
+        self.w = w
 
     def set_scales(self, sv: np.ndarray) -> None:
         """``s4`` ``(T*nb, 4)``: the scale of trial ``t`` and block ``b`` in row ``t*nb + b``, 4 times."""
@@ -140,37 +145,43 @@ def _best_neighbours(g: _Grid, u: np.ndarray, rows: np.ndarray, srow: np.ndarray
     """
     bk = np.take(g.bucket, u)
     out = np.empty(u.shape, np.int32)
-    sc = _scratch
     for c in range(len(g.nb)):
         sel = np.flatnonzero(bk == c)
-        n = sel.size
-        if not n:
-            continue
-        M = g.nb[c].shape[0]
-        uu, r = np.take(g.slot, np.take(u, sel)), np.take(rows, sel)
-        t = np.take(g.nq[c], uu, axis=1, out=sc.get("t", (M, n, 4)), mode="clip")  # 2*l+1 of every entry
-        v = np.take(ch.s4, np.take(srow, sel), axis=0, out=sc.get("v", (n, 4)), mode="clip")
-        t *= v  # scale*q
-        np.take(ch.x4, r, axis=0, out=v, mode="clip")
-        t -= v  # diff = scale*q - xval
-        np.take(ch.wa4, r, axis=0, out=v, mode="clip")
-        e = np.multiply(t, v, out=sc.get("e", (M, n, 4)))
-        e *= t  # weight*diff*diff
-        d2 = np.add(e[..., 0], e[..., 1], out=sc.get("d2", (M, n)))
-        d2 += e[..., 2]
-        d2 += e[..., 3]
-        mn = np.fmin.reduce(d2, axis=0)
-        if not (mn < _FLT_MAX).all():
-            raise GgmlAbort("iq3_find_best_neighbour: no neighbour at a distance below FLT_MAX "
-                            "(GGML_ASSERT(grid_index >= 0) fails in ggml-quants.c)")
-        eq = np.equal(d2, mn, out=sc.get("eq", (M, n), bool)).view(np.uint8)
-        eq *= g.rank[c]
-        first = np.maximum.reduce(eq, axis=0).astype(np.intp)
-        np.subtract(M, first, out=first)
-        first *= g.nb[c].shape[1]
-        first += uu
-        out[sel] = np.take(g.nb[c], first)
+        step = max(1, _CANDIDATES_PER_STEP // g.nb[c].shape[0])
+        for i in range(0, sel.size, step):
+            part = sel[i:i + step]
+            out[part] = _search_bucket(g, c, np.take(u, part), np.take(rows, part), np.take(srow, part), ch)
     return out
+
+
+def _search_bucket(g: _Grid, c: int, u, rows, srow, ch: "_Chunk") -> np.ndarray:
+    """``_best_neighbours`` for points ``u`` of one bucket ``c`` (padded list length ``M``)."""
+    sc = _scratch
+    n = u.size
+    M = g.nb[c].shape[0]
+    uu = np.take(g.slot, u)
+    t = np.take(g.nq[c], uu, axis=1, out=sc.get("t", (M, n, 4)), mode="clip")  # 2*l+1 of every entry
+    v = np.take(ch.s4, srow, axis=0, out=sc.get("v", (n, 4)), mode="clip")
+    t *= v  # scale*q
+    np.take(ch.x4, rows, axis=0, out=v, mode="clip")
+    t -= v  # diff = scale*q - xval
+    np.take(ch.wa4, rows, axis=0, out=v, mode="clip")
+    e = np.multiply(t, v, out=sc.get("e", (M, n, 4)))
+    e *= t  # weight*diff*diff
+    d2 = np.add(e[..., 0], e[..., 1], out=sc.get("d2", (M, n)))
+    d2 += e[..., 2]
+    d2 += e[..., 3]
+    mn = np.fmin.reduce(d2, axis=0)
+    if not (mn < _FLT_MAX).all():
+        raise GgmlAbort("iq3_find_best_neighbour: no neighbour at a distance below FLT_MAX "
+                        "(GGML_ASSERT(grid_index >= 0) fails in ggml-quants.c)")
+    eq = np.equal(d2, mn, out=sc.get("eq", (M, n), bool)).view(np.uint8)
+    eq *= g.rank[c]
+    first = np.maximum.reduce(eq, axis=0).astype(np.intp)
+    np.subtract(M, first, out=first)
+    first *= g.nb[c].shape[1]
+    first += uu
+    return np.take(g.nb[c], first)
 
 
 def _grid_indices(g: _Grid, ch: _Chunk, idv: np.ndarray, sv: np.ndarray,
@@ -213,17 +224,16 @@ def _grid_indices(g: _Grid, ch: _Chunk, idv: np.ndarray, sv: np.ndarray,
 def _sums(g: _Grid, gi: np.ndarray, ch: _Chunk) -> tuple[np.ndarray, np.ndarray]:
     """``sumqx += w*xval[i]*q; sumq2 += w*q*q`` over the 32 elements in order, ``q = 2*L + 1`` of the
     grid points ``gi`` ``(8, T, nb)``. Returns ``(T, nb)`` each."""
-    q = np.take(g.q, gi, axis=0)  # (8, T, nb, 4)
-    wxq = ch.wx4 * q
-    wq = ch.w4 * q
-    wq *= q
-    sumqx = np.zeros(gi.shape[1:], F32)
-    sumq2 = np.zeros(gi.shape[1:], F32)
-    for k in range(8):
-        for j in range(4):
-            sumqx += wxq[k, ..., j]
-            sumq2 += wq[k, ..., j]
-    return sumqx, sumq2
+    q = _scratch.get("q", (8, 4, *gi.shape[1:]))
+    for j in range(4):
+        np.take(g.qcol[j], gi, out=q[:, j], mode="clip")
+    q = q.reshape(32, *gi.shape[1:])
+    prod = _scratch.get("prod", q.shape)
+    np.multiply(ch.wx[:, None, :], q, out=prod)
+    sumqx = seq_sum(prod)
+    np.multiply(ch.w[:, None, :], q, out=prod)
+    prod *= q
+    return sumqx, seq_sum(prod)
 
 
 def _pick_best(sumqx: np.ndarray, sumq2: np.ndarray, scale0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
