@@ -33,9 +33,9 @@ from .common import F32, below_exact, fp16_bits, fp16_to_fp32, levels_f32, level
 QK_K = 256
 KMAXQ = 8
 _FLT_MAX = F32(np.finfo(np.float32).max)
-_BLOCKS_PER_CHUNK = 128  # x 32 elements x up to 31 trials: 0.5 MiB per float32 temporary
+_BLOCKS_PER_CHUNK = 256  # x 32 elements x up to 31 trials: 1 MiB per float32 temporary
 _ROWS_ELEMS = 1 << 17  # elements per outer chunk of rows (the trial picks run on all its blocks)
-_CANDIDATES_PER_STEP = 1 << 14  # neighbour-list entries per search step: 256 KiB per work array
+_CANDIDATES_PER_STEP = 1 << 18  # neighbour-list entries per search step: 4 MiB per work array
 _PAD_CLASSES = (2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 18, 21, 24, 28, 40)  # neighbour-list lengths are padded to one of these
 
 
@@ -195,20 +195,19 @@ def _grid_indices(g: _Grid, ch: _Chunk, idv: np.ndarray, sv: np.ndarray,
     the on-grid flag, ``(8, T, nb)``.
     """
     T_, nb = idv.shape
-    t = np.empty((32, T_, nb), F32)
-    np.multiply(ch.xv[:, None, :], idv[None, :, :], out=t)
+    t = np.multiply(ch.xv[:, None, :], idv[None, :, :], out=_scratch.get("lv", (32, T_, nb)))
     t -= F32(1)
     t *= F32(0.5)
     bound = np.abs(idv) * ch.amax[None, :]
     lf = levels_f32(t, 0, KMAXQ - 1, below_exact(bound))  # |t| < bound when bound >= 1
     lf = lf.reshape(8, 4, T_, nb)
-    uf = lf[:, 3] * F32(8)  # u = l0 | l1 << 3 | l2 << 6 | l3 << 9
+    uf = np.multiply(lf[:, 3], F32(8), out=_scratch.get("uf", (8, T_, nb)))  # u = l0 | l1<<3 | l2<<6 | l3<<9
     uf += lf[:, 2]
     uf *= F32(8)
     uf += lf[:, 1]
     uf *= F32(8)
     uf += lf[:, 0]
-    u = uf.astype(np.intp)  # (8, T, nb)
+    u = uf.astype(np.int32)  # (8, T, nb)
     gi = np.take(g.kmap, u)
     on = gi >= 0
     todo = ~on if want is None else (~on & want)
