@@ -33,10 +33,10 @@ from .common import F32, below_exact, fp16_bits, fp16_to_fp32, levels_f32, level
 QK_K = 256
 KMAXQ = 8
 _FLT_MAX = F32(np.finfo(np.float32).max)
-_BLOCKS_PER_CHUNK = 256  # x 32 elements x up to 31 trials: 1 MiB per float32 temporary
+_BLOCKS_PER_CHUNK = 512  # x 32 elements x up to 31 trials: 2 MiB per float32 temporary
 _ROWS_ELEMS = 1 << 17  # elements per outer chunk of rows (the trial picks run on all its blocks)
 _CANDIDATES_PER_STEP = 1 << 18  # neighbour-list entries per search step: 4 MiB per work array
-_PAD_CLASSES = (2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 18, 21, 24, 28, 40)  # neighbour-list lengths are padded to one of these
+_PAD_CLASSES = (3, 4, 5, 6, 8, 10, 13, 18, 26, 40)  # neighbour-list lengths are padded to one of these
 
 
 class GgmlAbort(RuntimeError):
@@ -80,6 +80,10 @@ class _Grid:
             self.nb.append(np.ascontiguousarray(nb, dtype=np.int32))
             self.nq.append(np.ascontiguousarray(self.q[nb]))
             self.rank.append((M - np.arange(M, dtype=np.uint8))[:, None])
+        assert len(self.nb) <= 32 and max(nb.shape[1] for nb in self.nb) <= 1 << 11
+        # the sort key of a point: bucket, then slot (sorted slots make the table gathers sequential)
+        self.code = np.where(self.bucket < 255, (self.bucket.astype(np.uint16) << 11) | self.slot, 0xFFFF)
+        self.code = self.code.astype(np.uint16)
 
 
 @functools.lru_cache(maxsize=None)
@@ -139,27 +143,36 @@ def _best_neighbours(g: _Grid, u: np.ndarray, rows: np.ndarray, srow: np.ndarray
     """``iq3_find_best_neighbour`` for many groups: off-grid points ``u`` ``(n,)``, the groups' rows of
     ``ch.x4`` / ``ch.wa4`` (magnitudes and weights) and of ``ch.s4`` (the scale) -> grid index ``(n,)``.
 
-    ``d2 = sum_i w[i]*(s*q[i] - x[i])^2`` in the C order; the first entry of smallest ``d2`` wins
-    (``d2 < best_d2``, from ``FLT_MAX``, skips NaN: the first entry equal to the ``fmin`` of the list).
-    Raises :class:`GgmlAbort` where no entry qualifies.
+    The groups are sorted by (bucket, slot) once; each bucket is then a contiguous run, searched in
+    cache-sized steps by ``_search_bucket``.
     """
-    bk = np.take(g.bucket, u)
-    out = np.empty(u.shape, np.int32)
+    code = np.take(g.code, u)
+    order = np.argsort(code, kind="stable")  # radix sort of uint16
+    code = np.take(code, order)
+    rows, srow = np.take(rows, order), np.take(srow, order)
+    bounds = np.searchsorted(code >> 11, np.arange(len(g.nb) + 1))
+    res = np.empty(u.shape, np.int32)
     for c in range(len(g.nb)):
-        sel = np.flatnonzero(bk == c)
+        lo, hi = int(bounds[c]), int(bounds[c + 1])
         step = max(1, _CANDIDATES_PER_STEP // g.nb[c].shape[0])
-        for i in range(0, sel.size, step):
-            part = sel[i:i + step]
-            out[part] = _search_bucket(g, c, np.take(u, part), np.take(rows, part), np.take(srow, part), ch)
+        for i in range(lo, hi, step):
+            sl = slice(i, min(hi, i + step))
+            res[sl] = _search_bucket(g, c, (code[sl] & 0x7FF).astype(np.intp), rows[sl], srow[sl], ch)
+    out = np.empty_like(res)
+    out[order] = res
     return out
 
 
-def _search_bucket(g: _Grid, c: int, u, rows, srow, ch: "_Chunk") -> np.ndarray:
-    """``_best_neighbours`` for points ``u`` of one bucket ``c`` (padded list length ``M``)."""
+def _search_bucket(g: _Grid, c: int, uu, rows, srow, ch: "_Chunk") -> np.ndarray:
+    """``iq3_find_best_neighbour`` for the points of slots ``uu`` of bucket ``c`` (padded length ``M``).
+
+    ``d2 = sum_i w[i]*(s*q[i] - x[i])^2`` in the C order, for every entry at once ``(M, n, 4)``; the first
+    entry of smallest ``d2`` wins (C: ``d2 < best_d2`` from ``FLT_MAX``, which skips NaN: the first
+    entry equal to the ``fmin`` of the list). Raises :class:`GgmlAbort` where no entry qualifies.
+    """
     sc = _scratch
-    n = u.size
+    n = uu.size
     M = g.nb[c].shape[0]
-    uu = np.take(g.slot, u)
     t = np.take(g.nq[c], uu, axis=1, out=sc.get("t", (M, n, 4)), mode="clip")  # 2*l+1 of every entry
     v = np.take(ch.s4, srow, axis=0, out=sc.get("v", (n, 4)), mode="clip")
     t *= v  # scale*q
@@ -191,48 +204,56 @@ def _grid_indices(g: _Grid, ch: _Chunk, idv: np.ndarray, sv: np.ndarray,
     ``idv``, ``sv``: the trial's inverse scale and scale ``(T, nb)``. Per element
     ``l = MAX(0, MIN(7, nearest_int(0.5f*(id*xval - 1))))``; per group of 4 the level vector ``u``, its
     grid index ``kmap[u]`` or, off the grid, ``iq3_find_best_neighbour`` at scale ``sv``. ``want``
-    (``(8, T, nb)`` bool) restricts the neighbour searches to some groups. Returns the grid index and
-    the on-grid flag, ``(8, T, nb)``.
+    (``(T, 8, nb)`` bool) restricts the neighbour searches to some groups. Returns the grid index and
+    the on-grid flag, ``(T, 8, nb)``.
     """
     T_, nb = idv.shape
-    t = np.multiply(ch.xv[:, None, :], idv[None, :, :], out=_scratch.get("lv", (32, T_, nb)))
+    t = np.multiply(idv[:, None, :], ch.xv[None, :, :], out=_scratch.get("lv", (T_, 32, nb)))
     t -= F32(1)
     t *= F32(0.5)
     bound = np.abs(idv) * ch.amax[None, :]
     lf = levels_f32(t, 0, KMAXQ - 1, below_exact(bound))  # |t| < bound when bound >= 1
-    lf = lf.reshape(8, 4, T_, nb)
-    uf = np.multiply(lf[:, 3], F32(8), out=_scratch.get("uf", (8, T_, nb)))  # u = l0 | l1<<3 | l2<<6 | l3<<9
-    uf += lf[:, 2]
+    lf = lf.reshape(T_, 8, 4, nb)
+    uf = np.multiply(lf[:, :, 3], F32(8), out=_scratch.get("uf", (T_, 8, nb)))  # u = l0 | l1<<3 | l2<<6 | l3<<9
+    uf += lf[:, :, 2]
     uf *= F32(8)
-    uf += lf[:, 1]
+    uf += lf[:, :, 1]
     uf *= F32(8)
-    uf += lf[:, 0]
-    u = uf.astype(np.int32)  # (8, T, nb)
+    uf += lf[:, :, 0]
+    u = uf.astype(np.int32)  # (T, 8, nb)
     gi = np.take(g.kmap, u)
     on = gi >= 0
     todo = ~on if want is None else (~on & want)
     f = np.flatnonzero(todo)
     if f.size:
-        k, rest = np.divmod(f, T_ * nb)
-        b = rest % nb
+        tk = (f / nb).astype(np.intp)  # exact: float64 division of integers below 2**31
+        b = f - tk * nb
         ch.set_scales(sv)
-        np.put(gi, f, _best_neighbours(g, np.take(u, f), k * nb + b, rest, ch))
+        rows = (tk & 7) * nb + b  # group k of block b: row of x4 / wa4
+        srow = (tk >> 3) * nb + b  # trial t of block b: row of s4
+        np.put(gi, f, _best_neighbours(g, np.take(u, f), rows, srow, ch))
     return gi, on
 
 
 def _sums(g: _Grid, gi: np.ndarray, ch: _Chunk) -> tuple[np.ndarray, np.ndarray]:
     """``sumqx += w*xval[i]*q; sumq2 += w*q*q`` over the 32 elements in order, ``q = 2*L + 1`` of the
-    grid points ``gi`` ``(8, T, nb)``. Returns ``(T, nb)`` each."""
-    q = _scratch.get("q", (8, 4, *gi.shape[1:]))
+    grid points ``gi`` ``(T, 8, nb)``. Returns ``(T, nb)`` each."""
+    T_, _, nb = gi.shape
+    q = _scratch.get("q", (T_, 8, 4, nb))
     for j in range(4):
-        np.take(g.qcol[j], gi, out=q[:, j], mode="clip")
-    q = q.reshape(32, *gi.shape[1:])
+        np.take(g.qcol[j], gi, out=q[:, :, j], mode="clip")
+    q = q.reshape(T_, 32, nb)
     prod = _scratch.get("prod", q.shape)
-    np.multiply(ch.wx[:, None, :], q, out=prod)
-    sumqx = seq_sum(prod)
-    np.multiply(ch.w[:, None, :], q, out=prod)
-    prod *= q
-    return sumqx, seq_sum(prod)
+    out = []
+    for a, square in ((ch.wx, False), (ch.w, True)):
+        np.multiply(a[None], q, out=prod)
+        if square:
+            prod *= q
+        acc = np.zeros((T_, nb), F32)  # float sum = 0; for (i < 32) sum += ... (in order)
+        for i in range(32):
+            acc += prod[:, i]
+        out.append(acc)
+    return out[0], out[1]
 
 
 def _pick_best(sumqx: np.ndarray, sumq2: np.ndarray, scale0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -325,35 +346,33 @@ class _Search:
         idv = (F32(2 * KMAXQ - 1) + tr * F32(0.2)) / vmax[None, :]  # (T, nb)
         sv = F32(1) / idv
         T_ = len(self.trials)
-        gi_all = np.empty((8, T_, nb), np.int16)
-        on_all = np.empty((8, T_, nb), bool)
+        gi_all = np.empty((T_, 8, nb), np.int16)
+        on_all = np.empty((T_, 8, nb), bool)
         sumqx = np.empty((T_, nb), F32)
         sumq2 = np.empty((T_, nb), F32)
-        chunks = []
         for b0 in range(0, nb, _BLOCKS_PER_CHUNK):
             c = slice(b0, min(nb, b0 + _BLOCKS_PER_CHUNK))
             ch = _Chunk(np.ascontiguousarray(xv[:, c]), np.ascontiguousarray(w[:, c]))
-            chunks.append(ch)
             gi, on = _grid_indices(g, ch, idv[:, c], sv[:, c])
             gi_all[:, :, c], on_all[:, :, c] = gi, on
             sumqx[:, c], sumq2[:, c] = _sums(g, gi, ch)
         scale, pick = _pick_best(sumqx, sumq2, vmax / F32(2 * KMAXQ - 1))
         cols = np.arange(nb)
         picked = pick >= 0
-        gi = np.where(picked, gi_all[:, np.maximum(pick, 0), cols], g.kmap[0]).astype(np.int32)
-        on = np.where(picked, on_all[:, np.maximum(pick, 0), cols], self.parity)
+        gi = np.where(picked, gi_all[np.maximum(pick, 0), :, cols].T, g.kmap[0]).astype(np.int32)
+        on = np.where(picked, on_all[np.maximum(pick, 0), :, cols].T, self.parity)
         # refinement at the picked scale of the blocks with groups off the grid
         r = np.flatnonzero((~on).any(axis=0) & (scale > 0))
         if r.size:
             sc = scale[r]
             ch = _Chunk(np.ascontiguousarray(xv[:, r]), np.ascontiguousarray(w[:, r]))
-            want = np.ones((8, 1, r.size), bool) if self.refine_all else ~on[:, None, r]
+            want = np.ones((1, 8, r.size), bool) if self.refine_all else ~on[None, :, r]
             gr, _ = _grid_indices(g, ch, (F32(1) / sc)[None, :], sc[None, :], want)
             sub = gi[:, r]
-            upd = want[:, 0]
-            sub[upd] = gr[:, 0][upd]
+            upd = want[0]
+            sub[upd] = gr[0][upd]
             gi[:, r] = sub
-            sx, s2 = _sums(g, sub[:, None, :], ch)
+            sx, s2 = _sums(g, sub[None], ch)
             scale[r] = np.where(s2[0] > 0, sx[0] / s2[0], sc)
         flip = scale < 0
         scale = np.where(flip, -scale, scale)
