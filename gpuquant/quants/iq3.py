@@ -84,6 +84,8 @@ class _Grid:
         # the sort key of a point: bucket, then slot (sorted slots make the table gathers sequential)
         self.code = np.where(self.bucket < 255, (self.bucket.astype(np.uint16) << 11) | self.slot, 0xFFFF)
         self.code = self.code.astype(np.uint16)
+        # one lookup per group: the grid index (>= 0) or, off the grid, -1 - code
+        self.lookup = np.where(self.kmap >= 0, self.kmap, -1 - self.code.astype(np.int32)).astype(np.int32)
 
 
 @functools.lru_cache(maxsize=None)
@@ -139,28 +141,28 @@ class _Scratch(threading.local):
 _scratch = _Scratch()
 
 
-def _best_neighbours(g: _Grid, u: np.ndarray, rows: np.ndarray, srow: np.ndarray, ch: "_Chunk") -> np.ndarray:
-    """``iq3_find_best_neighbour`` for many groups: off-grid points ``u`` ``(n,)``, the groups' rows of
-    ``ch.x4`` / ``ch.wa4`` (magnitudes and weights) and of ``ch.s4`` (the scale) -> grid index ``(n,)``.
+def _best_neighbours(g: _Grid, code: np.ndarray, f: np.ndarray, nb: int, ch: "_Chunk") -> tuple[np.ndarray, np.ndarray]:
+    """``iq3_find_best_neighbour`` for many groups: the off-grid points' sort keys ``code`` (``_Grid.code``)
+    and the groups' flat indices ``f`` into ``(T, 8, nb)`` -> (``f`` reordered, their grid indices).
 
     The groups are sorted by (bucket, slot) once; each bucket is then a contiguous run, searched in
     cache-sized steps by ``_search_bucket``.
     """
-    code = np.take(g.code, u)
     order = np.argsort(code, kind="stable")  # radix sort of uint16
-    code = np.take(code, order)
-    rows, srow = np.take(rows, order), np.take(srow, order)
+    code, f = np.take(code, order), np.take(f, order)
+    tk = (f / nb).astype(np.intp)  # exact: float64 division of integers below 2**31
+    b = f - tk * nb
+    rows = (tk & 7) * nb + b  # group k of block b: its row of x4 / wa4
+    srow = (tk >> 3) * nb + b  # trial t of block b: its row of s4
     bounds = np.searchsorted(code >> 11, np.arange(len(g.nb) + 1))
-    res = np.empty(u.shape, np.int32)
+    res = np.empty(f.shape, np.int32)
     for c in range(len(g.nb)):
         lo, hi = int(bounds[c]), int(bounds[c + 1])
         step = max(1, _CANDIDATES_PER_STEP // g.nb[c].shape[0])
         for i in range(lo, hi, step):
             sl = slice(i, min(hi, i + step))
             res[sl] = _search_bucket(g, c, (code[sl] & 0x7FF).astype(np.intp), rows[sl], srow[sl], ch)
-    out = np.empty_like(res)
-    out[order] = res
-    return out
+    return f, res
 
 
 def _search_bucket(g: _Grid, c: int, uu, rows, srow, ch: "_Chunk") -> np.ndarray:
@@ -220,18 +222,14 @@ def _grid_indices(g: _Grid, ch: _Chunk, idv: np.ndarray, sv: np.ndarray,
     uf += lf[:, :, 1]
     uf *= F32(8)
     uf += lf[:, :, 0]
-    u = uf.astype(np.int32)  # (T, 8, nb)
-    gi = np.take(g.kmap, u)
+    gi = np.take(g.lookup, uf.astype(np.int32))  # (T, 8, nb): grid index, or -1 - the search key
     on = gi >= 0
     todo = ~on if want is None else (~on & want)
     f = np.flatnonzero(todo)
     if f.size:
-        tk = (f / nb).astype(np.intp)  # exact: float64 division of integers below 2**31
-        b = f - tk * nb
         ch.set_scales(sv)
-        rows = (tk & 7) * nb + b  # group k of block b: row of x4 / wa4
-        srow = (tk >> 3) * nb + b  # trial t of block b: row of s4
-        np.put(gi, f, _best_neighbours(g, np.take(u, f), rows, srow, ch))
+        code = (-1 - np.take(gi, f)).astype(np.uint16)
+        np.put(gi, *_best_neighbours(g, code, f, nb, ch))
     return gi, on
 
 
