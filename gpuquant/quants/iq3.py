@@ -183,9 +183,11 @@ def _search_bucket(g: _Grid, c: int, uu, rows, srow, ch: "_Chunk") -> np.ndarray
     np.take(ch.wa4, rows, axis=0, out=v, mode="clip")
     e = np.multiply(t, v, out=sc.get("e", (M, n, 4)))
     e *= t  # weight*diff*diff
-    d2 = np.add(e[..., 0], e[..., 1], out=sc.get("d2", (M, n)))
-    d2 += e[..., 2]
-    d2 += e[..., 3]
+    ej = sc.get("ej", (4, M, n))
+    np.copyto(ej.transpose(1, 2, 0), e)  # element-major: the sums below run on contiguous rows
+    d2 = np.add(ej[0], ej[1], out=sc.get("d2", (M, n)))
+    d2 += ej[2]
+    d2 += ej[3]
     mn = np.fmin.reduce(d2, axis=0)
     if not (mn < _FLT_MAX).all():
         raise GgmlAbort("iq3_find_best_neighbour: no neighbour at a distance below FLT_MAX "
