@@ -9,10 +9,11 @@ neighbour (``iq3_find_best_neighbour``); the best trial is refined once at its o
 scales are then quantized to 4 bits against one fp16 super-block scale.
 
 Speed: the trials of a block are independent until the best one is picked, so all of them are evaluated
-together, on element-major ``(32, trials, blocks)`` arrays of a cache-sized chunk of blocks; the C scan
-over the trials then runs on the per-trial sums (``_pick_best``). The neighbour searches of all the
-off-grid groups of a chunk run at once, bucketed by the length of their neighbour list and padded with
-the list's first entry (an equal distance never wins under the C's strict ``<``).
+together, on ``(trials, 32, blocks)`` arrays of a chunk of blocks; the C scan over the trials then runs
+on the per-trial sums (``_pick_best``). The neighbour searches of all the off-grid groups of a chunk run
+at once: sorted by the length of their neighbour list (bucketed, padded with the list's last entry: an
+equal distance never wins under the C's strict ``<``), each bucket evaluates every entry of every list
+in one ``(entries, groups, 4)`` pass (``_search_bucket``). Work buffers are reused (``_Scratch``).
 
 Where the C code aborts (``GGML_ASSERT(grid_index >= 0)`` when every neighbour's distance is NaN or
 ``>= FLT_MAX``, ``GGML_ASSERT(scale >= 0)`` on a NaN scale) ``quantize_rows`` raises :class:`GgmlAbort`.
@@ -50,11 +51,13 @@ class _Grid:
     """An IQ3 grid of ``grids.iq3_grid`` prepared for the vectorized searches.
 
     ``kmap``: level vector ``u`` (3 bits per element) -> grid index, -1 off the grid. ``q`` ``(grid_size,
-    4)``: float ``2*level + 1`` of every grid point. The off-grid points are bucketed by the length of
-    their neighbour list: ``bucket[u]`` (255 on the grid) and ``slot[u]``, the point's place in its
-    bucket. For bucket ``c`` of padded length ``M``, ``nb[c]`` ``(M, points)`` holds the lists (padded
-    with their last entry), ``nq[c]`` ``(M, points, 4)`` the ``q`` of those grid points (compact, so the
-    gathers stay in cache) and ``rank[c]`` ``(M, 1)`` uint8 ``M - m`` (first-minimum search).
+    4)`` (and its columns ``qcol``): float ``2*level + 1`` of every grid point. The off-grid points are
+    bucketed by the length of their neighbour list: ``bucket[u]`` (255 on the grid) and ``slot[u]``, the
+    point's place in its bucket, together the uint16 sort key ``code[u] = bucket << 11 | slot``;
+    ``lookup[u]`` is ``kmap[u]`` on the grid and ``-1 - code[u]`` off it. For bucket ``c`` of padded length
+    ``M``, ``nb[c]`` ``(M, points)`` holds the lists (padded with their last entry), ``nq[c]`` ``(M, points,
+    4)`` the ``q`` of those grid points (compact, so the gathers stay in cache) and ``rank[c]`` ``(M, 1)``
+    uint8 ``M - m`` (first-minimum search).
     """
 
     def __init__(self, src: grids.Grid) -> None:
@@ -141,7 +144,8 @@ class _Scratch(threading.local):
 _scratch = _Scratch()
 
 
-def _best_neighbours(g: _Grid, code: np.ndarray, f: np.ndarray, nb: int, ch: "_Chunk") -> tuple[np.ndarray, np.ndarray]:
+def _best_neighbours(g: _Grid, code: np.ndarray, f: np.ndarray, nb: int,
+                     ch: _Chunk) -> tuple[np.ndarray, np.ndarray]:
     """``iq3_find_best_neighbour`` for many groups: the off-grid points' sort keys ``code`` (``_Grid.code``)
     and the groups' flat indices ``f`` into ``(T, 8, nb)`` -> (``f`` reordered, their grid indices).
 
@@ -165,7 +169,8 @@ def _best_neighbours(g: _Grid, code: np.ndarray, f: np.ndarray, nb: int, ch: "_C
     return f, res
 
 
-def _search_bucket(g: _Grid, c: int, uu, rows, srow, ch: "_Chunk") -> np.ndarray:
+def _search_bucket(g: _Grid, c: int, uu: np.ndarray, rows: np.ndarray, srow: np.ndarray,
+                   ch: _Chunk) -> np.ndarray:
     """``iq3_find_best_neighbour`` for the points of slots ``uu`` of bucket ``c`` (padded length ``M``).
 
     ``d2 = sum_i w[i]*(s*q[i] - x[i])^2`` in the C order, for every entry at once ``(M, n, 4)``; the first
@@ -340,7 +345,9 @@ class _Search:
         signs[:, ~active] = 0
         return scale, gi, signs, active
 
-    def _search(self, g: _Grid, xv, w, vmax):
+    def _search(self, g: _Grid, xv: np.ndarray, w: np.ndarray, vmax: np.ndarray):
+        """The trial scales, the pick and the refinement of the active blocks -> (scale ``(nb,)``, grid
+        index ``(8, nb)``, whether the C flips the block's signs (a negative scale))."""
         nb = xv.shape[1]
         tr = self.trials.astype(F32)[:, None]
         idv = (F32(2 * KMAXQ - 1) + tr * F32(0.2)) / vmax[None, :]  # (T, nb)
