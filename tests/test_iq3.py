@@ -132,6 +132,19 @@ def test_dequantize_roundtrip_is_close(qtype):
 
 
 @pytest.mark.parametrize("qtype", TYPES)
+def test_threads_give_the_same_bytes(qtype):
+    """The work buffers are per thread: concurrent calls (the numpy backend's pool) cannot mix."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(11)
+    xs = [rng.standard_normal((6, 1024)).astype(F32) * F32(s) for s in (0.1, 1, 10, 100)]
+    want = [quantize(x, qtype) for x in xs]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda x: quantize(x, qtype), xs * 2))
+    assert all(np.array_equal(g, w) for g, w in zip(got, want * 2))
+
+
+@pytest.mark.parametrize("qtype", TYPES)
 def test_overflowing_squares_raise(qtype):
     """|x| ~ 1e20: x*x is inf, every neighbour distance inf or NaN: llama.cpp aborts (checked against the
     oracle in test_edge_cases_against_oracle's "large" kind)."""
@@ -149,6 +162,15 @@ def test_overflowing_squares_raise(qtype):
 @pytest.mark.parametrize("shape", [(9, 256), (4, 768), (2, 4096)])
 def test_random_against_oracle(qtype, imat, shape):
     check_random(qtype, shape, imat)
+
+
+@requires_oracle
+@pytest.mark.parametrize("qtype", TYPES)
+@pytest.mark.parametrize("imat", ["none", "imatrix"])
+def test_many_chunks_against_oracle(qtype, imat):
+    """Enough rows for several outer row chunks and inner block batches (their seams), and a last
+    partial batch."""
+    check_random(qtype, (70, 4096), imat)
 
 
 @requires_oracle
