@@ -298,7 +298,9 @@ class Pipeline:
         """Output ``k`` is lost; the others go on unless none is left."""
         self.failures.setdefault(k, e)
         if len(self.failures) >= len(self.outputs):
-            self._fail(self.failures[min(self.failures)])
+            if len(self.outputs) == 1:
+                self._fail(e)  # one output: its failure is the run's
+            self._stop.set()
 
     def _get(self, q: queue.Queue):
         while True:
@@ -318,8 +320,9 @@ class Pipeline:
 
     def plan(self) -> list[SourceSlab]:
         """Every source slab with the outputs that need it, in tensor order."""
-        n = len(self.outputs[0].works) if self.outputs else 0
-        for o in self.outputs:
+        live = [o for k, o in enumerate(self.outputs) if k not in self.failures]
+        n = len(live[0].works) if live else 0
+        for o in live:
             if len(o.works) != n:
                 raise ValueError(f"outputs of one job must have the same tensors: {n} and {len(o.works)}")
         slabs = []
