@@ -253,3 +253,36 @@ def test_moe_imatrix_and_requantize_match_llama_quantize(moe, tmp_path):
     for t in ("Q4_0", "Q5_K_M"):
         oracle_quantize_file(q8, tmp_path / f"ref-rq-{t}.gguf", ftype_id(t), allow_requantize=True)
         assert_same(tmp_path / f"rq-{t}.gguf", tmp_path / f"ref-rq-{t}.gguf")
+
+
+def test_cuda_device_same_pipeline(llama, tmp_path, monkeypatch):
+    """CudaDevice (on the stand-in cupy of tests/fake_cupy.py, running the kernels through the emulated
+    device): several outputs from one upload per slab, the same bytes, no stream-ordering violation."""
+    import gc
+    import sys
+
+    from gpuquant.backends import cuda
+    from gpuquant.backends.emulated import EmulatedDevice
+    from tests.fake_cupy import FakeGPU, make_cupy
+    from tests.test_cuda_backend import _nvrtc_reason
+
+    if _nvrtc_reason() is not None:
+        pytest.skip(_nvrtc_reason())
+    emu = EmulatedDevice(threads=2)
+    gpu = FakeGPU(emu)
+    cp, cpx = make_cupy(gpu)
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    monkeypatch.setitem(sys.modules, "cupyx", cpx)
+    monkeypatch.setattr(cuda, "_MODULES", {})
+    monkeypatch.setattr(cuda, "_FUNCTIONS", {})
+    dev = cuda.CudaDevice(0)
+    try:
+        job = quantize_files(llama, tmp_path / "{type}.gguf", "Q4_K_M,Q8_0,F16", device=dev, slab_bytes=64 << 10)
+    finally:
+        dev.close()
+        emu.close()
+    gc.collect()
+    assert not gpu.violations, gpu.violations
+    assert job.device.startswith("cuda") and not job.failed
+    for t in ("Q4_K_M", "Q8_0", "F16"):
+        assert_same(tmp_path / f"{t}.gguf", single(llama, tmp_path, t, device="cpu"))
