@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -33,12 +34,22 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+CPU_SECONDS: list[float] = []  # CPU time (user + system) of each gpuquant process, in call order
+
+
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def gpuquant(*args: str) -> float:
-    """Run ``gpuquant`` as a user would (a fresh process); its wall time."""
+    """Run ``gpuquant`` as a user would (a fresh process); its wall time (its CPU time goes to CPU_SECONDS:
+    less sensitive than the wall time to other load on a shared machine)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    t0 = time.perf_counter()
+    c0, t0 = _children_cpu(), time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "gpuquant", *args], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
+    CPU_SECONDS.append(_children_cpu() - c0)
     if r.returncode != 0:
         raise SystemExit(f"gpuquant {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
     return wall
@@ -117,17 +128,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gpuquant-multi-") as tmp:
         work = Path(tmp)
         single_walls: dict[str, list[float]] = {t: [] for t in types}
+        single_cpu: dict[str, list[float]] = {t: [] for t in types}
         multi_walls: list[float] = []
+        multi_cpu: list[float] = []
         single_docs, multi_doc = {}, None
         for rep in range(args.repeat):
             for t in types:
                 js = work / f"single-{t}.json"
                 single_walls[t].append(gpuquant("run", str(model), "--type", t, "-o", str(work / f"single-{t}.gguf"),
                                                 "--device", args.device, "--force", "-q", "--json", str(js)))
+                single_cpu[t].append(CPU_SECONDS[-1])
                 single_docs[t] = json.loads(js.read_text())
             js = work / "multi.json"
             multi_walls.append(gpuquant("run", str(model), "--type", args.types, "-o", str(work / "multi-{type}.gguf"),
                                         "--device", args.device, "--force", "-q", "--json", str(js)))
+            multi_cpu.append(CPU_SECONDS[-1])
             multi_doc = json.loads(js.read_text())
             print(f"repeat {rep + 1}: singles {sum(w[-1] for w in single_walls.values()):.2f} s, "
                   f"multi {multi_walls[-1]:.2f} s", file=sys.stderr)
@@ -143,7 +158,11 @@ def main() -> None:
         "model": model.name, "model_bytes": model.stat().st_size, "device": args.device, "types": types,
         "repeat": args.repeat, "single_seconds": med, "single_all": single_walls,
         "sum_single_seconds": sum(med.values()), "multi_seconds": multi, "multi_all": multi_walls,
-        "ratio": multi / sum(med.values()), "identical_to_single_runs": same,
+        "ratio": multi / sum(med.values()),
+        "cpu_single_seconds": {t: statistics.median(c) for t, c in single_cpu.items()},
+        "cpu_multi_seconds": statistics.median(multi_cpu),
+        "cpu_ratio": statistics.median(multi_cpu) / sum(statistics.median(c) for c in single_cpu.values()),
+        "identical_to_single_runs": same,
         "identical_to_llama_quantize": oracle or "llama-cpp-python not installed",
         "multi_stages": stages(multi_doc), "multi_pipeline_wall": multi_doc["wall"],
         "single_stages": {t: stages(d) for t, d in single_docs.items()},
@@ -151,7 +170,8 @@ def main() -> None:
     }
     out = args.out or ROOT / "bench" / "results" / f"multi-output-{dt.date.today().isoformat()}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("single_seconds", "sum_single_seconds", "multi_seconds", "ratio")},
+    print(json.dumps({k: result[k] for k in ("single_seconds", "sum_single_seconds", "multi_seconds", "ratio",
+                                             "cpu_multi_seconds", "cpu_ratio")},
                      indent=2))
     print(f"GPU estimate (kernels free): ratio {result['gpu_estimate']['ratio']:.2f}; written {out}")
 

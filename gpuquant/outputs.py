@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import resume as rs
-from .api import (FLOATS, Report, TensorReport, UsageError, _check_outputs, _headers, _load_imatrix, _mix_params,
+from .api import (FLOATS, MIN_SLAB_BYTES, Report, TensorReport, UsageError, _check_outputs, _headers, _load_imatrix, _mix_params,
                   _parse_ftype, _plan_tensors, _refusals, _tensor_reports, _tensor_work, default_output)
 from .backends import Device, DeviceOutOfMemory, open_device
 from .config import QuantizeConfig
@@ -24,8 +24,6 @@ from .gguf_io import read_model
 from .gguf_writer import OutputError, StreamWriter
 from .pipeline import Output, Pipeline, QuantizeError, StageTimes, TensorWork
 from .quants import GGMLQuantizationType as T, type_name
-
-MIN_SLAB_BYTES = 64 << 10
 
 
 @dataclass
@@ -130,7 +128,7 @@ def _inspect_resume(p: _Planned, model) -> None:
         state = rs.inspect(path, header, deps, rs.file_layout(len(header), tensors), p.cfg.force)
         if state.note:
             p.report.notes.append(state.note)
-        state.deps = deps  # type: ignore[attr-defined]
+        state.deps = deps
         p.states.append(state)
 
 
@@ -204,8 +202,6 @@ def _finish(p: _Planned, error: BaseException | None) -> None:
             for w in p.writers:
                 if w is not None:
                     w.commit()
-            if p.cfg.resume:
-                rs.finish(p.paths)
             return
         except OSError as e:
             error = e
@@ -249,6 +245,10 @@ def _write_all(dev: Device, planned: list[_Planned], cfg: QuantizeConfig, progre
             _finish(p, pipe.failures.get(k))
         p.report.times = pipe.times
         p.report.output_times = pipe.times.outputs.get(k)
+    # the journals of finished outputs go with the job: until then a resumed job checks and skips them
+    for p in planned:
+        if p.error is None and p.cfg.resume:
+            rs.finish(p.paths)
 
 
 def quantize_files(src, dst=None, config: QuantizeConfig | str | None = None, *,

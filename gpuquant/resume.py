@@ -14,6 +14,8 @@ output is in place (with ``--keep-split``, finished split files are checked and 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import functools
 import hashlib
 import json
 import os
@@ -44,6 +46,14 @@ def journal_path(dst: Path) -> Path:
 
 
 def _sha256_file(path: Path, nbytes: int | None = None) -> str:
+    st = os.stat(path)
+    return _sha256_cached(str(path), nbytes, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_cached(path: str, nbytes: int | None, size: int, mtime_ns: int) -> str:
+    """SHA-256 of the first ``nbytes`` of a file (all of it for None), once per job for a file unchanged
+    (size, mtime) however many outputs depend on it."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         left = nbytes
@@ -100,6 +110,7 @@ class ResumeState:
     kind: str
     entries: list[Entry] = field(default_factory=list)
     note: str = ""
+    deps: dict = field(default_factory=dict)  # what the file depends on (the journal's first line)
 
     @property
     def done(self) -> set[int]:
@@ -259,7 +270,7 @@ class ResumeWriter:
             raise self._failed(e) from None
 
     def _failed(self, e: OSError) -> OutputError:
-        hint = " (disk full or quota)" if e.errno in (28, 122, 27) else ""
+        hint = " (disk full, quota or file size limit)" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else ""
         return OutputError(e.errno, f"output: writing {str(self.tmp)!r} failed after {self.bytes_written} bytes: "
                                     f"{_why(e)}{hint}; the partial output is kept for --resume")
 
