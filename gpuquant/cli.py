@@ -180,6 +180,8 @@ terminal); the closing tables go to stdout.
   gpuquant run model-f16.gguf -t IQ4_NL -o model-IQ4_NL.gguf --device 0 --stats --json report.json
   gpuquant run model-f16.gguf Q4_K_M --imatrix imatrix.gguf --tensor-type attn_v=q8_0
   gpuquant run model-00001-of-00003.gguf Q4_K_M --keep-split
+  gpuquant run model-f16.gguf --type Q4_K_M,Q6_K,IQ4_XS -o 'out/{{stem}}-{{type}}.gguf'   [dim]# one read, 3 files[/]
+  gpuquant run model-f16.gguf Q8_0,Q4_0 --resume        [dim]# continues an interrupted run[/]
   gpuquant run model-f16.gguf Q4_K --dry-run
 
 [bold]Allowed quantization types[/] (ids and descriptions: gpuquant types)
@@ -201,8 +203,8 @@ def run(
                                  "--allow-requantize); the first file of a split model"),
     args: Optional[List[str]] = typer.Argument(None, metavar="[OUTPUT] TYPE [NTHREADS]",
                                                help="as llama-quantize: output file, ftype (see `gpuquant types`), threads"),
-    type: Optional[str] = typer.Option(None, "--type", "-t", help="ftype: Q4_K_M, IQ4_NL, Q8_0, ... (instead of the positional TYPE)"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="output file \\[default: <input-stem>-<TYPE>.gguf beside the input]"),
+    type: Optional[str] = typer.Option(None, "--type", "-t", help="ftype: Q4_K_M, IQ4_NL, Q8_0, ... (instead of the positional TYPE); a comma-separated list makes one output per type from one read"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="output file; {stem} and {type} are filled in (needed with several types) \\[default: <input-stem>-<TYPE>.gguf beside the input]"),
     device: str = typer.Option("auto", "--device", "-d", help="auto, cpu (numpy), emulated (kernels on the CPU), or a GPU index"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads \\[default: all cores]"),
     allow_requantize: bool = typer.Option(False, "--allow-requantize", help="allow requantizing tensors that have already been quantized (WARNING: can severely reduce quality compared to quantizing from 16 or 32 bit)"),
@@ -253,7 +255,7 @@ def run(
         force=force, resume=resume)
     dest = Path(out_pos) if out_pos is not None else output
     json_stdout = json_out is not None and str(json_out) == "-"
-    if resume or "," in qtype:
+    if resume or "," in qtype or "{" in str(dest or ""):
         _run_many(model, dest, cfg, stats, quiet, profile, json_out)
         return
     result, measured = _run_job(model, dest, cfg, stats, quiet)

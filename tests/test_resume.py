@@ -208,3 +208,31 @@ def test_resumed_output_matches_llama_quantize(llama, tmp_path):
     for t in ("Q5_K_M", "IQ4_XS"):
         oracle_quantize_file(llama, tmp_path / f"ref-{t}.gguf", ftype_id(t))
         assert_same(tmp_path / f"{t}.gguf", tmp_path / f"ref-{t}.gguf")
+
+
+def test_changed_imatrix_is_refused(llama, tmp_path, monkeypatch):
+    from tests.oracle_files import write_imatrix
+
+    a = write_imatrix(llama, tmp_path / "a.gguf", "gguf", seed=1)
+    dst = tmp_path / "IQ4_XS.gguf"
+    real = rs.ResumeWriter.tensor_done
+
+    def stop_after_three(self, index):
+        real(self, index)
+        if len(self.entries) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(rs.ResumeWriter, "tensor_done", stop_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        quantize_files(llama, dst, "IQ4_XS", resume=True, imatrix=str(a), **OPTS)
+    monkeypatch.undo()
+    write_imatrix(llama, a, "gguf", seed=2)  # the same file name, other contents
+    err = quantize_files(llama, dst, "IQ4_XS", resume=True, imatrix=str(a), **OPTS).reports[0].error
+    assert err is not None and "imatrix_sha256" in err, err
+
+
+def test_single_type_output_template(llama, want, tmp_path):
+    r = CliRunner().invoke(app, ["run", str(llama), "--type", "Q8_0", "-o", str(tmp_path / "{stem}-{type}.gguf"),
+                                 "--device", "cpu", "--threads", "1", "-q", "--max-buffer-size", "1"])
+    assert r.exit_code == 0, r.stderr
+    assert_same(tmp_path / "tiny-f16-Q8_0.gguf", want["Q8_0"])
