@@ -21,7 +21,7 @@ from . import validate
 from .backends import Device, SlabJob
 from .gguf_io import SourceTensor, read_rows, tensor_nbytes
 from .gguf_writer import StreamWriter
-from .quants import QUANT_SIZES, GGMLQuantizationType as T, row_size, type_name
+from .quants import QUANT_SIZES, GGMLAbort, GGMLQuantizationType as T, row_size, type_name
 
 SLOTS = 3  # device buffer sets: upload, compute and download in flight at once
 HOST_IN = SLOTS + 1  # staging buffers for the reader (one spare so reading never waits on the writer)
@@ -190,9 +190,9 @@ class Pipeline:
                 item = self._get(to_write)
                 if item is None:
                     return
-                slab, b_in, b_out, ev = item
-                if ev is not None:
-                    ev.synchronize()
+                slab, b_in, b_out, done = item
+                if done is not None:
+                    _wait_for_results(slab, *done)
                     free_in.put(b_in)  # the upload is long done once the download is
                     data = host_out[b_out][: slab.dst_nbytes]
                     bad = validate.first_invalid(slab.work.dst_type, data)
@@ -207,7 +207,7 @@ class Pipeline:
                     out.pad()
                 self.times.write += time.perf_counter() - t0
                 self.times.bytes_written += len(data)
-                if ev is not None:
+                if done is not None:
                     free_out.put(b_out)
                 else:
                     free_in.put(b_in)
@@ -284,8 +284,8 @@ class Pipeline:
     def _issue_in_place(self, slab: Slab, b_in: int, qw, bufs: "_Buffers") -> None:
         """A host device computes straight from the staging buffers."""
         b_out = self._get(self._free_out)
-        self.device.quantize(slab.job, bufs.host_in[b_in], bufs.host_out[b_out], qw, bufs.compute)
-        self._put(self._to_write, (slab, b_in, b_out, self.device.record(bufs.compute)))
+        check = self.device.quantize(slab.job, bufs.host_in[b_in], bufs.host_out[b_out], qw, bufs.compute)
+        self._put(self._to_write, (slab, b_in, b_out, (self.device.record(bufs.compute), check)))
 
     def _issue_through_device(self, slab: Slab, b_in: int, qw, s: int, bufs: "_Buffers") -> None:
         """Upload, compute, download on three streams through device slot ``s``: its buffers are free once the
@@ -300,13 +300,13 @@ class Pipeline:
         dev.wait(bufs.compute, dev.record(bufs.h2d))
         if bufs.d2h_done[s] is not None:
             dev.wait(bufs.compute, bufs.d2h_done[s])
-        dev.quantize(job, bufs.dev_in[s], bufs.dev_out[s], qw, bufs.compute)
+        check = dev.quantize(job, bufs.dev_in[s], bufs.dev_out[s], qw, bufs.compute)
         bufs.compute_done[s] = dev.record(bufs.compute)
         b_out = self._get(self._free_out)
         dev.wait(bufs.d2h, bufs.compute_done[s])
         dev.download(bufs.host_out[b_out], bufs.dev_out[s], job.dst_bytes, bufs.d2h)
         bufs.d2h_done[s] = dev.record(bufs.d2h)
-        self._put(self._to_write, (slab, b_in, b_out, bufs.d2h_done[s]))
+        self._put(self._to_write, (slab, b_in, b_out, (bufs.d2h_done[s], check)))
 
 
 @dataclass
@@ -341,6 +341,19 @@ class _Buffers:
             dev_out=[dev.device_buffer(max_out) for _ in range(SLOTS)] if device_slots else [],
             dev_qw=[dev.device_buffer(max_qw) for _ in range(SLOTS)] if max_qw and device_slots else [],
             h2d=dev.stream(), compute=dev.stream(), d2h=dev.stream())
+
+
+def _wait_for_results(slab: Slab, event, check) -> None:
+    """Wait until the slab's results are on the host; a slab ggml aborts on becomes a QuantizeError naming
+    the tensor (llama-quantize would crash on it)."""
+    try:
+        event.synchronize()
+        if check is not None:
+            check()
+    except GGMLAbort as e:
+        w = slab.work
+        raise QuantizeError(f"cannot quantize tensor {w.src.name!r} to {type_name(w.dst_type)} (rows from "
+                            f"{slab.row0}): {e}") from None
 
 
 def _invalid_source_message(slab: Slab, index: int) -> str:
