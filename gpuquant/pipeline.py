@@ -23,7 +23,7 @@ from . import validate
 from .backends import Device, SlabJob
 from .gguf_io import SourceTensor, read_rows, tensor_nbytes
 from .gguf_writer import StreamWriter
-from .quants import QUANT_SIZES, GGMLQuantizationType as T, row_size, type_name
+from .quants import QUANT_SIZES, GGMLAbort, GGMLQuantizationType as T, row_size, type_name
 
 SLOTS = 3  # device buffer sets: upload, compute and download in flight at once
 HOST_IN = SLOTS + 1  # staging buffers for the reader (one spare so reading never waits on the writer)
@@ -370,16 +370,16 @@ class Pipeline:
                 item = self._get(to_write)
                 if item is None:
                     return
-                slab, target, b_in, b_out, ev = item
-                if ev is not None:
-                    ev.synchronize()  # a device failure stops every output
+                slab, target, b_in, b_out, done = item
+                if done is not None:
+                    self._wait_for_results(slab, target, *done)
                 if target.output not in self.failures:
-                    data = host_in[b_in][: slab.src_nbytes] if ev is None else host_out[b_out][: target.dst_nbytes]
+                    data = host_in[b_in][: slab.src_nbytes] if done is None else host_out[b_out][: target.dst_nbytes]
                     try:
-                        self._write_target(slab, target, data, ev is not None)
+                        self._write_target(slab, target, data, done is not None)
                     except (QuantizeError, OSError) as e:
                         self._fail_output(target.output, e)
-                if ev is not None:
+                if done is not None:
                     free_out.put(b_out)
                 self._pending[b_in] -= 1
                 if self._pending[b_in] == 0:
@@ -389,6 +389,20 @@ class Pipeline:
             pass
         except BaseException as e:  # noqa: BLE001
             self._fail(e)
+
+    def _wait_for_results(self, slab: "SourceSlab", target: "Target", event, check) -> None:
+        """Wait until a target's results are on the host. A failure of the event is the device's (a host
+        stream stays failed, as a CUDA error does): it stops every output. A ``check`` that finds a slab ggml
+        aborts on (the device's status word, after the download) fails that output only."""
+        try:
+            event.synchronize()
+        except GGMLAbort as e:
+            raise QuantizeError(_abort_message(slab, target, e)) from None
+        if check is not None and target.output not in self.failures:
+            try:
+                check()
+            except GGMLAbort as e:
+                self._fail_output(target.output, QuantizeError(_abort_message(slab, target, e)))
 
     def _write_target(self, slab: SourceSlab, target: Target, data: np.ndarray, quantized: bool) -> None:
         if quantized:
@@ -495,8 +509,9 @@ class Pipeline:
                 self._put(self._to_write, (slab, t, b_in, None, None))
                 continue
             b_out = self._get(self._free_out)
-            dev.quantize(t.job, f32 if t.from_f32 else bufs.host_in[b_in], bufs.host_out[b_out], qw, bufs.compute)
-            self._put(self._to_write, (slab, t, b_in, b_out, dev.record(bufs.compute)))
+            check = dev.quantize(t.job, f32 if t.from_f32 else bufs.host_in[b_in], bufs.host_out[b_out], qw,
+                                 bufs.compute)
+            self._put(self._to_write, (slab, t, b_in, b_out, (dev.record(bufs.compute), check)))
 
     def _issue_through_device(self, slab: SourceSlab, targets: list[Target], b_in: int, qw, s: int,
                               bufs: "_Buffers") -> None:
@@ -527,13 +542,13 @@ class Pipeline:
             bufs.next_out = (o + 1) % SLOTS
             if bufs.d2h_done[o] is not None:
                 dev.wait(bufs.compute, bufs.d2h_done[o])
-            dev.quantize(t.job, f32 if t.from_f32 else bufs.dev_in[s], bufs.dev_out[o], qw, bufs.compute)
+            check = dev.quantize(t.job, f32 if t.from_f32 else bufs.dev_in[s], bufs.dev_out[o], qw, bufs.compute)
             done = dev.record(bufs.compute)
             b_out = self._get(self._free_out)
             dev.wait(bufs.d2h, done)
             dev.download(bufs.host_out[b_out], bufs.dev_out[o], t.job.dst_bytes, bufs.d2h)
             bufs.d2h_done[o] = dev.record(bufs.d2h)
-            self._put(self._to_write, (slab, t, b_in, b_out, bufs.d2h_done[o]))
+            self._put(self._to_write, (slab, t, b_in, b_out, (bufs.d2h_done[o], check)))
         bufs.compute_done[s] = dev.record(bufs.compute)
 
 
@@ -577,6 +592,12 @@ class _Buffers:
             dev_qw=[dev.device_buffer(max_qw) for _ in range(SLOTS)] if max_qw and device_slots else [],
             dev_f32=[dev.device_buffer(max_f32) for _ in range(SLOTS)] if max_f32 and device_slots else [],
             h2d=dev.stream(), compute=dev.stream(), d2h=dev.stream())
+
+
+def _abort_message(slab: SourceSlab, target: Target, e: GGMLAbort) -> str:
+    """A slab ggml aborts on (llama-quantize would crash on it), named by tensor and type."""
+    w = target.work
+    return f"cannot quantize tensor {w.src.name!r} to {type_name(w.dst_type)} (rows from {slab.row0}): {e}"
 
 
 def _invalid_source_message(slab: SourceSlab, index: int) -> str:

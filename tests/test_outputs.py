@@ -109,7 +109,7 @@ class DeviceBuffers(CpuDevice):
     def quantize(self, job, src, dst, qw, stream):
         if job.dst_type == T.F32 and job.src_type not in (T.F32, T.F16, T.BF16):
             self.converted += 1
-        super().quantize(job, src, dst, qw, stream)
+        return super().quantize(job, src, dst, qw, stream)
 
 
 def test_through_device_buffers_memory_independent_of_output_count(llama, tmp_path):
