@@ -286,3 +286,32 @@ def test_cuda_device_same_pipeline(llama, tmp_path, monkeypatch):
     assert job.device.startswith("cuda") and not job.failed
     for t in ("Q4_K_M", "Q8_0", "F16"):
         assert_same(tmp_path / f"{t}.gguf", single(llama, tmp_path, t, device="cpu"))
+
+
+class AbortCheck(CpuDevice):
+    """A device whose after-download check finds a slab ggml aborts on, for Q4_0 only (as CUDA's status word
+    reports it)."""
+
+    def quantize(self, job, src, dst, qw, stream):
+        super().quantize(job, src, dst, qw, stream)
+        if job.dst_type != T.Q4_0:
+            return None
+
+        def check():
+            from gpuquant.quants import GGMLAbort
+
+            raise GGMLAbort("GGML_ASSERT in the test device")
+
+        return check
+
+
+def test_an_abort_check_fails_that_output_only(llama, tmp_path):
+    dev = AbortCheck(threads=2)
+    try:
+        job = quantize_files(llama, tmp_path / "{type}.gguf", "Q8_0,Q4_0", device=dev, pure=True)
+    finally:
+        dev.close()
+    assert [r.ftype for r in job.failed] == ["Q4_0"]
+    assert "cannot quantize tensor" in job.failed[0].error and "GGML_ASSERT in the test device" in job.failed[0].error
+    assert_same(tmp_path / "Q8_0.gguf", single(llama, tmp_path, "Q8_0", device="cpu", pure=True))
+    assert leftovers(tmp_path) == [] and not (tmp_path / "Q4_0.gguf").exists()
