@@ -42,6 +42,7 @@ class TensorReport:
     dst_bytes: int
     n_elements: int
     source_name: str = ""  # the input tensor (differs from ``name`` when --prune-layers renumbers layers)
+    dst_label: str = ""  # shown instead of dst_type by progress lines (several outputs: "Q4_K/Q8_0/...")
 
 
 @dataclass

@@ -251,6 +251,18 @@ def _write_all(dev: Device, planned: list[_Planned], cfg: QuantizeConfig, progre
             rs.finish(p.paths)
 
 
+def _job_plan(planned: list[_Planned]) -> list[TensorReport]:
+    """The tensors of the job for progress: each with the types and the bytes of all its outputs."""
+    if len(planned) == 1:
+        return planned[0].report.tensors
+    out = []
+    for i, t in enumerate(planned[0].report.tensors):
+        per = [p.report.tensors[i] for p in planned]
+        out.append(dataclasses.replace(t, dst_bytes=sum(r.dst_bytes for r in per),
+                                       dst_label="/".join(type_name(r.dst_type) for r in per)))
+    return out
+
+
 def quantize_files(src, dst=None, config: QuantizeConfig | str | None = None, *,
                    progress: Callable[[str, int, int], None] | None = None,
                    on_plan: Callable[[list[TensorReport]], None] | None = None, **options) -> JobReport:
@@ -269,7 +281,7 @@ def quantize_files(src, dst=None, config: QuantizeConfig | str | None = None, *,
     planned = [_plan_output(src, dst, model, dataclasses.replace(cfg, ftype=n), imat, len(names)) for n in names]
     job = JobReport(src, [p.report for p in planned], "dry-run" if cfg.dry_run else "")
     if on_plan and planned:
-        on_plan(planned[0].report.tensors)
+        on_plan(_job_plan(planned))
     if not cfg.dry_run and any(p.error is None for p in planned):
         dev = _open_job_device(cfg, planned, job)
         try:

@@ -138,7 +138,7 @@ class PlainProgress(RunProgress):
         eta = _duration((self.total_bytes - self.done_bytes) / rate) if settled else "?"
         what = ""
         if r is not None:
-            what = (f" [{_shape(r.shape)}] {type_name(r.src_type)} -> {type_name(r.dst_type)}, "
+            what = (f" [{_shape(r.shape)}] {type_name(r.src_type)} -> {r.dst_label or type_name(r.dst_type)}, "
                     f"{r.src_bytes / MiB:.2f} MiB -> {r.dst_bytes / MiB:.2f} MiB")
         width = len(str(n))
         self.stream.write(f"[{self.n_done:{width}d}/{n}] {name}{what} | {self.done_bytes / MiB:.1f}/"
