@@ -517,8 +517,9 @@ class Pipeline:
                               bufs: "_Buffers") -> None:
         """Upload once into device input slot ``s`` (free once every compute that read it, ``SLOTS`` slabs
         ago, has finished), then per target compute into the next output slot (free once its previous
-        download is done) and download, on three streams."""
-        dev = self.device
+        download is done) and download: uploads and downloads on one stream each, the kernels on the slot's
+        own compute stream, so that the kernels of small tensors in consecutive slots run side by side."""
+        dev, cs = self.device, bufs.computes[s]
         if not any(t.job is not None for t in targets):
             for t in targets:
                 self._put(self._to_write, (slab, t, b_in, None, None))
@@ -529,11 +530,11 @@ class Pipeline:
         if qw is not None:
             dev.upload(bufs.dev_qw[s], qw, slab.quant_weights.size * 4, bufs.h2d)
             qw = bufs.dev_qw[s]
-        dev.wait(bufs.compute, dev.record(bufs.h2d))
+        dev.wait(cs, dev.record(bufs.h2d))
         f32 = None
         if slab.convert is not None and any(t.from_f32 for t in targets):
             f32 = bufs.dev_f32[s]
-            dev.quantize(slab.convert, bufs.dev_in[s], f32, None, bufs.compute)
+            dev.quantize(slab.convert, bufs.dev_in[s], f32, None, cs)
         for t in targets:
             if t.job is None:
                 self._put(self._to_write, (slab, t, b_in, None, None))
@@ -541,21 +542,22 @@ class Pipeline:
             o = bufs.next_out
             bufs.next_out = (o + 1) % SLOTS
             if bufs.d2h_done[o] is not None:
-                dev.wait(bufs.compute, bufs.d2h_done[o])
-            check = dev.quantize(t.job, f32 if t.from_f32 else bufs.dev_in[s], bufs.dev_out[o], qw, bufs.compute)
-            done = dev.record(bufs.compute)
+                dev.wait(cs, bufs.d2h_done[o])
+            check = dev.quantize(t.job, f32 if t.from_f32 else bufs.dev_in[s], bufs.dev_out[o], qw, cs)
+            done = dev.record(cs)
             b_out = self._get(self._free_out)
             dev.wait(bufs.d2h, done)
             dev.download(bufs.host_out[b_out], bufs.dev_out[o], t.job.dst_bytes, bufs.d2h)
             bufs.d2h_done[o] = dev.record(bufs.d2h)
             self._put(self._to_write, (slab, t, b_in, b_out, (bufs.d2h_done[o], check)))
-        bufs.compute_done[s] = dev.record(bufs.compute)
+        bufs.compute_done[s] = dev.record(cs)
 
 
 @dataclass
 class _Buffers:
     """The staging buffers (``HOST_IN`` for the reader, ``SLOTS`` for results), the device slots (none for
-    zero-copy devices), the three streams and the events that order the slots. Their sizes depend on the
+    zero-copy devices), the streams (copies in, copies out, and one compute stream per device slot) and the
+    events that order the slots. Their sizes depend on the
     slabs only, never on the number of outputs."""
 
     host_in: list
@@ -569,6 +571,7 @@ class _Buffers:
     h2d: object
     compute: object
     d2h: object
+    computes: list = field(default_factory=list)  # one compute stream per device slot (device-buffer path)
     compute_done: list = field(default_factory=lambda: [None] * SLOTS)  # per input slot
     d2h_done: list = field(default_factory=lambda: [None] * SLOTS)  # per output slot
     next_out: int = 0
@@ -591,7 +594,8 @@ class _Buffers:
             dev_out=[dev.device_buffer(max_out) for _ in range(SLOTS)] if device_slots else [],
             dev_qw=[dev.device_buffer(max_qw) for _ in range(SLOTS)] if max_qw and device_slots else [],
             dev_f32=[dev.device_buffer(max_f32) for _ in range(SLOTS)] if max_f32 and device_slots else [],
-            h2d=dev.stream(), compute=dev.stream(), d2h=dev.stream())
+            h2d=dev.stream(), compute=(compute := dev.stream()), d2h=dev.stream(),
+            computes=[compute] + [dev.stream() for _ in range(SLOTS - 1)] if device_slots else [compute])
 
 
 def _abort_message(slab: SourceSlab, target: Target, e: GGMLAbort) -> str:
