@@ -30,7 +30,7 @@ from .iq2_search import pack_octets, running_max_first
 __all__ = ["IQ1_M", "IQ1_S"]
 
 QK_K = 256
-CHUNK_SUPERBLOCKS = 128  # super-blocks per batch: (candidates, groups) arrays of about 5 MiB
+CHUNK_SUPERBLOCKS = 128
 
 
 def _grid_levels() -> np.ndarray:
@@ -110,8 +110,9 @@ class _IQ1(QuantType):
         shift = np.zeros(G, dtype=np.intp)
         live = np.flatnonzero(~(mx < cls.eps))
         if live.size:
-            order, sqx, sq2 = cls._candidates(xg[live], weight[live])
-            kept, sc = first_best(sqx, sq2)
+            xl, wl = xg[live], weight[live]
+            order, sqx, sq2 = cls._candidates(xl, wl)
+            kept, sc = first_best(sqx, sq2, wl.sum(axis=1), F32(1.01) * np.abs(wl * xl).sum(axis=1))
             ok = kept >= 0
             live, order, kept, sc = live[ok], order[ok], kept[ok], sc[ok]
         if live.size:

@@ -10,7 +10,7 @@ once, laid out ``(candidate, group)`` in the C loop order (``split_sums_s`` / ``
 scan is replayed exactly by ``first_best`` (on the few candidates that can win, see there).
 
 The octets of the chosen levels that are off the grid take their best neighbour (``iq1_find_best_neighbour2``):
-the terms ``w*diff*diff``, ``diff = scale*xx[l] - x``, go through ``iq2_search.best_neighbours``.
+every neighbour's distance is summed term by term as C does, on all octets of a chunk at once (``neighbours``).
 """
 from __future__ import annotations
 
@@ -20,9 +20,8 @@ import numpy as np
 
 from .common import F32, seq_sum
 from .grids import Grid
-from .iq2_search import Requests, best_neighbours
 
-__all__ = ["DELTA", "XX", "first_best", "neighbours", "refit_sums", "sorted_prefix", "split_pairs",
+__all__ = ["DELTA", "XX", "first_best", "neighbours", "octet_terms", "refit_sums", "sorted_prefix", "split_pairs",
            "split_sums_m", "split_sums_s"]
 
 DELTA = F32(0.125)  # IQ1S_DELTA, IQ1M_DELTA
@@ -30,9 +29,8 @@ DELTA = F32(0.125)  # IQ1S_DELTA, IQ1M_DELTA
 XX = np.array([[F32(-1) + DELTA, DELTA, F32(1) + DELTA], [F32(-1) - DELTA, -DELTA, F32(1) - DELTA]], dtype=F32)
 FLT_MAX = F32(np.finfo(np.float32).max)
 
-_CONTENDER = F32(1e-4)  # a candidate within this relative distance of the best score may win the C scan
-_GAP = F32(2e-4)  # ... and every other candidate must be this far below, or the group takes the full scan
-_SAFE_LO, _SAFE_HI = F32(2.0 ** -60), F32(2.0 ** 60)  # sums in this range: the products stay normal floats
+_GAP = F32(1e-5)  # relative gap between the contenders and the other candidates of a group
+_SAFE_LO, _SAFE_HI = F32(2.0 ** -50), F32(2.0 ** 50)  # sums in this range: the products stay normal floats
 _MAX_CONTENDERS = 16
 
 
@@ -135,103 +133,153 @@ def split_sums_m(px: np.ndarray, pw: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return sqx.reshape(-1, G), sq2.reshape(-1, G)
 
 
-def _full_scan(sqx: np.ndarray, sq2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The C scan over every candidate in order (``(C, G)``), from ``best = -FLT_MAX``."""
+def _jump_scan(sqx: np.ndarray, sq2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The C scan over every candidate in order (``(C, G)``), from ``best = -FLT_MAX``, one accepted candidate
+    per step: each step finds, for every group, the first later candidate that passes the test."""
     C, G = sqx.shape
     best = np.full(G, -FLT_MAX, dtype=F32)
     scale = np.zeros(G, dtype=F32)
     kept = np.full(G, -1, dtype=np.intp)
     sq = sqx * sqx
-    for c in range(C):
-        s2 = sq2[c]
-        ok = (s2 > 0) & (sq[c] > best * s2)
-        if ok.any():
-            sc = sqx[c] / s2
-            np.copyto(scale, sc, where=ok)
-            np.copyto(best, sc * sqx[c], where=ok)
-            kept[ok] = c
+    after = np.arange(C)[:, None]
+    act = np.arange(G)
+    while act.size:
+        s2 = sq2[:, act]
+        ok = (s2 > 0) & (sq[:, act] > best[act] * s2) & (after > kept[act])
+        has = ok.any(axis=0)
+        c = ok.argmax(axis=0)[has]
+        act = act[has]
+        x = sqx[c, act]
+        sc = x / sq2[c, act]
+        scale[act], best[act], kept[act] = sc, sc * x, c
     return kept, scale
 
 
-def first_best(sqx: np.ndarray, sq2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _contenders(score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per group (column of ``score``) the least threshold ``t`` among the top scores such that every score
+    below ``t`` is below ``t*(1 - _GAP)``: (contender mask ``score >= t``, their count, ``t``, the top score). Groups with
+    no such gap among their top ``_MAX_CONTENDERS`` scores get count ``_MAX_CONTENDERS + 1``."""
+    top = score.max(axis=0)
+    t = top.copy()
+    hi = score >= t
+    below = np.maximum.reduce(score, axis=0, where=~hi, initial=-np.inf)
+    todo = np.flatnonzero(~(below < t * (F32(1) - _GAP)))
+    for _ in range(_MAX_CONTENDERS):
+        if not todo.size:
+            break
+        sub, ts = score[:, todo], below[todo]
+        h = sub >= ts
+        b = np.maximum.reduce(sub, axis=0, where=~h, initial=-np.inf)
+        t[todo], below[todo] = ts, b
+        hi[:, todo] = h
+        todo = todo[~(b < ts * (F32(1) - _GAP))]
+    count = np.count_nonzero(hi, axis=0)
+    count[todo] = _MAX_CONTENDERS + 1
+    return hi, count, t, top
+
+
+def first_best(sqx: np.ndarray, sq2: np.ndarray, wsum: np.ndarray, axsum: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
     """The C scan ``if (sumq2 > 0 && sumqx*sumqx > best*sumq2) { scale = sumqx/sumq2; best = scale*sumqx; }``
     over candidates ``(C, G)`` in order, from ``best = -FLT_MAX``. Returns (index of the last kept candidate
-    or -1, its scale).
+    or -1, its scale). ``wsum``, ``axsum``: per group the sums of ``weight`` and ``weight*|x|``, which bound
+    every ``sumq2`` (from ``wsum/64``: every ``q*q >= 1/64``) and ``|sumqx|``.
 
-    Only a candidate whose score ``best`` is within ``_CONTENDER`` of the group's largest score can be the
-    last one kept: once the scan has passed such a contender, every candidate far below it fails the test,
-    and the first contender passes whatever came before. Where every non-contender is at least ``_GAP``
-    below and all sums lie where float products are accurate, the scan runs on the contenders alone; the
-    other groups (NaN/inf, huge or tiny sums, near-ties at the threshold, many contenders) take the full scan.
+    The contenders of a group are its candidates whose score ``best`` is at least a threshold ``t`` below
+    which every other score is at least ``_GAP`` lower (far more than the float errors of the test; ``t``
+    is usually the largest score, see ``_contenders``). The last candidate kept is a contender: the first
+    contender passes the test whatever came before it, and after it every non-contender fails. So where the
+    sums lie where the products are normal floats, the scan runs on the contenders alone; the other groups
+    (NaN/inf, huge or tiny sums, many near-ties) take the whole scan (``_jump_scan``).
     """
     C, G = sqx.shape
-    pos = sq2 > 0
-    score = np.divide(sqx, sq2, out=np.full_like(sqx, -np.inf), where=pos)
+    score = np.divide(sqx, sq2)
     score *= sqx
-    top = score.max(axis=0)
-    s2_in = np.where(pos, sq2, _SAFE_LO)
-    ax = np.abs(np.where(pos, sqx, F32(0)))
-    safe = (top >= _SAFE_LO) & (top <= _SAFE_HI) & (s2_in.min(axis=0) >= _SAFE_LO) \
-        & (s2_in.max(axis=0) <= _SAFE_HI) & (ax.max(axis=0) <= _SAFE_HI)
-    hi = score >= top * (F32(1) - _CONTENDER)
-    near = score >= top * (F32(1) - _GAP)
-    count = hi.sum(axis=0)
-    safe &= (near.sum(axis=0) == count) & (count <= _MAX_CONTENDERS)
+    pos = sq2 > 0
+    if not pos.all():
+        score[~pos] = -np.inf
+    hi, count, t, top = _contenders(score)
+    safe = (t >= _SAFE_LO) & (top <= _SAFE_HI) & (wsum >= _SAFE_LO) & (wsum <= _SAFE_HI) \
+        & (axsum <= _SAFE_HI) & (count <= _MAX_CONTENDERS)
     kept = np.full(G, -1, dtype=np.intp)
     scale = np.zeros(G, dtype=F32)
-    g_fast = np.flatnonzero(safe)
-    if g_fast.size:
-        sub = hi[:, g_fast].T  # (g, C): group-major, candidates in order
-        gi, ci = np.nonzero(sub)
-        rank = np.arange(len(gi)) - np.repeat(np.cumsum(count[g_fast]) - count[g_fast], count[g_fast])
-        best = np.full(len(g_fast), -FLT_MAX, dtype=F32)
-        ks, ss = kept[g_fast], scale[g_fast]
-        for r in range(int(count[g_fast].max())):
-            sel = rank == r
-            g, c = gi[sel], ci[sel]
-            x, s2 = sqx[c, g_fast[g]], sq2[c, g_fast[g]]
-            ok = x * x > best[g] * s2
-            sc = x / s2
-            g, sc, x, c = g[ok], sc[ok], x[ok], c[ok]
-            ss[g], best[g], ks[g] = sc, sc * x, c
-        kept[g_fast], scale[g_fast] = ks, ss
-    g_slow = np.flatnonzero(~safe)
-    if g_slow.size:
-        kept[g_slow], scale[g_slow] = _full_scan(sqx[:, g_slow], sq2[:, g_slow])
+    ci, gi = np.nonzero(hi)  # candidate-major
+    keep = safe[gi]
+    ci, gi = ci[keep], gi[keep]
+    o = np.argsort(gi, kind="stable")  # group-major, candidates in order
+    ci, gi = ci[o], gi[o]
+    starts = np.searchsorted(gi, gi, side="left")
+    rank = np.arange(len(gi)) - starts
+    best = np.full(G, -FLT_MAX, dtype=F32)
+    for r in range(int(rank.max()) + 1 if rank.size else 0):
+        sel = rank == r
+        g, c = gi[sel], ci[sel]
+        x, s2 = sqx[c, g], sq2[c, g]
+        ok = x * x > best[g] * s2
+        g, x, c = g[ok], x[ok], c[ok]
+        sc = x / s2[ok]
+        scale[g], best[g], kept[g] = sc, sc * x, c
+    slow = np.flatnonzero(~safe)
+    if slow.size:
+        kept[slow], scale[slow] = _jump_scan(sqx[:, slow], sq2[:, slow])
     return kept, scale
 
 
-class _IQ1Requests(Requests):
-    """Neighbour searches with the IQ1 distance: the values of row ``shift`` of ``XX`` (per request)."""
+def octet_terms(x: np.ndarray, w: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """The terms ``w[i]*diff*diff``, ``diff = scale*xx[l] - x[i]``, of the C distance (exact float32) for
+    every element ``i`` and level ``l`` of ``(M, 8)`` octets: ``(M, 24)``, column ``8*l + i``; ``xx`` is row
+    ``shift`` (0: ``x_p``, 1: ``x_m``) of ``XX``."""
+    q = XX[shift]  # (M, 3)
+    t = np.empty((len(scale), 3, 8), dtype=F32)
+    for lv in range(3):
+        diff = (scale * q[:, lv])[:, None] - x
+        np.multiply(w, diff, out=t[:, lv])
+        t[:, lv] *= diff
+    return t.reshape(-1, 24)
 
-    def __init__(self, u, src, scale, xtab, wtab, shift):
-        super().__init__(u, src, scale, xtab, wtab)
-        self.shift = shift
 
-    def terms(self, rows: np.ndarray, ncol: int = 24) -> np.ndarray:
-        """``w[i]*diff*diff``, ``diff = scale*xx[l] - x[i]``, column ``8*l + i``; columns from 24 on are 1."""
-        s = self.src[rows]
-        x, w = np.take(self.xtab, s, axis=0), np.take(self.wtab, s, axis=0)
-        q = XX[self.shift[rows]]  # (M, 3)
-        sc = self.scale[rows]
-        t = np.empty((len(rows), ncol), dtype=F32)
-        t[:, 24:] = 1
-        for lv in range(3):
-            diff = (sc * q[:, lv])[:, None] - x
-            tc = w * diff
-            tc *= diff
-            t[:, 8 * lv:8 * lv + 8] = tc
-        return t
+@functools.cache
+def _term_codes(grid: Grid) -> np.ndarray:
+    """Per entry of ``grid.neighbours`` and element ``i``: the term column ``8*l + i`` of the entry's grid
+    point, ``(8, entries)`` intp (count slots give column ``i``; no search reads them)."""
+    lv = (grid.grid[grid.neighbours % grid.grid_size].astype(np.intp) - 1) // 2  # (entries, 8)
+    return np.ascontiguousarray((8 * lv + np.arange(8)).T)
+
+
+_WIDTHS = np.array([16, 24, 32, 40, 48, 64, 80, 96, 128, 160, 208])  # neighbour lists padded to these
+_STEP_ELEMS = 1 << 19  # list entries x 8 per search step
 
 
 def neighbours(grid: Grid, u: np.ndarray, xrows: np.ndarray, wrows: np.ndarray, scale: np.ndarray,
                shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``iq1_find_best_neighbour2`` for octets off the grid: packed levels ``u`` (M,), their values and
-    weights ``(M, 8)``, scales and shift rows (0: ``x_p``, 1: ``x_m``). Returns (grid index, found); not
-    found is where C falls back to a scan that reads past the octet, then aborts (see ``iq1``)."""
-    req = _IQ1Requests(u, np.arange(len(u)), scale, np.ascontiguousarray(xrows), np.ascontiguousarray(wrows),
-                       shift)
-    return best_neighbours(grid, req)
+    weights ``(M, 8)``, scales and shift rows (0: ``x_p``, 1: ``x_m``). C sums the 8 terms of every
+    neighbour in order and keeps the first with the least ``d2 < FLT_MAX``; here the same sums run on
+    all requests at once, the lists padded with their last entry (an equal distance never wins).
+    Returns (grid index, found); not found is where C falls back to a scan that reads past the octet."""
+    codes = _term_codes(grid)
+    terms = octet_terms(xrows, wrows, scale, shift)
+    cnt, first = grid.nb_count[u], grid.nb_first[u]
+    cls = np.searchsorted(_WIDTHS, cnt)
+    gi = np.zeros(len(u), dtype=np.intp)
+    found = np.zeros(len(u), dtype=bool)
+    for c in np.unique(cls):
+        width = int(_WIDTHS[c]) if c < len(_WIDTHS) else int(cnt.max())
+        sel = np.flatnonzero(cls == c)
+        step = max(1, _STEP_ELEMS // (8 * width))
+        col = np.arange(width, dtype=np.intp)[None, :]
+        for s0 in range(0, len(sel), step):
+            idx = sel[s0:s0 + step]
+            pos = first[idx][:, None] + np.minimum(col, cnt[idx][:, None] - 1)  # (m, W) list entries
+            tidx = codes[:, pos]  # (8, m, W)
+            tidx += (np.arange(len(idx), dtype=np.intp) * 24)[None, :, None]
+            d2 = np.add.reduce(terms[idx].reshape(-1).take(tidx), axis=0, initial=F32(0))
+            d2[~(d2 < FLT_MAX)] = np.inf
+            j = np.argmin(d2, axis=1)
+            r = np.arange(len(idx))
+            gi[idx] = grid.neighbours[pos[r, j]]
+            found[idx] = d2[r, j] < np.inf
+    return gi, found
 
 
 def refit_sums(w: np.ndarray, q: np.ndarray, xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
