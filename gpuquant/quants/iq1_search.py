@@ -19,7 +19,7 @@ import functools
 import numpy as np
 
 from .common import F32, seq_sum
-from .grids import Grid
+from .grids import Grid, _nonzero_sparse
 
 __all__ = ["DELTA", "XX", "first_best", "neighbours", "octet_terms", "refit_sums", "sorted_prefix", "split_pairs",
            "split_sums_m", "split_sums_s"]
@@ -71,29 +71,37 @@ def sorted_prefix(xb: np.ndarray, weight: np.ndarray, halves: bool = False):
 def split_sums_s(sumx: np.ndarray, sumw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """IQ1_S: ``sumqx``, ``sumq2`` ``(pairs*2, G)`` of every split and shift (``x_p`` then ``x_m``), in the
     C order: ``(sumx[i1] - sumx[0])*x[0] + (sumx[i2] - sumx[i1])*x[1] + (sumx[n] - sumx[i2])*x[2]`` and
-    ``(sumw[i1] - sumw[0])*x[0]*x[0] + ...``. ``sumx[0] = 0`` is left out of the first difference (exact)."""
+    ``(sumw[i1] - sumw[0])*x[0]*x[0] + ...``. ``sumx[0] = 0`` is left out of the first difference (exact);
+    ``x_m[1] = -x_p[1]``, so the middle terms are shared (negated for ``sumqx``: the same float)."""
     n = sumx.shape[0] - 1
     i1, i2 = split_pairs(n)
     G = sumx.shape[1]
     sqx = np.empty((len(i1), 2, G), dtype=F32)
     sq2 = np.empty((len(i1), 2, G), dtype=F32)
+    x1 = XX[0, 1]
     for src, out, square in ((sumx, sqx, False), (sumw, sq2, True)):
         a = src[i1]
-        b = src[i2]
-        mid = b - a
-        top = src[n][None, :] - b
+        top = src[i2]
+        mid = top - a
+        np.subtract(src[n][None, :], top, out=top)
+        mid *= x1
+        if square:
+            mid *= x1
+        t = np.empty_like(a)
+        v = np.empty_like(a)
         for s in range(2):
-            x0, x1, x2 = XX[s]
-            t = a * x0
-            u = mid * x1
-            v = top * x2
+            x0, x2 = XX[s, 0], XX[s, 2]
+            np.multiply(a, x0, out=t)
+            np.multiply(top, x2, out=v)
             if square:
                 t *= x0
-                u *= x1
                 v *= x2
-            t += u
-            t += v
-            out[:, s] = t
+            o = out[:, s]
+            if square or s == 0:
+                np.add(t, mid, out=o)
+            else:
+                np.subtract(t, mid, out=o)
+            o += v
     return sqx.reshape(-1, G), sq2.reshape(-1, G)
 
 
@@ -157,25 +165,31 @@ def _jump_scan(sqx: np.ndarray, sq2: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 def _contenders(score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per group (column of ``score``) the least threshold ``t`` among the top scores such that every score
-    below ``t`` is below ``t*(1 - _GAP)``: (contender mask ``score >= t``, their count, ``t``, the top score). Groups with
-    no such gap among their top ``_MAX_CONTENDERS`` scores get count ``_MAX_CONTENDERS + 1``."""
+    below ``t`` is below ``t*(1 - _GAP)``: (contender mask ``score >= t`` with its rows padded by False to whole
+    8-byte words, their count, ``t``, the top score).
+    Groups with no such gap among their top ``_MAX_CONTENDERS`` scores get count ``_MAX_CONTENDERS + 1``."""
+    C, G = score.shape
     top = score.max(axis=0)
     t = top.copy()
-    hi = score >= t
-    below = np.maximum.reduce(score, axis=0, where=~hi, initial=-np.inf)
-    todo = np.flatnonzero(~(below < t * (F32(1) - _GAP)))
+    words = np.zeros((C, -(-G // 8) * 8), dtype=bool)  # the mask, rows padded to whole 8-byte words
+    hi = words[:, :G]
+    np.greater_equal(score, t, out=hi)
+    count = np.count_nonzero(hi, axis=0)
+    near = np.count_nonzero(score >= t * (F32(1) - _GAP), axis=0)
+    todo = np.flatnonzero(near != count)
     for _ in range(_MAX_CONTENDERS):
         if not todo.size:
             break
-        sub, ts = score[:, todo], below[todo]
+        sub = score[:, todo]
+        ts = np.maximum.reduce(sub, axis=0, where=~hi[:, todo], initial=-np.inf)
         h = sub >= ts
-        b = np.maximum.reduce(sub, axis=0, where=~h, initial=-np.inf)
-        t[todo], below[todo] = ts, b
         hi[:, todo] = h
-        todo = todo[~(b < ts * (F32(1) - _GAP))]
-    count = np.count_nonzero(hi, axis=0)
+        t[todo] = ts
+        count[todo] = np.count_nonzero(h, axis=0)
+        gap = np.count_nonzero(sub >= ts * (F32(1) - _GAP), axis=0) == count[todo]
+        todo = todo[~gap]
     count[todo] = _MAX_CONTENDERS + 1
-    return hi, count, t, top
+    return words, count, t, top
 
 
 def first_best(sqx: np.ndarray, sq2: np.ndarray, wsum: np.ndarray, axsum: np.ndarray
@@ -203,7 +217,7 @@ def first_best(sqx: np.ndarray, sq2: np.ndarray, wsum: np.ndarray, axsum: np.nda
         & (axsum <= _SAFE_HI) & (count <= _MAX_CONTENDERS)
     kept = np.full(G, -1, dtype=np.intp)
     scale = np.zeros(G, dtype=F32)
-    ci, gi = np.nonzero(hi)  # candidate-major
+    ci, gi = _nonzero_sparse(hi)  # candidate-major (the padding columns are False)
     keep = safe[gi]
     ci, gi = ci[keep], gi[keep]
     o = np.argsort(gi, kind="stable")  # group-major, candidates in order
