@@ -252,12 +252,30 @@ def octet_terms(x: np.ndarray, w: np.ndarray, scale: np.ndarray, shift: np.ndarr
     return t.reshape(-1, 24)
 
 
+_PREFIX = 4  # elements whose partial distance sums are tabulated per octet (3**4 = 81 sums)
+_ROW = 3 ** _PREFIX + 24  # per octet: the 81 partial sums, then the 24 terms
+
+
 @functools.cache
 def _term_codes(grid: Grid) -> np.ndarray:
-    """Per entry of ``grid.neighbours`` and element ``i``: the term column ``8*l + i`` of the entry's grid
-    point, ``(8, entries)`` intp (count slots give column ``i``; no search reads them)."""
+    """Per entry of ``grid.neighbours``, the columns of ``_distance_table`` its distance adds, in order: the
+    partial sum of its first ``_PREFIX`` levels, then the terms ``8*l + i`` of the others, ``(1 + 8 -
+    _PREFIX, entries)`` intp (count slots give level-0 columns; no search reads them)."""
     lv = (grid.grid[grid.neighbours % grid.grid_size].astype(np.intp) - 1) // 2  # (entries, 8)
-    return np.ascontiguousarray((8 * lv + np.arange(8)).T)
+    prefix = (lv[:, :_PREFIX] * 3 ** np.arange(_PREFIX - 1, -1, -1)).sum(axis=1)
+    rest = 3 ** _PREFIX + 8 * lv[:, _PREFIX:] + np.arange(_PREFIX, 8)
+    return np.ascontiguousarray(np.concatenate([prefix[:, None], rest], axis=1).T)
+
+
+def _distance_table(terms: np.ndarray) -> np.ndarray:
+    """``(M, _ROW)``: for every octet the C partial sums ``d2 = 0; d2 += t[0]; ... d2 += t[_PREFIX-1]`` of
+    every level choice of its first ``_PREFIX`` elements (level of element 0 most significant), then its
+    24 terms (column ``3**_PREFIX + 8*l + i``)."""
+    t = terms.reshape(-1, 3, 8)
+    part = t[:, :, 0] + F32(0)  # (M, 3)
+    for i in range(1, _PREFIX):
+        part = (part[:, :, None] + t[:, None, :, i]).reshape(len(t), -1)
+    return np.concatenate([part, terms], axis=1)
 
 
 _WIDTHS = np.array([16, 24, 32, 40, 48, 64, 80, 96, 128, 160, 208])  # neighbour lists padded to these
@@ -270,9 +288,11 @@ def neighbours(grid: Grid, u: np.ndarray, xrows: np.ndarray, wrows: np.ndarray, 
     weights ``(M, 8)``, scales and shift rows (0: ``x_p``, 1: ``x_m``). C sums the 8 terms of every
     neighbour in order and keeps the first with the least ``d2 < FLT_MAX``; here the same sums run on
     all requests at once, the lists padded with their last entry (an equal distance never wins).
-    Returns (grid index, found); not found is where C falls back to a scan that reads past the octet."""
+    The partial sums over the first elements are tabulated per octet (``_distance_table``), so each
+    neighbour adds the rest of its terms to one of them. Returns (grid index, found); not found is where C
+    falls back to a scan that reads past the octet."""
     codes = _term_codes(grid)
-    terms = octet_terms(xrows, wrows, scale, shift)
+    table = _distance_table(octet_terms(xrows, wrows, scale, shift))
     cnt, first = grid.nb_count[u], grid.nb_first[u]
     cls = np.searchsorted(_WIDTHS, cnt)
     gi = np.zeros(len(u), dtype=np.intp)
@@ -285,9 +305,9 @@ def neighbours(grid: Grid, u: np.ndarray, xrows: np.ndarray, wrows: np.ndarray, 
         for s0 in range(0, len(sel), step):
             idx = sel[s0:s0 + step]
             pos = first[idx][:, None] + np.minimum(col, cnt[idx][:, None] - 1)  # (m, W) list entries
-            tidx = codes[:, pos]  # (8, m, W)
-            tidx += (np.arange(len(idx), dtype=np.intp) * 24)[None, :, None]
-            d2 = np.add.reduce(terms[idx].reshape(-1).take(tidx), axis=0, initial=F32(0))
+            tidx = codes[:, pos]  # (1 + 8 - _PREFIX, m, W)
+            tidx += (np.arange(len(idx), dtype=np.intp) * _ROW)[None, :, None]
+            d2 = np.add.reduce(table[idx].reshape(-1).take(tidx), axis=0)
             d2[~(d2 < FLT_MAX)] = np.inf
             j = np.argmin(d2, axis=1)
             r = np.arange(len(idx))
