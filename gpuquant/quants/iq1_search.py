@@ -260,11 +260,11 @@ _ROW = 3 ** _PREFIX + 24  # per octet: the 81 partial sums, then the 24 terms
 def _term_codes(grid: Grid) -> np.ndarray:
     """Per entry of ``grid.neighbours``, the columns of ``_distance_table`` its distance adds, in order: the
     partial sum of its first ``_PREFIX`` levels, then the terms ``8*l + i`` of the others, ``(1 + 8 -
-    _PREFIX, entries)`` intp (count slots give level-0 columns; no search reads them)."""
+    _PREFIX, entries)`` uint8 (count slots give level-0 columns; no search reads them)."""
     lv = (grid.grid[grid.neighbours % grid.grid_size].astype(np.intp) - 1) // 2  # (entries, 8)
     prefix = (lv[:, :_PREFIX] * 3 ** np.arange(_PREFIX - 1, -1, -1)).sum(axis=1)
     rest = 3 ** _PREFIX + 8 * lv[:, _PREFIX:] + np.arange(_PREFIX, 8)
-    return np.ascontiguousarray(np.concatenate([prefix[:, None], rest], axis=1).T)
+    return np.ascontiguousarray(np.concatenate([prefix[:, None], rest], axis=1).T.astype(np.uint8))
 
 
 def _distance_table(terms: np.ndarray) -> np.ndarray:
@@ -305,10 +305,13 @@ def neighbours(grid: Grid, u: np.ndarray, xrows: np.ndarray, wrows: np.ndarray, 
         for s0 in range(0, len(sel), step):
             idx = sel[s0:s0 + step]
             pos = first[idx][:, None] + np.minimum(col, cnt[idx][:, None] - 1)  # (m, W) list entries
-            tidx = codes[:, pos]  # (1 + 8 - _PREFIX, m, W)
-            tidx += (np.arange(len(idx), dtype=np.intp) * _ROW)[None, :, None]
-            d2 = np.add.reduce(table[idx].reshape(-1).take(tidx), axis=0)
-            d2[~(d2 < FLT_MAX)] = np.inf
+            base = (np.arange(len(idx), dtype=np.intp) * _ROW)[:, None]
+            flat = table[idx].reshape(-1)
+            d2 = flat.take(np.add(codes[0].take(pos), base))  # the partial sum, then the other terms
+            for k in range(1, len(codes)):
+                d2 += flat.take(np.add(codes[k].take(pos), base))
+            if not d2.max() < FLT_MAX:  # NaN or not below FLT_MAX never wins
+                d2[~(d2 < FLT_MAX)] = np.inf
             j = np.argmin(d2, axis=1)
             r = np.arange(len(idx))
             gi[idx] = grid.neighbours[pos[r, j]]
