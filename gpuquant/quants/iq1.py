@@ -30,7 +30,7 @@ from .iq2_search import pack_octets, running_max_first
 __all__ = ["IQ1_M", "IQ1_S"]
 
 QK_K = 256
-CHUNK_SUPERBLOCKS = 32  # super-blocks per batch: (candidates, groups) arrays of about 1 MiB
+CHUNK_SUPERBLOCKS = 128  # super-blocks per batch: (candidates, groups) arrays of about 5 MiB
 
 
 def _grid_levels() -> np.ndarray:
