@@ -282,11 +282,9 @@ class IQ1_M(_IQ1, qtype=T.IQ1_M):
         """``sumqx_f += w*q*xb; sumq2_f += w*q*q`` over the whole super-block with ``q = xx[level]*(2*l+1)``
         (skipped groups too: grid point 0, ``x_p``, ``l = 0``); ``d = sumqx_f/sumq2_f`` when ``sumq2_f > 0``."""
         S = x.shape[0]
-        G = len(gidx)
         q = XX[cls._rows_of(shift)[:, :, None], _grid_levels()[gidx]]  # (G, 2, 8)
         q = q.reshape(S, 16, 16) * (2 * l.astype(np.int32) + 1).astype(F32)[:, :, None]
         sx, s2 = refit_sums(weight.reshape(S, QK_K).T.copy(), q.reshape(S, QK_K).T.copy(), x.T.copy())
-        assert G == S * 16
         return np.where(s2 > 0, sx / s2, d).astype(F32)
 
     @staticmethod
