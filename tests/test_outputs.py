@@ -315,3 +315,27 @@ def test_an_abort_check_fails_that_output_only(llama, tmp_path):
     assert "cannot quantize tensor" in job.failed[0].error and "GGML_ASSERT in the test device" in job.failed[0].error
     assert_same(tmp_path / "Q8_0.gguf", single(llama, tmp_path, "Q8_0", device="cpu", pure=True))
     assert leftovers(tmp_path) == [] and not (tmp_path / "Q4_0.gguf").exists()
+
+
+class AbortInCompute(CpuDevice):
+    """A host device whose computation aborts (as a grid search raises GGMLAbort) for Q4_0 only."""
+
+    def compute(self, job, src, dst, qw):
+        if job.dst_type == T.Q4_0:
+            from gpuquant.quants import GGMLAbort
+
+            raise GGMLAbort("iq2_find_best_neighbour in the test device")
+        return super().compute(job, src, dst, qw)
+
+
+def test_an_abort_on_a_host_device_fails_that_output_only(llama, tmp_path):
+    """The host stream does not stay failed after a slab ggml aborts on: the other output is finished."""
+    dev = AbortInCompute(threads=2)
+    try:
+        job = quantize_files(llama, tmp_path / "{type}.gguf", "Q4_0,Q8_0", device=dev, pure=True)
+    finally:
+        dev.close()
+    assert [r.ftype for r in job.failed] == ["Q4_0"]
+    assert "iq2_find_best_neighbour in the test device" in job.failed[0].error
+    assert_same(tmp_path / "Q8_0.gguf", single(llama, tmp_path, "Q8_0", device="cpu", pure=True))
+    assert leftovers(tmp_path) == [] and not (tmp_path / "Q4_0.gguf").exists()

@@ -115,8 +115,8 @@ class Device(ABC):
         ``job.dst_bytes`` bytes of ``dst``; ``quant_weights`` holds ``job.n_expert`` float32 rows.
 
         Returns None, or a check to call once the slab's results are on the host (after its download's
-        event): it raises ``GGMLAbort`` where ggml would have aborted on the slab (host devices raise that
-        from the computation itself, through the stream's events)."""
+        event): it raises ``GGMLAbort`` where ggml would have aborted on the slab. Such a slab does not fail
+        the stream: the other outputs of a job go on."""
 
     @abstractmethod
     def record(self, stream: Stream) -> Event:
