@@ -259,7 +259,10 @@ __device__ __forceinline__ float gq_iq2_prepare(const void* src, long long off, 
                 const float ax = weight[8 * k + i] * xval[8 * k + i] * xval[8 * k + i];
                 if (ax < mn) { mn = ax; imin = i; }
             }
-            xval[8 * k + imin] = -xval[8 * k + imin];
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {  // static indices keep xval in registers
+                if (i == imin) xval[8 * k + i] = -xval[8 * k + i];
+            }
             s ^= (uint8_t)(1 << imin);
         }
         signs[k] = T::PARITY ? (uint8_t)(s & 127) : s;
