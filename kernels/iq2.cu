@@ -91,9 +91,20 @@ __device__ __forceinline__ int gq_iq2_round_octet(const float* xv, float id, int
 }
 
 // iq2_find_best_neighbour over the list of base-3 code `code`: the first strict minimum of the weighted
-// distance, from FLT_MAX. Returns the grid index (-1: none, ggml asserts) and its levels in *u.
+// distance, from FLT_MAX. The 24 terms weight[i]*diff*diff (diff = scale*q - x[i], q = 1, 3, 5) are the
+// C values, computed once; each entry sums its 8 in C order. Returns the grid index (-1: none, ggml
+// asserts) and its levels in *u.
 __device__ __forceinline__ int gq_iq2_best_neighbour(const GqIq2Grid& g, int code, const float* xv, const float* wa,
                                                      float scale, int* u) {
+    float t[3][8];  // t[l][i]: level l (q = 2*l + 1) at element i
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+#pragma unroll
+        for (int l = 0; l < 3; ++l) {
+            const float diff = scale * (float)(2 * l + 1) - xv[i];
+            t[l][i] = wa[i] * diff * diff;
+        }
+    }
     float best_d2 = GQ_FLT_MAX;
     int grid_index = -1;
     const uint32_t end = g.nb_off[code + 1];
@@ -104,9 +115,12 @@ __device__ __forceinline__ int gq_iq2_best_neighbour(const GqIq2Grid& g, int cod
         float d2 = 0;
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
-            const float q = (float)(2 * ((kg >> 2 * i) & 3) + 1);
-            const float diff = scale * q - xv[i];
-            d2 += wa[i] * diff * diff;
+            const int l = (kg >> 2 * i) & 3;
+#ifdef GQ_HOST_SHIM  // a load from the stack on the host; selects keep the terms in registers on a GPU
+            d2 += t[l][i];
+#else
+            d2 += l == 0 ? t[0][i] : l == 1 ? t[1][i] : t[2][i];
+#endif
         }
         if (d2 < best_d2) {
             best_d2 = d2;
