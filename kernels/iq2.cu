@@ -17,16 +17,23 @@
 // (which is also the only way make_qp_quants' levels survive to the "point not on grid" check): the
 // super-block is reported through gq_report_abort.
 #include "common.cuh"
-#include "kquants_search.cuh"
 
 // ggml-common.h block layouts
 struct block_iq2_xxs { gq_half d; uint16_t qs[QK_K / 8]; };
 struct block_iq2_xs { gq_half d; uint16_t qs[QK_K / 8]; uint8_t scales[QK_K / 32]; };
 struct block_iq2_s { gq_half d; uint8_t qs[QK_K / 4]; uint8_t qh[QK_K / 32]; uint8_t scales[QK_K / 32]; };
 
-#define GQ_IQ2_THREADS 128  // CUDA threads per block (gpuquant/quants/iq2.py Kernel(threads=...))
 #define GQ_IQ2_KMAXQ 3
 #define GQ_FLT_MAX 3.40282346638528859812e+38f
+
+// A thread's group values in shared memory: element i at p[i * S] (S threads side by side, no bank
+// conflicts). Indexed and offset like the float* of a group held in registers.
+template <class E, int S>
+struct GqStrided {
+    E* p;
+    __device__ __forceinline__ E& operator[](int i) const { return p[i * S]; }
+    __device__ __forceinline__ GqStrided operator+(int o) const { return GqStrided{p + o * S}; }
+};
 
 // One grid's search tables.
 struct GqIq2Grid {
@@ -39,6 +46,8 @@ struct GqIq2Grid {
 // The per-type constants of quantize_row_iq2_*_impl.
 struct GqIq2xxs {
     static constexpr int N = 32;  // values per scale group
+    static constexpr int THREADS = 64;  // CUDA threads per block (the type's Kernel(threads=...) in iq2.py)
+    static constexpr bool SHARED = true;  // the group's values in shared memory (too many for registers)
     static constexpr int IS_LO = -6, IS_HI = 6;
     static constexpr bool PARITY = true;  // an odd number of sign flips flips back the least element
     static constexpr bool QP_START = true;  // the first scale from make_qp_quants, every octet refined
@@ -51,6 +60,8 @@ struct GqIq2xxs {
 };
 struct GqIq2xs {
     static constexpr int N = 16;
+    static constexpr int THREADS = 128;
+    static constexpr bool SHARED = false;
     static constexpr int IS_LO = -9, IS_HI = 9;
     static constexpr bool PARITY = true;
     static constexpr bool QP_START = false;  // the first scale max/5, the octets off the grid refined
@@ -63,6 +74,8 @@ struct GqIq2xs {
 };
 struct GqIq2s {
     static constexpr int N = 16;
+    static constexpr int THREADS = 128;
+    static constexpr bool SHARED = false;
     static constexpr int IS_LO = -9, IS_HI = 9;
     static constexpr bool PARITY = false;
     static constexpr bool QP_START = false;
@@ -76,7 +89,8 @@ struct GqIq2s {
 
 // Levels clamp(nearest_int(0.5f*(id*x - 1)), 0, kMaxQ-1) of one octet: returns the base-3 code of the
 // levels, *u their packed index (sum l << 2i).
-__device__ __forceinline__ int gq_iq2_round_octet(const float* xv, float id, int* u) {
+template <class V>
+__device__ __forceinline__ int gq_iq2_round_octet(V xv, float id, int* u) {
     int code = 0, p = 1, v = 0;
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
@@ -94,7 +108,8 @@ __device__ __forceinline__ int gq_iq2_round_octet(const float* xv, float id, int
 // distance, from FLT_MAX. The 24 terms weight[i]*diff*diff (diff = scale*q - x[i], q = 1, 3, 5) are the
 // C values, computed once; each entry sums its 8 in C order. Returns the grid index (-1: none, ggml
 // asserts) and its levels in *u.
-__device__ __forceinline__ int gq_iq2_best_neighbour(const GqIq2Grid& g, int code, const float* xv, const float* wa,
+template <class V>
+__device__ __forceinline__ int gq_iq2_best_neighbour(const GqIq2Grid& g, int code, V xv, V wa,
                                                      float scale, int* u) {
     float t[3][8];  // t[l][i]: level l (q = 2*l + 1) at element i
 #pragma unroll
@@ -134,7 +149,8 @@ __device__ __forceinline__ int gq_iq2_best_neighbour(const GqIq2Grid& g, int cod
 // One octet rounded at inverse scale id and, off the grid, moved to its best neighbour at `scale`.
 // Returns whether the rounded point was on the grid; *gi the grid index (-1 where ggml asserts), *u the
 // levels.
-__device__ __forceinline__ bool gq_iq2_octet(const GqIq2Grid& g, const float* xv, const float* wa, float id,
+template <class V>
+__device__ __forceinline__ bool gq_iq2_octet(const GqIq2Grid& g, V xv, V wa, float id,
                                              float scale, int* gi, int* u) {
     const int code = gq_iq2_round_octet(xv, id, u);
     *gi = g.map3[code];
@@ -144,8 +160,8 @@ __device__ __forceinline__ bool gq_iq2_octet(const GqIq2Grid& g, const float* xv
 }
 
 // sumqx += w*xval*q; sumq2 += w*q*q over the group in C order, q = 2*l + 1 of the octets' levels u.
-template <int K>
-__device__ __forceinline__ void gq_iq2_sums(const float* xval, const float* weight, const int* u, float* sumqx,
+template <int K, class V>
+__device__ __forceinline__ void gq_iq2_sums(V xval, V weight, const int* u, float* sumqx,
                                             float* sumq2) {
     float sx = 0, s2 = 0;
 #pragma unroll
@@ -162,11 +178,83 @@ __device__ __forceinline__ void gq_iq2_sums(const float* xval, const float* weig
     *sumq2 = s2;
 }
 
+// make_qp_quants(n, nmax, x, L, quant_weights) on a group's values (float* or GqStrided; kquants_search.cuh
+// has the same function on contiguous arrays). L is uint8_t as in ggml (a negative nearest_int wraps),
+// and the float reads see that value.
+template <int n, class V, class LV>
+__device__ __forceinline__ float gq_iq2_make_qp_quants(int nmax, V x, LV L, V quant_weights) {
+    float max = 0;
+    for (int i = 0; i < n; ++i) max = GQ_MAX(max, x[i]);
+    if (max < GQ_GROUP_MAX_EPS) {  // all zero
+        for (int i = 0; i < n; ++i) L[i] = 0;
+        return 0.f;
+    }
+    float iscale = nmax / max;
+    for (int i = 0; i < n; ++i) L[i] = (uint8_t)gq_nearest_int(iscale * x[i]);
+    const float scale = 1 / iscale;
+    float best_mse = 0;
+    for (int i = 0; i < n; ++i) {
+        const float diff = x[i] - scale * L[i];
+        const float w = quant_weights[i];
+        best_mse += w * diff * diff;
+    }
+    GQ_NO_UNROLL
+    for (int is = -4; is <= 4; ++is) {
+        if (is == 0) continue;
+        const float iscale_is = (0.1f * is + nmax) / max;
+        const float scale_is = 1 / iscale_is;
+        float mse = 0;
+        for (int i = 0; i < n; ++i) {
+            int l = gq_nearest_int(iscale_is * x[i]);
+            l = GQ_MIN(nmax, l);
+            const float diff = x[i] - scale_is * l;
+            const float w = quant_weights[i];
+            mse += w * diff * diff;
+        }
+        if (mse < best_mse) { best_mse = mse; iscale = iscale_is; }
+    }
+    float sumlx = 0;
+    float suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+        int l = gq_nearest_int(iscale * x[i]);
+        l = GQ_MIN(nmax, l);
+        L[i] = (uint8_t)l;
+        const float w = quant_weights[i];
+        sumlx += w * x[i] * l;
+        suml2 += w * l * l;
+    }
+    GQ_NO_UNROLL
+    for (int itry = 0; itry < 5; ++itry) {
+        int n_changed = 0;
+        GQ_NO_UNROLL
+        for (int i = 0; i < n; ++i) {
+            const float w = quant_weights[i];
+            const int li = L[i];
+            float slx = sumlx - w * x[i] * li;
+            float sl2 = suml2 - w * li * li;
+            if (slx > 0 && sl2 > 0) {
+                int new_l = gq_nearest_int(x[i] * sl2 / slx);
+                new_l = GQ_MIN(nmax, new_l);
+                if (new_l != li) {
+                    slx += w * x[i] * new_l;
+                    sl2 += w * new_l * new_l;
+                    if (slx * slx * suml2 > sumlx * sumlx * sl2) {
+                        L[i] = (uint8_t)new_l; sumlx = slx; suml2 = sl2;
+                        ++n_changed;
+                    }
+                }
+            }
+        }
+        if (!n_changed) break;
+    }
+    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
 // The scale search of one group past the all-zero test (the trial loop, the refinement, the sign flip
 // of a negative scale): returns the scale; gi the octets' grid indices; *bad where ggml aborts; *skipped
 // where IQ2_XXS leaves the group out (make_qp_quants' eff_max <= 0).
-template <class T>
-__device__ __forceinline__ float gq_iq2_search(const float* xval, const float* weight, const float* waux, float mx,
+template <class T, class V, class LV>
+__device__ __forceinline__ float gq_iq2_search(V xval, V weight, V waux, LV Lqp, float mx,
                                                uint8_t* signs, int* gi, bool* bad, bool* skipped) {
     constexpr int K = T::N / 8;
     const GqIq2Grid g = T::grid();
@@ -175,9 +263,8 @@ __device__ __forceinline__ float gq_iq2_search(const float* xval, const float* w
     bool on[K];
 #pragma unroll
     for (int k = 0; k < K; ++k) { u[k] = 0; gi[k] = 0; on[k] = true; }
-    if (T::QP_START) {
-        uint8_t Lqp[T::N];
-        scale = kq_make_qp_quants(T::N, GQ_IQ2_KMAXQ + 1, xval, Lqp, weight);
+    if constexpr (T::QP_START) {
+        scale = gq_iq2_make_qp_quants<T::N>(GQ_IQ2_KMAXQ + 1, xval, Lqp, weight);
         base = scale * GQ_IQ2_KMAXQ;  // eff_max
         if (base <= 0) {  // scales[ib] = 0, nothing stored
             *skipped = true;
@@ -200,7 +287,7 @@ __device__ __forceinline__ float gq_iq2_search(const float* xval, const float* w
             if (ga[k] < 0) { *bad = true; ga[k] = 0; }
         }
         float sumqx, sumq2;
-        gq_iq2_sums<K>(xval, weight, ua, &sumqx, &sumq2);
+        gq_iq2_sums<K, V>(xval, weight, ua, &sumqx, &sumq2);
         if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
             scale = sumqx / sumq2;
             best = scale * sumqx;
@@ -224,7 +311,7 @@ __device__ __forceinline__ float gq_iq2_search(const float* xval, const float* w
             if (gi[k] < 0) { *bad = true; gi[k] = 0; }
         }
         float sumqx, sumq2;
-        gq_iq2_sums<K>(xval, weight, u, &sumqx, &sumq2);
+        gq_iq2_sums<K, V>(xval, weight, u, &sumqx, &sumq2);
         if (sumq2 > 0) scale = sumqx / sumq2;
     }
     if (scale < 0) {
@@ -237,9 +324,9 @@ __device__ __forceinline__ float gq_iq2_search(const float* xval, const float* w
 }
 
 // The group's weights, sign-folded values (xval) and sign bytes; returns the group maximum (MAX from xval[0]).
-template <class T, class Src>
+template <class T, class Src, class V>
 __device__ __forceinline__ float gq_iq2_prepare(const void* src, long long off, const float* qw, float sigma2,
-                                                float* xval, float* weight, float* waux, uint8_t* signs) {
+                                                V xval, V weight, V waux, uint8_t* signs) {
     constexpr int K = T::N / 8;
     uint8_t neg[K];
 #pragma unroll
@@ -301,10 +388,10 @@ __device__ __forceinline__ void gq_iq2_quantize(GQ_QUANTIZE_STATUS_PARAMS) {
     constexpr int N = T::N;
     constexpr int K = N / 8;
     constexpr int G = QK_K / N;  // groups (threads) per super-block
-    constexpr int SB = GQ_IQ2_THREADS / G;  // super-blocks per CUDA block
+    constexpr int SB = T::THREADS / G;  // super-blocks per CUDA block
     __shared__ float s_sumx2[SB];
-    __shared__ float s_scale[GQ_IQ2_THREADS];
-    __shared__ uint8_t s_hi[GQ_IQ2_THREADS];  // IQ2_S: the octets' grid index bits 8-9, packed as in qh
+    __shared__ float s_scale[T::THREADS];
+    __shared__ uint8_t s_hi[T::THREADS];  // IQ2_S: the octets' grid index bits 8-9, packed as in qh
     const int t = threadIdx.x;
     const int lsb = t / G, ib = t % G;
     const long long bpr = n_per_row / QK_K;
@@ -333,16 +420,27 @@ __device__ __forceinline__ void gq_iq2_quantize(GQ_QUANTIZE_STATUS_PARAMS) {
     bool processed = false;
     if (valid) {
         const float* qwb = qw ? qw + (long long)blockIdx.z * n_per_row + ibl * QK_K + ib * N : nullptr;
-        float xval[N], weight[N], waux[N];
-        const float mx = gq_iq2_prepare<T, Src>(src, off + ib * N, qwb, T::sigma2(s_sumx2[lsb]), xval, weight, waux,
-                                                signs);
-        if (!(mx < T::eps())) {
-            bool bad = false, skipped = false;
-            const float sc = gq_iq2_search<T>(xval, weight, waux, mx, signs, gi, &bad, &skipped);
-            if (bad) gq_report_abort(status, row, ibl, bpr);
-            processed = !skipped;
-            if (processed) scale = sc;
+        const float sigma2 = T::sigma2(s_sumx2[lsb]);
+        bool bad = false, skipped = false;
+        float mx, sc = 0;
+        if constexpr (T::SHARED) {
+            __shared__ float s_x[3][N][T::THREADS];
+            __shared__ uint8_t s_l[N][T::THREADS];
+            const GqStrided<float, T::THREADS> xval{&s_x[0][0][t]}, weight{&s_x[1][0][t]}, waux{&s_x[2][0][t]};
+            const GqStrided<uint8_t, T::THREADS> Lqp{&s_l[0][t]};
+            mx = gq_iq2_prepare<T, Src>(src, off + ib * N, qwb, sigma2, xval, weight, waux, signs);
+            if (!(mx < T::eps())) sc = gq_iq2_search<T>(xval, weight, waux, Lqp, mx, signs, gi, &bad, &skipped);
+        } else {
+            float xval[N], weight[N], waux[N];
+            mx = gq_iq2_prepare<T, Src>(src, off + ib * N, qwb, sigma2, xval, weight, waux, signs);
+            if (!(mx < T::eps())) {
+                sc = gq_iq2_search<T>((const float*)xval, (const float*)weight, (const float*)waux, (uint8_t*)nullptr,
+                                      mx, signs, gi, &bad, &skipped);
+            }
         }
+        if (bad) gq_report_abort(status, row, ibl, bpr);
+        processed = !(mx < T::eps()) && !skipped;
+        if (processed) scale = sc;
     }
     if (!processed) {
 #pragma unroll

@@ -373,7 +373,7 @@ class IQ2_XXS(_IQ2, qtype=T.IQ2_XXS):
     """``quantize_iq2_xxs``: ``quantize_row_iq2_xxs_impl`` per row (weights required): groups of 32 (four
     octets), a first scale from ``make_qp_quants``, 13 trials around it."""
 
-    kernel = Kernel(threads=128, item_elems=256, items_per_block=16, sync=True)  # a thread per group
+    kernel = Kernel(threads=64, item_elems=256, items_per_block=8, sync=True)  # a thread per group
     fp16_fields = {"d": 0}
     requires_imatrix = True
     group = 32
