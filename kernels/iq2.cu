@@ -491,18 +491,35 @@ __device__ __forceinline__ void gq_iq2_quantize(GQ_QUANTIZE_STATUS_PARAMS) {
     }
 }
 
-#define GQ_IQ2_ENTRY(name, T, Block, suffix, Src)                                                    \
-    extern "C" __global__ void quantize_##name##_##suffix(GQ_QUANTIZE_STATUS_PARAMS) {             \
-        gq_iq2_quantize<T, Block, Src>(src, dst, qw, status, n_per_row, rows_per_expert, n_expert); \
-    }
-#define GQ_IQ2_ENTRY_POINTS(name, T, Block)          \
-    GQ_IQ2_ENTRY(name, T, Block, f32, GqSrcF32)      \
-    GQ_IQ2_ENTRY(name, T, Block, f16, GqSrcF16)      \
-    GQ_IQ2_ENTRY(name, T, Block, bf16, GqSrcBF16)
-
-GQ_IQ2_ENTRY_POINTS(iq2_xxs, GqIq2xxs, block_iq2_xxs)
-GQ_IQ2_ENTRY_POINTS(iq2_xs, GqIq2xs, block_iq2_xs)
-GQ_IQ2_ENTRY_POINTS(iq2_s, GqIq2s, block_iq2_s)
+// The entry points, at most 128 registers a thread (__launch_bounds__: 512 threads an SM).
+#define GQ_IQ2_BOUNDS(T) __launch_bounds__(T::THREADS, 512 / T::THREADS)
+extern "C" __global__ GQ_IQ2_BOUNDS(GqIq2xxs) void quantize_iq2_xxs_f32(GQ_QUANTIZE_STATUS_PARAMS) {
+    gq_iq2_quantize<GqIq2xxs, block_iq2_xxs, GqSrcF32>(src, dst, qw, status, n_per_row, rows_per_expert, n_expert);
+}
+extern "C" __global__ GQ_IQ2_BOUNDS(GqIq2xxs) void quantize_iq2_xxs_f16(GQ_QUANTIZE_STATUS_PARAMS) {
+    gq_iq2_quantize<GqIq2xxs, block_iq2_xxs, GqSrcF16>(src, dst, qw, status, n_per_row, rows_per_expert, n_expert);
+}
+extern "C" __global__ GQ_IQ2_BOUNDS(GqIq2xxs) void quantize_iq2_xxs_bf16(GQ_QUANTIZE_STATUS_PARAMS) {
+    gq_iq2_quantize<GqIq2xxs, block_iq2_xxs, GqSrcBF16>(src, dst, qw, status, n_per_row, rows_per_expert, n_expert);
+}
+extern "C" __global__ GQ_IQ2_BOUNDS(GqIq2xs) void quantize_iq2_xs_f32(GQ_QUANTIZE_STATUS_PARAMS) {
+    gq_iq2_quantize<GqIq2xs, block_iq2_xs, GqSrcF32>(src, dst, qw, status, n_per_row, rows_per_expert, n_expert);
+}
+extern "C" __global__ GQ_IQ2_BOUNDS(GqIq2xs) void quantize_iq2_xs_f16(GQ_QUANTIZE_STATUS_PARAMS) {
+    gq_iq2_quantize<GqIq2xs, block_iq2_xs, GqSrcF16>(src, dst, qw, status, n_per_row, rows_per_expert, n_expert);
+}
+extern "C" __global__ GQ_IQ2_BOUNDS(GqIq2xs) void quantize_iq2_xs_bf16(GQ_QUANTIZE_STATUS_PARAMS) {
+    gq_iq2_quantize<GqIq2xs, block_iq2_xs, GqSrcBF16>(src, dst, qw, status, n_per_row, rows_per_expert, n_expert);
+}
+extern "C" __global__ GQ_IQ2_BOUNDS(GqIq2s) void quantize_iq2_s_f32(GQ_QUANTIZE_STATUS_PARAMS) {
+    gq_iq2_quantize<GqIq2s, block_iq2_s, GqSrcF32>(src, dst, qw, status, n_per_row, rows_per_expert, n_expert);
+}
+extern "C" __global__ GQ_IQ2_BOUNDS(GqIq2s) void quantize_iq2_s_f16(GQ_QUANTIZE_STATUS_PARAMS) {
+    gq_iq2_quantize<GqIq2s, block_iq2_s, GqSrcF16>(src, dst, qw, status, n_per_row, rows_per_expert, n_expert);
+}
+extern "C" __global__ GQ_IQ2_BOUNDS(GqIq2s) void quantize_iq2_s_bf16(GQ_QUANTIZE_STATUS_PARAMS) {
+    gq_iq2_quantize<GqIq2s, block_iq2_s, GqSrcBF16>(src, dst, qw, status, n_per_row, rows_per_expert, n_expert);
+}
 
 // ---------------------------------------------------------------------------------------------------
 // Dequantize (dequantize_row_iq2_*): y[j] = db * grid[j] * (signs & 1 << j ? -1.f : 1.f) per octet.
