@@ -2,12 +2,12 @@
 // quantize_row_iq3_xxs_impl(256, ...) and quantize_row_iq3_s_impl(32, ...) with iq3_find_best_neighbour),
 // and dequantize_row_iq3_xxs / dequantize_row_iq3_s.
 //
-// One CUDA block of 256 threads per 256-value super-block. Warp w quantizes 32-block w: lane t evaluates
-// trial scale t of its search (31 trials for IQ3_XXS, 19 for IQ3_S) from start to end in the C order
-// (levels, grid lookups, neighbour searches and the two sums, group after group); every lane then
-// repeats the C scan over the trials on the sums in shared memory (no broadcast needed), lanes 0..7 redo
-// one group each for the refinement, thread 0 packs the super-block and all threads store its bytes.
-// A block meets 4 __syncthreads and 3-4 __syncwarp (the emulator's fibers switch that often, no more).
+// One warp (a CUDA block of 32 threads) per 256-value super-block. Lane t evaluates trial scale t (31 trials
+// for IQ3_XXS, 19 for IQ3_S) of each of the 8 32-blocks, from start to end in the C order (levels, grid
+// lookups, neighbour searches and the two sums, group after group); lanes 0..7 then run the C scan over
+// the trials of one block each, the 64 groups of the refinement are spread over the lanes, and lane 0
+// finishes the blocks and packs the super-block, whose bytes all lanes store. Between the phases the lanes
+// meet at __syncwarp (9 times per super-block: the emulator's fibers switch that often, no more).
 //
 // Tables, generated in front of this file from gpuquant.quants.iq3.kernel_tables(): per grid (iq3xxs,
 // iq3s) gq_<g>_qgrid the grid points 2*l + 1 as 4 bytes (C kgrid_q3xs), gq_<g>_map (C kmap_q3xs: a grid
@@ -47,7 +47,7 @@ struct GqIq3S {
     static __device__ __forceinline__ const uint16_t* nb() { return gq_iq3s_nb; }
 };
 
-// Shared memory of one super-block; [ib] is a 32-block (a warp), [t] a trial (a lane).
+// Shared memory of one super-block; [ib] is a 32-block, [t] a trial (a lane).
 struct GqIq3Smem {
     float x[QK_K];
     float xval[QK_K];
@@ -57,11 +57,14 @@ struct GqIq3Smem {
     float sumq2[8][32];
     uint16_t tgi[8][32][8];  // grid index of every group at every trial
     uint8_t ton[8][32];      // bit k: group k of the trial was on the grid
-    uint16_t gi[8][8];       // the block's final grid indices
-    float sigma2[8];
-    float scale[8];
+    uint16_t gi[8][8];       // the blocks' grid indices: the picked trial's, then the refinement's
+    float bmax[8];           // max xval of each block
+    float scale[8];          // the picked scale, then the block's final scale
+    uint8_t on[8];           // on-grid bits of the picked trial
+    uint8_t refine[8];       // the block is refined
     uint8_t signs[8][4];
-    uint8_t active[8];
+    uint8_t active[8];       // not skipped as all-zero
+    float sigma2;
     uint8_t out[112];
 };
 
@@ -149,9 +152,10 @@ __device__ __forceinline__ void gq_iq3_signs(GqIq3Smem& s, int ib, int k) {
     s.signs[ib][k] = G::kXxs ? (uint8_t)(sg & 127) : sg;
 }
 
-// Trial `t` of an active block (one lane): grid indices and on-grid bits of its 8 groups, its two sums.
+// Trial `t` of active block ib (one lane): grid indices and on-grid bits of its 8 groups, its two sums.
+// Returns false where ggml aborts.
 template <class G>
-__device__ __forceinline__ void gq_iq3_trial(GqIq3Smem& s, int ib, int t, float max, bool* abort) {
+__device__ __forceinline__ bool gq_iq3_trial(GqIq3Smem& s, int ib, int t, float max) {
     const int is = t - G::kNtry;
     const float id = (2 * GQ_IQ3_KMAXQ - 1 + is * 0.2f) / max;
     const float this_scale = 1 / id;
@@ -160,12 +164,13 @@ __device__ __forceinline__ void gq_iq3_trial(GqIq3Smem& s, int ib, int t, float 
     const float* w = s.weight + 32 * ib;
     float sumqx = 0, sumq2 = 0;
     unsigned int on_bits = 0;
+    bool ok = true;
     GQ_NO_UNROLL
     for (int k = 0; k < 8; ++k) {
         bool on;
         int g = gq_iq3_group<G>(xv + 4 * k, wa + 4 * k, id, this_scale, &on);
         if (g < 0) {
-            *abort = true;
+            ok = false;
             g = 0;
         }
         on_bits |= (unsigned int)on << k;
@@ -175,18 +180,16 @@ __device__ __forceinline__ void gq_iq3_trial(GqIq3Smem& s, int ib, int t, float 
     s.sumqx[ib][t] = sumqx;
     s.sumq2[ib][t] = sumq2;
     s.ton[ib][t] = (uint8_t)on_bits;
+    return ok;
 }
 
-// The search of 32-block ib by its warp (lane): trials, the C scan over them, the refinement. Leaves the
-// block's scale, grid indices and (flipped) signs in s; returns whether ggml aborts on it.
+// The C scan over the trials of active block ib (one lane): the picked scale, grid indices (L = 0 when no
+// trial is picked: kmap[0]) and on-grid bits, and whether the block is refined.
 template <class G>
-__device__ __forceinline__ bool gq_iq3_block(GqIq3Smem& s, int ib, int lane, float max) {
-    bool abort = false;
+__device__ __forceinline__ void gq_iq3_pick(GqIq3Smem& s, int ib) {
     const int ntrials = 2 * G::kNtry + 1;
-    if (lane < ntrials) gq_iq3_trial<G>(s, ib, lane, max, &abort);
-    __syncwarp();
     float best = 0;
-    float scale = max / (2 * GQ_IQ3_KMAXQ - 1);
+    float scale = s.bmax[ib] / (2 * GQ_IQ3_KMAXQ - 1);
     int pick = -1;
     for (int t = 0; t < ntrials; ++t) {
         const float sumqx = s.sumqx[ib][t], sumq2 = s.sumq2[ib][t];
@@ -197,36 +200,42 @@ __device__ __forceinline__ bool gq_iq3_block(GqIq3Smem& s, int ib, int lane, flo
         }
     }
     const unsigned int on = pick >= 0 ? s.ton[ib][pick] : G::kXxs ? 0xFFu : 0u;
-    const int g0 = pick >= 0 && lane < 8 ? s.tgi[ib][pick][lane] : G::map()[0];  // L = 0: kmap[0]
-    if (on != 0xFFu && scale > 0) {
-        if (lane < 8) {
-            int g = g0;
-            if (!G::kXxs || !((on >> lane) & 1)) {
-                bool on_grid;
-                g = gq_iq3_group<G>(s.xval + 32 * ib + 4 * lane, s.waux + 32 * ib + 4 * lane, 1 / scale, scale,
-                                    &on_grid);
-                if (g < 0) {
-                    abort = true;
-                    g = 0;
-                }
-            }
-            s.gi[ib][lane] = (uint16_t)g;
-        }
-        __syncwarp();
+    for (int k = 0; k < 8; ++k) s.gi[ib][k] = pick >= 0 ? s.tgi[ib][pick][k] : (uint16_t)G::map()[0];
+    s.scale[ib] = scale;
+    s.on[ib] = (uint8_t)on;
+    s.refine[ib] = on != 0xFFu && scale > 0;
+}
+
+// The refinement of group k of block ib (IQ3_XXS: only groups off the grid) at the picked scale. Returns
+// false where ggml aborts.
+template <class G>
+__device__ __forceinline__ bool gq_iq3_refine_group(GqIq3Smem& s, int ib, int k) {
+    if (!s.active[ib] || !s.refine[ib] || (G::kXxs && ((s.on[ib] >> k) & 1))) return true;
+    const float scale = s.scale[ib];
+    bool on;
+    const int g = gq_iq3_group<G>(s.xval + 32 * ib + 4 * k, s.waux + 32 * ib + 4 * k, 1 / scale, scale, &on);
+    s.gi[ib][k] = (uint16_t)(g < 0 ? 0 : g);
+    return g >= 0;
+}
+
+// The end of block ib's search: the refined scale, the flip of a negative scale. Returns false where ggml
+// aborts (GGML_ASSERT(scale >= 0)).
+template <class G>
+__device__ __forceinline__ bool gq_iq3_finish_block(GqIq3Smem& s, int ib) {
+    float scale = s.scale[ib];
+    if (s.refine[ib]) {
         float sumqx = 0, sumq2 = 0;
         for (int k = 0; k < 8; ++k)
             gq_iq3_group_sums<G>(s.weight + 32 * ib + 4 * k, s.xval + 32 * ib + 4 * k, s.gi[ib][k], &sumqx, &sumq2);
         if (sumq2 > 0) scale = sumqx / sumq2;
-    } else if (lane < 8) {
-        s.gi[ib][lane] = (uint16_t)g0;
     }
     if (scale < 0) {  // "should never happen": the C flips the scale and the signs
         scale = -scale;
-        if (lane < 4) s.signs[ib][lane] = G::kXxs ? (uint8_t)(~s.signs[ib][lane] & 127) : (uint8_t)~s.signs[ib][lane];
+        for (int k = 0; k < 4; ++k)
+            s.signs[ib][k] = G::kXxs ? (uint8_t)(~s.signs[ib][k] & 127) : (uint8_t)~s.signs[ib][k];
     }
-    if (!(scale >= 0)) abort = true;  // GGML_ASSERT(scale >= 0)
-    if (lane == 0) s.scale[ib] = scale;
-    return abort;
+    s.scale[ib] = scale;
+    return scale >= 0;
 }
 
 // max_scale over the quantized blocks (MAX in block order), 0 when none.
@@ -295,7 +304,7 @@ __device__ __forceinline__ void gq_iq3_s_pack(GqIq3Smem& s) {
     }
 }
 
-// quantize_row_iq3_{xxs,s}_impl of one super-block (one CUDA block of 256 threads; see the file notes).
+// quantize_row_iq3_{xxs,s}_impl of one super-block (one CUDA block of one warp; see the file notes).
 template <class Src, class G>
 __device__ __forceinline__ void gq_quantize_iq3(GQ_QUANTIZE_STATUS_PARAMS) {
     __shared__ GqIq3Smem smem;
@@ -306,40 +315,57 @@ __device__ __forceinline__ void gq_quantize_iq3(GQ_QUANTIZE_STATUS_PARAMS) {
     const long long r = item / blocks_per_row;
     const long long ibl = item - r * blocks_per_row;
     const long long row = (long long)blockIdx.z * rows_per_expert + r;
-    const int tid = threadIdx.x, ib = tid >> 5, lane = tid & 31;
+    const int lane = threadIdx.x;
     const float* qwb = qw ? qw + (long long)blockIdx.z * n_per_row + ibl * QK_K : nullptr;
+    bool ok = true;
 
-    s.x[tid] = Src::load(src, row * n_per_row + ibl * QK_K + tid);
-    __syncthreads();
-    float sigma2 = 0;
+    for (int j = 0; j < QK_K / 32; ++j) s.x[lane + 32 * j] = Src::load(src, row * n_per_row + ibl * QK_K + lane + 32 * j);
+    __syncwarp();
     if (qwb) {  // sigma2 = 2*sumx2/QK_K, summed in order
         if (lane == 0) {
             float sumx2 = 0;
             for (int i = 0; i < QK_K; ++i) sumx2 += s.x[i] * s.x[i];
-            s.sigma2[ib] = 2 * sumx2 / QK_K;
+            s.sigma2 = 2 * sumx2 / QK_K;
         }
         __syncwarp();
-        sigma2 = s.sigma2[ib];
     }
-    const float xi = s.x[tid];
-    const float w = qwb ? qwb[tid] * sqrtf(sigma2 + xi * xi) : xi * xi;
-    s.weight[tid] = w;
-    s.waux[tid] = sqrtf(w);
+    for (int j = 0; j < QK_K / 32; ++j) {
+        const int i = lane + 32 * j;
+        const float xi = s.x[i];
+        const float w = qwb ? qwb[i] * sqrtf(s.sigma2 + xi * xi) : xi * xi;
+        s.weight[i] = w;
+        s.waux[i] = sqrtf(w);
+    }
     __syncwarp();
-    if (lane < 4) gq_iq3_signs<G>(s, ib, lane);
+    gq_iq3_signs<G>(s, lane >> 2, lane & 3);  // lane: 8 elements
     __syncwarp();
-    float max = s.xval[32 * ib];
-    for (int i = 1; i < 32; ++i) max = GQ_MAX(max, s.xval[32 * ib + i]);
-    const bool active = G::kXxs ? !(max < GQ_GROUP_MAX_EPS_IQ3_XXS) : max != 0;
-    if (active && gq_iq3_block<G>(s, ib, lane, max)) gq_report_abort(status, row, ibl, blocks_per_row);
-    if (lane == 0) s.active[ib] = active;
-    __syncthreads();
-    if (tid == 0) {
+    if (lane < 8) {
+        float max = s.xval[32 * lane];
+        for (int i = 1; i < 32; ++i) max = GQ_MAX(max, s.xval[32 * lane + i]);
+        s.bmax[lane] = max;
+        s.active[lane] = G::kXxs ? !(max < GQ_GROUP_MAX_EPS_IQ3_XXS) : max != 0;
+    }
+    __syncwarp();
+    if (lane < 2 * G::kNtry + 1) {
+        GQ_NO_UNROLL
+        for (int ib = 0; ib < 8; ++ib)
+            if (s.active[ib] && !gq_iq3_trial<G>(s, ib, lane, s.bmax[ib])) ok = false;
+    }
+    __syncwarp();
+    if (lane < 8 && s.active[lane]) gq_iq3_pick<G>(s, lane);
+    __syncwarp();
+    for (int task = lane; task < 64; task += 32)
+        if (!gq_iq3_refine_group<G>(s, task >> 3, task & 7)) ok = false;
+    __syncwarp();
+    if (lane == 0) {
+        for (int ib = 0; ib < 8; ++ib)
+            if (s.active[ib] && !gq_iq3_finish_block<G>(s, ib)) ok = false;
         if (G::kXxs) gq_iq3_xxs_pack(s);
         else gq_iq3_s_pack(s);
     }
-    __syncthreads();
-    if (tid < G::kBytes) dst[(row * blocks_per_row + ibl) * G::kBytes + tid] = s.out[tid];
+    __syncwarp();
+    for (int j = lane; j < G::kBytes; j += 32) dst[(row * blocks_per_row + ibl) * G::kBytes + j] = s.out[j];
+    if (!ok) gq_report_abort(status, row, ibl, blocks_per_row);
 }
 
 extern "C" __global__ void quantize_iq3_xxs_f32(GQ_QUANTIZE_STATUS_PARAMS) {

@@ -405,7 +405,7 @@ class _IQ3(QuantType):
     """Shared row driver: rows -> super-blocks -> chunks; subclasses pack the blocks."""
 
     fp16_fields = {"d": 0}
-    kernel = Kernel(threads=256, items_per_block=1, sync=True)  # kernels/iq3.cu: a warp per 32-block
+    kernel = Kernel(threads=32, items_per_block=1, sync=True)  # kernels/iq3.cu: a warp per super-block
     search: _Search
 
     @classmethod
