@@ -1,10 +1,9 @@
-"""Whole files for the grid-type mixes: SHA256 identical to llama_model_quantize on the synthetic llama and
-MoE models, with and without an importance matrix, on the numpy and the emulated devices.
+"""Whole files for the grid-type mixes (IQ2_*, IQ3_*): SHA256 identical to llama_model_quantize on the
+synthetic llama and MoE models with an importance matrix, on the numpy and the emulated devices, and the
+refusal without one (llama-quantize's ``tensor_requires_imatrix``) by both sides.
 
-The file types are derived from the registry and the mixes: those whose base type
-(``llama_ftype_get_default_type``) belongs to the family under test. Where the mix needs an importance
-matrix for some tensor (``tensor_requires_imatrix``) and none is given, llama-quantize refuses and so must
-gpuquant; that case is checked as a refusal on both sides.
+The ftypes of a family are those whose default type (``mixes.default_type``) the family's module
+registers; each family has its own test functions (one helper per family works on this file).
 """
 from __future__ import annotations
 
@@ -12,59 +11,97 @@ import re
 
 import pytest
 
-from gpuquant import mixes
 from gpuquant.api import UsageError, quantize_file
-from gpuquant.quants import registered
+from gpuquant.mixes import F, default_type, ftype_name
+from gpuquant.quants import parse_type, registered
 from tests.oracle import requires_oracle
 from tests.oracle_files import assert_same, ftype_id, oracle_quantize_file, oracle_with_imatrix, write_imatrix
 
 
 def family_ftypes(family: str) -> list[str]:
-    """The QUANT_OPTIONS names whose default tensor type is of ``family`` (first name of each ftype id)."""
-    reg = registered()
-    out: dict[int, str] = {}
-    for opt in mixes.FTYPES:
+    """The llama ftypes whose default tensor type belongs to ``family`` (gpuquant/quants/<family>.py)."""
+    out = []
+    for f in F:
         try:
-            t = mixes.default_type(opt.ftype)
-        except ValueError:
+            t = default_type(f)
+        except (KeyError, ValueError):
             continue
-        if t in reg and reg[t].family == family:
-            out.setdefault(int(opt.ftype), opt.name)
-    return list(out.values())
+        cls = registered().get(t)
+        if cls is not None and cls.family == family:
+            out.append(ftype_name(f))
+    return out
 
+
+def check_with_imatrix(src, tmp_path, ftype, device, imatrix_fmt="gguf", **opts):
+    ours, ref = tmp_path / f"ours-{device}.gguf", tmp_path / "ref.gguf"
+    im = write_imatrix(src, tmp_path / f"imatrix.{imatrix_fmt}", imatrix_fmt)
+    try:
+        quantize_file(src, ours, ftype, device=device, threads=2, imatrix=im, **opts)
+    except UsageError as e:  # a mix may use a type of another family whose kernels are not written yet
+        m = re.search(r"cannot quantize tensor .* to (\w+)$", str(e))
+        if m is None or registered()[parse_type(m.group(1))].kernel is not None:
+            raise
+        pytest.skip(f"{ftype} on {device}: {m.group(1)} has no kernels yet ({e})")
+    oracle_with_imatrix(src, ref, ftype, im)
+    assert_same(ours, ref)
+
+
+# ------------------------------------------------------------------------------------------ IQ2
+
+IQ2_FTYPES = family_ftypes("iq2")
+
+
+def test_iq2_ftypes_are_the_four_mixes():
+    assert sorted(IQ2_FTYPES) == ["IQ2_M", "IQ2_S", "IQ2_XS", "IQ2_XXS"]
+
+
+@requires_oracle
+@pytest.mark.parametrize("device", ["cpu", "emulated"])
+@pytest.mark.parametrize("ftype", IQ2_FTYPES)
+def test_llama_iq2_mixes_with_imatrix(ftype, device, llama_f16, tmp_path):
+    check_with_imatrix(llama_f16, tmp_path, ftype, device)
+
+
+@requires_oracle
+@pytest.mark.parametrize("device", ["cpu", "emulated"])
+@pytest.mark.parametrize("ftype", IQ2_FTYPES)
+def test_moe_iq2_mixes_with_imatrix(ftype, device, moe_f16, tmp_path):
+    check_with_imatrix(moe_f16, tmp_path, ftype, device, imatrix_fmt="dat", slab_bytes=96 << 10)
+
+
+@requires_oracle
+@pytest.mark.parametrize("ftype", IQ2_FTYPES)
+def test_iq2_mixes_are_refused_without_imatrix_by_both(ftype, llama_f16, tmp_path):
+    out = tmp_path / "o.gguf"
+    for device in ("cpu", "emulated"):
+        with pytest.raises(UsageError, match="requires an importance matrix"):
+            quantize_file(llama_f16, out, ftype, device=device)
+        assert not out.exists()
+    with pytest.raises(RuntimeError):
+        oracle_quantize_file(llama_f16, tmp_path / "r.gguf", ftype_id(ftype))
+
+
+# ------------------------------------------------------------------------------------------ IQ3
 
 IQ3_FTYPES = family_ftypes("iq3")
 
 
-def test_iq3_ftypes_derived():
+def test_iq3_ftypes_are_the_four_mixes():
     assert sorted(IQ3_FTYPES) == ["IQ3_M", "IQ3_S", "IQ3_XS", "IQ3_XXS"]
 
 
-def quantize_or_skip(src, ours, ftype, device, **opts):
-    """quantize_file; skips (naming it) where the mix needs a type another family's kernels provide and
-    this branch has none for (the emulated device cannot run it)."""
+def check_iq3_file(src, tmp_path, ftype, device, imatrix: bool, **opts):
+    """With an imatrix: ours == llama-quantize's file. Without: the same, or (a mix with tensors that
+    ``tensor_requires_imatrix``: IQ3_XXS, IQ3_XS) both refuse."""
+    if imatrix:
+        check_with_imatrix(src, tmp_path, ftype, device, **opts)
+        return
+    ours, ref = tmp_path / f"ours-{device}.gguf", tmp_path / "ref.gguf"
     try:
         quantize_file(src, ours, ftype, device=device, threads=2, **opts)
     except UsageError as e:
-        m = re.search(r"cannot quantize tensor .* to (\w+)$", str(e))
-        if m and all(c.kernel is None for t, c in registered().items() if t.name == m.group(1)):
-            pytest.skip(f"the {ftype} mix uses {m.group(1)}, which has no kernels here")
-        raise
-
-
-def check_file(src, tmp_path, ftype, device, imatrix: bool, **opts):
-    """Ours == llama-quantize's file, or both refuse a mix that needs an importance matrix."""
-    ours, ref = tmp_path / f"ours-{device}.gguf", tmp_path / "ref.gguf"
-    if imatrix:
-        im = write_imatrix(src, tmp_path / "imatrix.gguf", "gguf")
-        quantize_or_skip(src, ours, ftype, device, imatrix=im, **opts)
-        oracle_with_imatrix(src, ref, ftype, im)
-        assert_same(ours, ref)
-        return
-    try:
-        quantize_or_skip(src, ours, ftype, device, **opts)
-    except UsageError as e:
-        assert "requires an importance matrix" in str(e)
+        assert "requires an importance matrix" in str(e), e
+        assert not ours.exists()
         with pytest.raises(RuntimeError):
             oracle_quantize_file(src, ref, ftype_id(ftype))
         return
@@ -80,4 +117,4 @@ def check_file(src, tmp_path, ftype, device, imatrix: bool, **opts):
 def test_iq3_files(ftype, model, device, imatrix, llama_f16, moe_f16, tmp_path):
     src = llama_f16 if model == "llama" else moe_f16
     opts = {"slab_bytes": 96 << 10} if model == "moe" else {}
-    check_file(src, tmp_path, ftype, device, imatrix, **opts)
+    check_iq3_file(src, tmp_path, ftype, device, imatrix, **opts)
