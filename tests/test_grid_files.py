@@ -118,3 +118,10 @@ def test_iq3_files(ftype, model, device, imatrix, llama_f16, moe_f16, tmp_path):
     src = llama_f16 if model == "llama" else moe_f16
     opts = {"slab_bytes": 96 << 10} if model == "moe" else {}
     check_iq3_file(src, tmp_path, ftype, device, imatrix, **opts)
+
+
+@requires_oracle
+@pytest.mark.extended  # ~1-2 minutes per ftype for both quantizers on 2 cores
+@pytest.mark.parametrize("ftype", IQ3_FTYPES)
+def test_smollm2_iq3_with_imatrix(ftype, smollm2_f16, tmp_path):
+    check_with_imatrix(smollm2_f16, tmp_path, ftype, "emulated")
