@@ -10,7 +10,7 @@
 // meet at __syncwarp (9 times per super-block: the emulator's fibers switch that often, no more).
 //
 // Tables, generated in front of this file from gpuquant.quants.iq3.kernel_tables(): per grid (iq3xxs,
-// iq3s) gq_<g>_qgrid the grid points 2*l + 1 as 4 bytes (C kgrid_q3xs), gq_<g>_map (C kmap_q3xs: a grid
+// iq3s) gq_<g>_qgrid the grid points 2*l + 1 as 4 floats (C kgrid_q3xs), gq_<g>_map (C kmap_q3xs: a grid
 // index, or -(offset + 1) of a neighbour list), gq_<g>_nb (C kneighbors_q3xs: length, then the list),
 // gq_iq3xxs_grid (ggml-common.h iq3xxs_grid; iq3s_grid is gq_iq3s_qgrid), gq_ksigns_iq2xs.
 #include "common.cuh"
@@ -34,7 +34,7 @@ struct GqIq3Xxs {
     static constexpr int kNtry = 15;       // trial scales is = -15..15
     static constexpr bool kXxs = true;     // 7 sign bits per 8, is_on_grid starts true, MAX < 1e-8 skips
     static constexpr int kBytes = 98;
-    static __device__ __forceinline__ const uint32_t* qgrid() { return gq_iq3xxs_qgrid; }
+    static __device__ __forceinline__ const float* qgrid() { return gq_iq3xxs_qgrid; }
     static __device__ __forceinline__ const int16_t* map() { return gq_iq3xxs_map; }
     static __device__ __forceinline__ const uint16_t* nb() { return gq_iq3xxs_nb; }
 };
@@ -42,7 +42,7 @@ struct GqIq3S {
     static constexpr int kNtry = 9;
     static constexpr bool kXxs = false;    // 8 sign bits, is_on_grid starts false, the refinement redoes all
     static constexpr int kBytes = 110;
-    static __device__ __forceinline__ const uint32_t* qgrid() { return gq_iq3s_qgrid; }
+    static __device__ __forceinline__ const float* qgrid() { return gq_iq3s_qgrid; }
     static __device__ __forceinline__ const int16_t* map() { return gq_iq3s_map; }
     static __device__ __forceinline__ const uint16_t* nb() { return gq_iq3s_nb; }
 };
@@ -70,17 +70,17 @@ struct GqIq3Smem {
 
 // iq3_find_best_neighbour: the first entry of the list `nbl` (length, then grid indices) of smallest
 // weighted distance sum_i waux[i]*(scale*q[i] - xv[i])^2 below FLT_MAX; -1 where ggml aborts (none).
-__device__ __forceinline__ int gq_iq3_best_neighbour(const uint16_t* nbl, const uint32_t* qgrid, const float* xv,
+__device__ __forceinline__ int gq_iq3_best_neighbour(const uint16_t* nbl, const float* qgrid, const float* xv,
                                                      const float* wa, float scale) {
     const int n = nbl[0];
     float best_d2 = GQ_FLT_MAX;
     int grid_index = -1;
     GQ_NO_UNROLL
     for (int j = 1; j <= n; ++j) {
-        const uint32_t pg = qgrid[nbl[j]];
+        const float* pg = qgrid + 4 * nbl[j];
         float d2 = 0;
         for (int i = 0; i < 4; ++i) {
-            const float q = (float)((pg >> 8 * i) & 255u);
+            const float q = pg[i];
             const float diff = scale * q - xv[i];
             d2 += wa[i] * diff * diff;
         }
@@ -111,9 +111,9 @@ __device__ __forceinline__ int gq_iq3_group(const float* xv, const float* wa, fl
 template <class G>
 __device__ __forceinline__ void gq_iq3_group_sums(const float* w, const float* xv, int grid_index, float* sumqx,
                                                   float* sumq2) {
-    const uint32_t pg = G::qgrid()[grid_index];
+    const float* pg = G::qgrid() + 4 * grid_index;
     for (int i = 0; i < 4; ++i) {
-        const float q = (float)((pg >> 8 * i) & 255u);
+        const float q = pg[i];
         *sumqx += w[i] * xv[i] * q;
         *sumq2 += w[i] * q * q;
     }
@@ -387,10 +387,12 @@ extern "C" __global__ void quantize_iq3_s_bf16(GQ_QUANTIZE_STATUS_PARAMS) {
     gq_quantize_iq3<GqSrcBF16, GqIq3S>(src, dst, qw, status, n_per_row, rows_per_expert, n_expert);
 }
 
-// y = db*grid[j], negated where the sign bit is set (the compiled C negates: a NaN's sign flips too)
-__device__ __forceinline__ void gq_iq3_dequant_8(float db, uint32_t g1, uint32_t g2, uint8_t signs, float* y) {
-    for (int j = 0; j < 8; ++j) {
-        const float v = db * (float)(((j < 4 ? g1 : g2) >> 8 * (j & 3)) & 255u);
+// y[j] = db*q(j), negated where sign bit j is set (the compiled C negates: a NaN's sign flips too), for the
+// 4 grid values q(0..3).
+template <class Q>
+__device__ __forceinline__ void gq_iq3_dequant_4(float db, Q q, unsigned int signs, float* y) {
+    for (int j = 0; j < 4; ++j) {
+        const float v = db * q(j);
         y[j] = gq_x86_nan((signs >> j) & 1 ? -v : v);
     }
 }
@@ -404,8 +406,11 @@ __device__ __forceinline__ void gq_dequantize_row_iq3_xxs(const block_iq3_xxs* b
         const uint32_t aux32 = sas[0] | (sas[1] << 8) | (sas[2] << 16) | ((uint32_t)sas[3] << 24);
         const float db = d * (0.5f + (aux32 >> 28)) * 0.5f;
         for (int l = 0; l < 4; ++l) {
-            const uint8_t signs = gq_ksigns_iq2xs[(aux32 >> 7 * l) & 127];
-            gq_iq3_dequant_8(db, gq_iq3xxs_grid[qs[2 * l]], gq_iq3xxs_grid[qs[2 * l + 1]], signs, y);
+            const unsigned int signs = gq_ksigns_iq2xs[(aux32 >> 7 * l) & 127];
+            for (int h = 0; h < 2; ++h) {
+                const uint32_t g = gq_iq3xxs_grid[qs[2 * l + h]];
+                gq_iq3_dequant_4(db, [g](int j) { return (float)((g >> 8 * j) & 255u); }, signs >> 4 * h, y + 4 * h);
+            }
             y += 8;
         }
         qs += 8;
@@ -419,12 +424,13 @@ __device__ __forceinline__ void gq_dequantize_row_iq3_s(const block_iq3_s* b, fl
         const float db = d * (1 + 2 * ((b->scales[ib32 / 2] >> 4 * (ib32 % 2)) & 0xf));
         const uint8_t* qs = b->qs + 8 * ib32;
         const unsigned int qh = b->qh[ib32];
-        for (int l = 0; l < 4; ++l) {
-            const uint32_t g1 = gq_iq3s_qgrid[qs[2 * l] | (((qh >> (2 * l)) & 1) << 8)];
-            const uint32_t g2 = gq_iq3s_qgrid[qs[2 * l + 1] | (((qh >> (2 * l + 1)) & 1) << 8)];
-            gq_iq3_dequant_8(db, g1, g2, b->signs[4 * ib32 + l], y);
-            y += 8;
+        const unsigned int signs = b->signs[4 * ib32] | (b->signs[4 * ib32 + 1] << 8) | (b->signs[4 * ib32 + 2] << 16) |
+                                   ((unsigned int)b->signs[4 * ib32 + 3] << 24);
+        for (int k = 0; k < 8; ++k) {
+            const float* g = gq_iq3s_qgrid + 4 * (qs[k] | (((qh >> k) & 1) << 8));
+            gq_iq3_dequant_4(db, [g](int j) { return g[j]; }, signs >> 4 * k, y + 4 * k);
         }
+        y += 32;
     }
 }
 
