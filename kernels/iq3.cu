@@ -319,7 +319,8 @@ __device__ __forceinline__ void gq_quantize_iq3(GQ_QUANTIZE_STATUS_PARAMS) {
     const float* qwb = qw ? qw + (long long)blockIdx.z * n_per_row + ibl * QK_K : nullptr;
     bool ok = true;
 
-    for (int j = 0; j < QK_K / 32; ++j) s.x[lane + 32 * j] = Src::load(src, row * n_per_row + ibl * QK_K + lane + 32 * j);
+    const long long offset = row * n_per_row + ibl * QK_K;
+    for (int j = 0; j < QK_K / 32; ++j) s.x[lane + 32 * j] = Src::load(src, offset + lane + 32 * j);
     __syncwarp();
     if (qwb) {  // sigma2 = 2*sumx2/QK_K, summed in order
         if (lane == 0) {

@@ -567,21 +567,20 @@ class IQ3_S(_IQ3, qtype=T.IQ3_S):
 
 def kernel_tables() -> dict[str, np.ndarray]:
     """The lookup tables of kernels/iq3.cu, from the grids above (``iq3xs_init_impl``'s layout) and gguf's
-    dequantize grids: per grid (``iq3xxs``: 256 points, ``iq3s``: 512) ``gq_<g>_qgrid`` the points ``2*l + 1``
-    as 4 floats (C ``kgrid_q3xs``, converted), ``gq_<g>_map`` (C ``kmap_q3xs``: a grid index, or ``-(offset + 1)`` of a
-    neighbour list in ``gq_<g>_nb``), ``gq_<g>_nb`` (C ``kneighbors_q3xs``: each list's length, then the
-    list), ``gq_<g>_grid`` (ggml-common.h ``iq3xxs_grid``; ``iq3s_grid`` is ``gq_iq3s_qgrid`` itself, so it has
-    none); and ``gq_ksigns_iq2xs``."""
+    dequantize grids: per grid (``iq3xxs``: 256 points, ``iq3s``: 512) ``gq_<g>_qgrid`` the points
+    ``2*l + 1`` as 4 floats (C ``kgrid_q3xs``, converted), ``gq_<g>_map`` (C ``kmap_q3xs``: a grid index, or
+    ``-(offset + 1)`` of a neighbour list in ``gq_<g>_nb``), ``gq_<g>_nb`` (C ``kneighbors_q3xs``: each
+    list's length, then the list); ``gq_iq3xxs_grid`` (ggml-common.h ``iq3xxs_grid``; ``iq3s_grid`` is
+    ``gq_iq3s_qgrid`` itself) and ``gq_ksigns_iq2xs``."""
     out = {}
-    for name, size, gguf_cls in (("iq3xxs", 256, _gq.IQ3_XXS), ("iq3s", 512, _gq.IQ3_S)):
+    for name, size in (("iq3xxs", 256), ("iq3s", 512)):
         g = grids.iq3_grid(size)
         assert g.neighbours.size < 1 << 15  # int16 map offsets
         out[f"gq_{name}_qgrid"] = g.grid.astype(F32).reshape(-1)
         out[f"gq_{name}_map"] = g.map.astype(np.int16)
         out[f"gq_{name}_nb"] = g.neighbours
-        deq = _dequant_grid(gguf_cls).reshape(-1)
-        if np.array_equal(deq, out[f"gq_{name}_qgrid"]):  # iq3s_grid holds 2*l + 1 itself: one table serves both
-            continue
-        out[f"gq_{name}_grid"] = np.ascontiguousarray(deq.astype(np.uint8)).view("<u4")
+    out["gq_iq3xxs_grid"] = np.ascontiguousarray(_dequant_grid(_gq.IQ3_XXS).astype(np.uint8)).view("<u4").reshape(-1)
+    # iq3s_grid holds 2*l + 1 itself: the kernels dequantize IQ3_S from gq_iq3s_qgrid
+    assert np.array_equal(_dequant_grid(_gq.IQ3_S).reshape(-1), out["gq_iq3s_qgrid"])
     out["gq_ksigns_iq2xs"] = KSIGNS
     return out
