@@ -79,3 +79,49 @@ def test_iq2_mixes_are_refused_without_imatrix_by_both(ftype, llama_f16, tmp_pat
         assert not out.exists()
     with pytest.raises(RuntimeError):
         oracle_quantize_file(llama_f16, tmp_path / "r.gguf", ftype_id(ftype))
+
+
+# ------------------------------------------------------------------------------------------ IQ3
+
+IQ3_FTYPES = family_ftypes("iq3")
+
+
+def test_iq3_ftypes_are_the_four_mixes():
+    assert sorted(IQ3_FTYPES) == ["IQ3_M", "IQ3_S", "IQ3_XS", "IQ3_XXS"]
+
+
+def check_iq3_file(src, tmp_path, ftype, device, imatrix: bool, **opts):
+    """With an imatrix: ours == llama-quantize's file. Without: the same, or (a mix with tensors that
+    ``tensor_requires_imatrix``: IQ3_XXS, IQ3_XS) both refuse."""
+    if imatrix:
+        check_with_imatrix(src, tmp_path, ftype, device, **opts)
+        return
+    ours, ref = tmp_path / f"ours-{device}.gguf", tmp_path / "ref.gguf"
+    try:
+        quantize_file(src, ours, ftype, device=device, threads=2, **opts)
+    except UsageError as e:
+        assert "requires an importance matrix" in str(e), e
+        assert not ours.exists()
+        with pytest.raises(RuntimeError):
+            oracle_quantize_file(src, ref, ftype_id(ftype))
+        return
+    oracle_quantize_file(src, ref, ftype_id(ftype))
+    assert_same(ours, ref)
+
+
+@requires_oracle
+@pytest.mark.parametrize("imatrix", [False, True])
+@pytest.mark.parametrize("device", ["cpu", "emulated"])
+@pytest.mark.parametrize("model", ["llama", "moe"])
+@pytest.mark.parametrize("ftype", IQ3_FTYPES)
+def test_iq3_files(ftype, model, device, imatrix, llama_f16, moe_f16, tmp_path):
+    src = llama_f16 if model == "llama" else moe_f16
+    opts = {"slab_bytes": 96 << 10} if model == "moe" else {}
+    check_iq3_file(src, tmp_path, ftype, device, imatrix, **opts)
+
+
+@requires_oracle
+@pytest.mark.extended  # ~1-2 minutes per ftype for both quantizers on 2 cores
+@pytest.mark.parametrize("ftype", IQ3_FTYPES)
+def test_smollm2_iq3_with_imatrix(ftype, smollm2_f16, tmp_path):
+    check_with_imatrix(smollm2_f16, tmp_path, ftype, "emulated")
