@@ -130,10 +130,10 @@ __device__ __forceinline__ void quantize_q2_k_item(GQ_QUANTIZE_PARAMS) {
         if (QW) {
             gq_impl_weights(16, x, p.qw, S.sigma2[p.g], w);
             S.sw[p.row] = gq_sum(16, w);
-            sc = gq_make_qkx_quants(16, 3, x, w, S.L[p.row], &mn, S.Laux[p.row], -0.9f, 0.05f, 36, false);
+            sc = kq_make_qkx_quants(16, 3, x, w, S.L[p.row], &mn, S.Laux[p.row], -0.9f, 0.05f, 36, false);
         } else {
             for (int l = 0; l < 16; ++l) w[l] = fabsf(x[l]);
-            sc = gq_make_qkx_quants(16, 3, x, w, S.L[p.row], &mn, S.Laux[p.row], -0.5f, 0.1f, 15, true);
+            sc = kq_make_qkx_quants(16, 3, x, w, S.L[p.row], &mn, S.Laux[p.row], -0.5f, 0.1f, 15, true);
         }
         S.scale[p.row] = sc;
         S.min[p.row] = mn;
@@ -170,7 +170,7 @@ __device__ __forceinline__ void kq_q3_K_superblock(KqSmemQ3& S, int r0, block_q3
     for (int j = 0; j < 12; ++j) y->scales[j] = 0;
     if (QW) {  // quantize_row_q3_K_impl
         int8_t* Ls = (int8_t*)(S.Ls + r0);
-        const float d_block = gq_make_qx_quants(QK_K / 16, 32, scales, Ls, 1, S.sw + r0);
+        const float d_block = kq_make_qx_quants(QK_K / 16, 32, scales, Ls, S.sw + r0);
         for (int j = 0; j < QK_K / 16; ++j) kq_put_scale_q3_k(j, Ls[j], y->scales);
         y->d = gq_fp32_to_fp16(d_block);
         return;
@@ -206,7 +206,7 @@ __device__ __forceinline__ void quantize_q3_k_item(GQ_QUANTIZE_PARAMS) {
             float* w = S.w[p.row];
             gq_impl_weights(16, x, p.qw, S.sigma2[p.g], w);
             S.sw[p.row] = gq_sum(16, w);
-            S.scale[p.row] = gq_make_qx_quants(16, 4, x, L, 1, w);
+            S.scale[p.row] = kq_make_qx_quants(16, 4, x, L, w);
         } else {
             S.scale[p.row] = kq_make_q3_quants(16, 4, x, L);
         }
@@ -298,13 +298,13 @@ __device__ __forceinline__ void kq_q45_K_levels(Smem& S, const KqPlace& p, uint8
         if (QW) {
             gq_impl_weights(32, x, p.qw, S.sigma2[p.g], w);
             S.sw[p.row] = gq_sum(32, w);
-            sc = gq_make_qkx_quants(32, NMAX, x, w, S.L[p.row], &mn, S.Laux[p.row], -0.9f, 0.05f, 36, false);
+            sc = kq_make_qkx_quants(32, NMAX, x, w, S.L[p.row], &mn, S.Laux[p.row], -0.9f, 0.05f, 36, false);
         } else {
             const float av_x = sqrtf(gq_sum_sq(32, x) / 32);
             for (int l = 0; l < 32; ++l) w[l] = av_x + fabsf(x[l]);
             sc = NMAX == 15
-                ? gq_make_qkx_quants(32, 15, x, w, S.L[p.row], &mn, S.Laux[p.row], -1.f, 0.1f, 20, false)
-                : gq_make_qkx_quants(32, 31, x, w, S.L[p.row], &mn, S.Laux[p.row], -0.5f, 0.1f, 15, false);
+                ? kq_make_qkx_quants(32, 15, x, w, S.L[p.row], &mn, S.Laux[p.row], -1.f, 0.1f, 20, false)
+                : kq_make_qkx_quants(32, 31, x, w, S.L[p.row], &mn, S.Laux[p.row], -0.5f, 0.1f, 15, false);
         }
         S.scale[p.row] = sc;
         S.min[p.row] = mn;
@@ -423,7 +423,11 @@ __device__ __forceinline__ void quantize_q6_k_item(GQ_QUANTIZE_PARAMS) {
     if (!kq_begin<Src, QW, 0>(GQ_QUANTIZE_ARGS, S, p)) return;
     const float* x = S.x[p.row];
     int8_t* L = (int8_t*)S.L[p.row];
-    if (p.valid) S.scale[p.row] = gq_make_qx_quants(16, 32, x, L, 1, QW ? p.qw : nullptr);
+    if (p.valid) {  // the importance weights themselves are the search weights (quantize_row_q6_K_impl)
+        float* w = S.w[p.row];
+        if (QW) for (int i = 0; i < 16; ++i) w[i] = p.qw[i];
+        S.scale[p.row] = kq_make_qx_quants(16, 32, x, L, QW ? w : nullptr);
+    }
     __syncthreads();
     block_q6_k* y = (block_q6_k*)(S.out + p.g * sizeof(block_q6_k));
     if (p.valid && p.s == 0) kq_q6_K_superblock(S, p.g, y);

@@ -120,7 +120,7 @@ __device__ __forceinline__ void kq_stage(const void* src, long long first, int n
     }
 }
 
-// The n bytes assembled in shared memory to dst, the block's threads storing adjacent 16-byte pieces.
+// The n bytes assembled in shared memory to dst in 16-byte pieces (adjacent threads adjacent pieces).
 __device__ __forceinline__ void kq_store(uint8_t* dst, const uint8_t* sh, int n) {
     int done = 0;
     if (((unsigned long long)dst & 15) == 0) {
