@@ -1,10 +1,10 @@
 // kquants.cu: Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (ggml-quants.c quantize_q*_K) and their dequantize kernels.
 //
-// Quantize: a CUDA block of KQ_SB super-blocks, one thread per sub-block (kquants_block.cuh: staging
-// through shared memory, coalesced stores). Each thread runs its sub-block's scale search with every sum
-// in ggml's order; one thread per super-block then runs the super-block step (max scale, or the
-// make_qp_quants/make_qx_quants of the sub-block scales); each thread requantizes its sub-block and packs
-// a slice of the block's bytes. The kernels without importance weights (quantize_q*_k_<src>) follow
+// Quantize: a CUDA block of KQ_SB super-blocks, KQ_LANES threads each (kquants_block.cuh: staging
+// through shared memory, coalesced stores). Each thread runs the scale searches of its sub-blocks with
+// every sum in ggml's order; one thread per super-block then runs the super-block step (max scale, or the
+// make_qp_quants/make_qx_quants of the sub-block scales); each thread requantizes and packs a slice of the
+// block's values. The kernels without importance weights (quantize_q*_k_<src>) follow
 // quantize_row_q*_K_ref, the _qw ones quantize_row_q*_K_impl: exactly what quantize_q*_K (and so
 // ggml_quantize_chunk) dispatches to. The k-quants' statistics (sigma2 of the _impl paths) are per
 // super-block, so no row pre-pass is needed and rowstat is unused.
@@ -106,15 +106,16 @@ __device__ __forceinline__ void kq_q2_K_superblock(KqSmemQ2& S, int r0, block_q2
     }
 }
 
-// Bytes [4s, 4s + 4) of the 2-bit field qs (Q2_K, Q3_K): values l, l+32, l+64, l+96 of each 128 in a
-// byte. lo2(v) is the low part of level v.
-template <class Lo2>
-__device__ __forceinline__ void kq_pack_2bit_part(uint8_t (&L)[16 * KQ_SB][20], int g, int s, uint8_t* qs, Lo2 lo2) {
-    for (int t = 0; t < 4; ++t) {
-        const int c = 4 * s + t;
-        const int e = 128 * (c / 32) + c % 32;  // rows of 16 values: e / 16, e % 16
-        const int r = g * 16 + e / 16, i = e % 16;
-        qs[c] = (uint8_t)(lo2(L[r][i]) | (lo2(L[r + 2][i]) << 2) | (lo2(L[r + 4][i]) << 4) | (lo2(L[r + 6][i]) << 6));
+// Lane s's slice of a 2-bit field (Q2_K, Q3_K qs): byte 32h + l holds values 128h + 32m + l at bits 2m,
+// lo2(level) the 2 bits.
+template <class Smem, class Lo2>
+__device__ __forceinline__ void kq_pack_2bit_slice(Smem& S, int g, int s, uint8_t* qs, Lo2 lo2) {
+    for (int h = 0; h < 2; ++h) {
+        for (int l = 8 * s; l < 8 * s + 8; ++l) {
+            int q = 0;
+            for (int m = 0; m < 4; ++m) q |= lo2(S.level(g, 128 * h + 32 * m + l)) << (2 * m);
+            qs[32 * h + l] = (uint8_t)q;
+        }
     }
 }
 
@@ -123,37 +124,40 @@ __device__ __forceinline__ void quantize_q2_k_item(GQ_QUANTIZE_PARAMS) {
     __shared__ KqSmemQ2 S;
     KqPlace p;
     if (!kq_begin<Src, QW, QW ? 1 : 0>(GQ_QUANTIZE_ARGS, S, p)) return;
-    const float* x = S.x[p.row];
-    if (p.valid) {  // the sub-block's search: make_qkx2_quants(16, 3, ...) / make_qkx3_quants(16, 3, ...)
-        float* w = S.w[p.row];
+    for (int j = p.s * 4; j < p.s * 4 + 4 && p.valid; ++j) {
+        // sub-block j's search: make_qkx2_quants(16, 3, ...) / make_qkx3_quants(16, 3, ...)
+        const int r = p.g * 16 + j;
+        const float* x = S.x[r];
+        float* w = S.w[r];
         float mn, sc;
         if (QW) {
-            gq_impl_weights(16, x, p.qw, S.sigma2[p.g], w);
-            S.sw[p.row] = gq_sum(16, w);
-            sc = kq_make_qkx_quants(16, 3, x, w, S.L[p.row], &mn, S.Laux[p.row], -0.9f, 0.05f, 36, false);
+            gq_impl_weights(16, x, p.qw + 16 * j, S.sigma2[p.g], w);
+            S.sw[r] = gq_sum(16, w);
+            sc = kq_make_qkx_quants(16, 3, x, w, S.L[r], &mn, S.Laux[r], -0.9f, 0.05f, 36, false);
         } else {
             for (int l = 0; l < 16; ++l) w[l] = fabsf(x[l]);
-            sc = kq_make_qkx_quants(16, 3, x, w, S.L[p.row], &mn, S.Laux[p.row], -0.5f, 0.1f, 15, true);
+            sc = kq_make_qkx_quants(16, 3, x, w, S.L[r], &mn, S.Laux[r], -0.5f, 0.1f, 15, true);
         }
-        S.scale[p.row] = sc;
-        S.min[p.row] = mn;
+        S.scale[r] = sc;
+        S.min[r] = mn;
     }
     __syncthreads();
     block_q2_k* y = (block_q2_k*)(S.out + p.g * sizeof(block_q2_k));
     if (p.valid && p.s == 0) kq_q2_K_superblock<QW>(S, p.g * 16, y);
     __syncthreads();
-    if (p.valid) {  // requantize with the rounded scales
-        const float d = gq_fp16_to_fp32(y->d) * (y->scales[p.s] & 0xF);
-        if (d) {
-            const float dm = gq_fp16_to_fp32(y->dmin) * (y->scales[p.s] >> 4);
-            for (int ii = 0; ii < 16; ++ii) {
+    if (p.valid) {
+        const float dall = gq_fp16_to_fp32(y->d), mall = gq_fp16_to_fp32(y->dmin);
+        S.requantize_slice(p.g, p.s, [&](int j, const float* x, uint8_t* L) {  // with the rounded scales
+            const float d = dall * (y->scales[j] & 0xF);
+            if (!d) return;
+            const float dm = mall * (y->scales[j] >> 4);
+            for (int ii = 0; ii < 8; ++ii) {
                 const int l = gq_nearest_int((x[ii] + dm) / d);
-                S.L[p.row][ii] = (uint8_t)GQ_MAX(0, GQ_MIN(3, l));
+                L[ii] = (uint8_t)GQ_MAX(0, GQ_MIN(3, l));
             }
-        }
+        });
+        kq_pack_2bit_slice(S, p.g, p.s, y->qs, [](uint8_t v) { return (int)v; });
     }
-    __syncthreads();
-    if (p.valid) kq_pack_2bit_part(S.L, p.g, p.s, y->qs, [](uint8_t v) { return (int)v; });
     __syncthreads();
     kq_store(dst + p.dst0, S.out, p.nsb * (int)sizeof(block_q2_k));
 }
@@ -199,43 +203,42 @@ __device__ __forceinline__ void quantize_q3_k_item(GQ_QUANTIZE_PARAMS) {
     __shared__ KqSmemQ3 S;
     KqPlace p;
     if (!kq_begin<Src, QW, QW ? 2 : 0>(GQ_QUANTIZE_ARGS, S, p)) return;
-    const float* x = S.x[p.row];
-    int8_t* L = (int8_t*)S.L[p.row];
-    if (p.valid) {  // the sub-block's search
+    for (int j = p.s * 4; j < p.s * 4 + 4 && p.valid; ++j) {  // sub-block j's search
+        const int r = p.g * 16 + j;
+        const float* x = S.x[r];
+        int8_t* L = (int8_t*)S.L[r];
         if (QW) {
-            float* w = S.w[p.row];
-            gq_impl_weights(16, x, p.qw, S.sigma2[p.g], w);
-            S.sw[p.row] = gq_sum(16, w);
-            S.scale[p.row] = kq_make_qx_quants(16, 4, x, L, w);
+            float* w = S.w[r];
+            gq_impl_weights(16, x, p.qw + 16 * j, S.sigma2[p.g], w);
+            S.sw[r] = gq_sum(16, w);
+            S.scale[r] = kq_make_qx_quants(16, 4, x, L, w);
         } else {
-            S.scale[p.row] = kq_make_q3_quants(16, 4, x, L);
+            S.scale[r] = kq_make_q3_quants(16, 4, x, L);
         }
     }
     __syncthreads();
     block_q3_k* y = (block_q3_k*)(S.out + p.g * sizeof(block_q3_k));
     if (p.valid && p.s == 0) kq_q3_K_superblock<QW>(S, p.g * 16, y);
     __syncthreads();
-    if (p.valid) {  // requantize with the rounded scales
-        const int8_t sc = (int8_t)kq_get_scale_q3_k(p.s, y->scales);
-        const float d = gq_fp16_to_fp32(y->d) * sc;
-        if (d) {
-            for (int ii = 0; ii < 16; ++ii) {
+    if (p.valid) {
+        const float dall = gq_fp16_to_fp32(y->d);
+        S.requantize_slice(p.g, p.s, [&](int j, const float* x, uint8_t* L) {  // with the rounded scales
+            const int8_t sc = (int8_t)kq_get_scale_q3_k(j, y->scales);
+            const float d = dall * sc;
+            if (!d) return;
+            for (int ii = 0; ii < 8; ++ii) {
                 int l = gq_nearest_int(x[ii] / d);
                 l = GQ_MAX(-4, GQ_MIN(3, l));
-                L[ii] = (int8_t)(l + 4);
+                L[ii] = (uint8_t)(l + 4);
             }
+        });
+        // the high bit of value j (level > 3) goes to hmask[j % 32], bit j / 32
+        for (int m = 8 * p.s; m < 8 * p.s + 8; ++m) {
+            int hm = 0;
+            for (int k = 0; k < 8; ++k) hm |= ((int8_t)S.level(p.g, 32 * k + m) > 3) << k;
+            y->hmask[m] = (uint8_t)hm;
         }
-    }
-    __syncthreads();
-    if (p.valid) {
-        // the high bit of value j (level > 3) goes to hmask[j % 32], bit j / 32; bytes [2s, 2s + 2)
-        for (int t = 0; t < 2; ++t) {
-            const int m = 2 * p.s + t;
-            uint8_t hm = 0;
-            for (int k = 0; k < 8; ++k) hm |= (uint8_t)(((int8_t)S.level(p.g, 32 * k + m) > 3) << k);
-            y->hmask[m] = hm;
-        }
-        kq_pack_2bit_part(S.L, p.g, p.s, y->qs, [](uint8_t v) { return (int8_t)v > 3 ? (int)v - 4 : (int)v; });
+        kq_pack_2bit_slice(S, p.g, p.s, y->qs, [](uint8_t v) { return (int8_t)v > 3 ? (int)v - 4 : (int)v; });
     }
     __syncthreads();
     kq_store(dst + p.dst0, S.out, p.nsb * (int)sizeof(block_q3_k));
@@ -287,48 +290,49 @@ __device__ __forceinline__ void kq_q45_K_superblock(Smem& S, int r0, uint8_t* ys
     *ydmin = gq_fp32_to_fp16(max_min / 63.f);
 }
 
-// Sub-block p.s of a Q4_K/Q5_K super-block up to its final levels in S.L (the scales in ysc, d, dmin).
+// A Q4_K/Q5_K super-block up to the final levels of lane s's slice in S.L (the scales in ysc, d, dmin).
 template <bool QW, int NMAX, class Smem>
 __device__ __forceinline__ void kq_q45_K_levels(Smem& S, const KqPlace& p, uint8_t* ysc, gq_half* yd,
                                                 gq_half* ydmin) {
-    const float* x = S.x[p.row];
-    if (p.valid) {  // the sub-block's search: make_qkx2_quants(32, NMAX, ...) / make_qkx3_quants(32, NMAX, ...)
-        float* w = S.w[p.row];
+    for (int j = p.s * 2; j < p.s * 2 + 2 && p.valid; ++j) {
+        // sub-block j's search: make_qkx2_quants(32, NMAX, ...) / make_qkx3_quants(32, NMAX, ...)
+        const int r = p.g * 8 + j;
+        const float* x = S.x[r];
+        float* w = S.w[r];
         float mn, sc;
         if (QW) {
-            gq_impl_weights(32, x, p.qw, S.sigma2[p.g], w);
-            S.sw[p.row] = gq_sum(32, w);
-            sc = kq_make_qkx_quants(32, NMAX, x, w, S.L[p.row], &mn, S.Laux[p.row], -0.9f, 0.05f, 36, false);
+            gq_impl_weights(32, x, p.qw + 32 * j, S.sigma2[p.g], w);
+            S.sw[r] = gq_sum(32, w);
+            sc = kq_make_qkx_quants(32, NMAX, x, w, S.L[r], &mn, S.Laux[r], -0.9f, 0.05f, 36, false);
         } else {
             const float av_x = sqrtf(gq_sum_sq(32, x) / 32);
             for (int l = 0; l < 32; ++l) w[l] = av_x + fabsf(x[l]);
             sc = NMAX == 15
-                ? kq_make_qkx_quants(32, 15, x, w, S.L[p.row], &mn, S.Laux[p.row], -1.f, 0.1f, 20, false)
-                : kq_make_qkx_quants(32, 31, x, w, S.L[p.row], &mn, S.Laux[p.row], -0.5f, 0.1f, 15, false);
+                ? kq_make_qkx_quants(32, 15, x, w, S.L[r], &mn, S.Laux[r], -1.f, 0.1f, 20, false)
+                : kq_make_qkx_quants(32, 31, x, w, S.L[r], &mn, S.Laux[r], -0.5f, 0.1f, 15, false);
         }
-        S.scale[p.row] = sc;
-        S.min[p.row] = mn;
+        S.scale[r] = sc;
+        S.min[r] = mn;
     }
     __syncthreads();
     if (p.valid && p.s == 0) kq_q45_K_superblock<QW, NMAX>(S, p.g * 8, ysc, yd, ydmin);
     __syncthreads();
-    if (p.valid) {  // requantize with the rounded scales
+    if (!p.valid) return;
+    const float dall = gq_fp16_to_fp32(*yd), mall = gq_fp16_to_fp32(*ydmin);
+    S.requantize_slice(p.g, p.s, [&](int j, const float* x, uint8_t* L) {  // with the rounded scales
         uint8_t sc, m;
-        kq_get_scale_min_k4(p.s, ysc, &sc, &m);
-        const float d = gq_fp16_to_fp32(*yd) * sc;
-        if (d) {
-            const float dm = gq_fp16_to_fp32(*ydmin) * m;
-            for (int ii = 0; ii < 32; ++ii) {
-                const int l = gq_nearest_int((x[ii] + dm) / d);
-                S.L[p.row][ii] = (uint8_t)GQ_MAX(0, GQ_MIN(NMAX, l));
-            }
+        kq_get_scale_min_k4(j, ysc, &sc, &m);
+        const float d = dall * sc;
+        if (!d) return;
+        const float dm = mall * m;
+        for (int ii = 0; ii < 8; ++ii) {
+            const int l = gq_nearest_int((x[ii] + dm) / d);
+            L[ii] = (uint8_t)GQ_MAX(0, GQ_MIN(NMAX, l));
         }
-    }
-    __syncthreads();
+    });
 }
 
-// quantize_row_q4_K_ref / quantize_row_q4_K_impl: qs byte 32k + l holds values 64k + l and 64k + 32 + l;
-// lane s packs bytes [16s, 16s + 16).
+// quantize_row_q4_K_ref / quantize_row_q4_K_impl: qs byte 32i + l holds values 64i + l and 64i + 32 + l.
 template <class Src, bool QW>
 __device__ __forceinline__ void quantize_q4_k_item(GQ_QUANTIZE_PARAMS) {
     __shared__ KqSmem<32, sizeof(block_q4_k)> S;
@@ -337,18 +341,18 @@ __device__ __forceinline__ void quantize_q4_k_item(GQ_QUANTIZE_PARAMS) {
     block_q4_k* y = (block_q4_k*)(S.out + p.g * sizeof(block_q4_k));
     kq_q45_K_levels<QW, 15>(S, p, y->scales, &y->d, &y->dmin);
     if (p.valid) {
-        for (int t = 0; t < 16; ++t) {
-            const int c = 16 * p.s + t;
-            const int r = p.g * 8 + 2 * (c / 32), l = c % 32;
-            y->qs[c] = (uint8_t)(S.L[r][l] | (S.L[r + 1][l] << 4));
+        for (int i = 0; i < 4; ++i) {
+            const uint8_t* L1 = S.L[p.g * 8 + 2 * i];
+            const uint8_t* L2 = S.L[p.g * 8 + 2 * i + 1];
+            for (int l = 8 * p.s; l < 8 * p.s + 8; ++l) y->qs[32 * i + l] = (uint8_t)(L1[l] | (L2[l] << 4));
         }
     }
     __syncthreads();
     kq_store(dst + p.dst0, S.out, p.nsb * (int)sizeof(block_q4_k));
 }
 
-// quantize_row_q5_K_ref / quantize_row_q5_K_impl: the low 4 bits as Q4_K's qs, bit 4 of values
-// 64k + l and 64k + 32 + l in bits 2k and 2k + 1 of qh[l]; lane s packs qs [16s, 16s + 16), qh [4s, 4s + 4).
+// quantize_row_q5_K_ref / quantize_row_q5_K_impl: the low 4 bits as Q4_K's qs, bit 4 of value 32k + l in
+// bit k of qh[l].
 template <class Src, bool QW>
 __device__ __forceinline__ void quantize_q5_k_item(GQ_QUANTIZE_PARAMS) {
     __shared__ KqSmem<32, sizeof(block_q5_k)> S;
@@ -357,16 +361,17 @@ __device__ __forceinline__ void quantize_q5_k_item(GQ_QUANTIZE_PARAMS) {
     block_q5_k* y = (block_q5_k*)(S.out + p.g * sizeof(block_q5_k));
     kq_q45_K_levels<QW, 31>(S, p, y->scales, &y->d, &y->dmin);
     if (p.valid) {
-        for (int t = 0; t < 16; ++t) {
-            const int c = 16 * p.s + t;
-            const int r = p.g * 8 + 2 * (c / 32), l = c % 32;
-            y->qs[c] = (uint8_t)((S.L[r][l] & 0xF) | ((S.L[r + 1][l] & 0xF) << 4));
+        for (int i = 0; i < 4; ++i) {
+            const uint8_t* L1 = S.L[p.g * 8 + 2 * i];
+            const uint8_t* L2 = S.L[p.g * 8 + 2 * i + 1];
+            for (int l = 8 * p.s; l < 8 * p.s + 8; ++l) {
+                y->qs[32 * i + l] = (uint8_t)((L1[l] & 0xF) | ((L2[l] & 0xF) << 4));
+            }
         }
-        for (int t = 0; t < 4; ++t) {
-            const int l = 4 * p.s + t;
-            uint8_t h = 0;
-            for (int k = 0; k < 8; ++k) h |= (uint8_t)((S.L[p.g * 8 + k][l] > 15) << k);
-            y->qh[l] = h;
+        for (int l = 8 * p.s; l < 8 * p.s + 8; ++l) {
+            int h = 0;
+            for (int k = 0; k < 8; ++k) h |= (S.L[p.g * 8 + k][l] > 15) << k;
+            y->qh[l] = (uint8_t)h;
         }
     }
     __syncthreads();
@@ -399,20 +404,17 @@ __device__ __forceinline__ void kq_q6_K_superblock(KqSmemQ6& S, int g, block_q6_
     for (int ib = 0; ib < QK_K / 16; ++ib) y->scales[ib] = (int8_t)GQ_MIN(127, gq_nearest_int(iscale * scales[ib]));
 }
 
-// ql byte 64h + l: values 128h + l (low nibble) and 128h + 64 + l, byte 64h + 32 + l: 128h + 32 + l and
-// 128h + 96 + l; qh byte 32h + l: bits 4-5 of 128h + l + 32m at bits 2m. Lane s: ql [8s, 8s + 8),
-// qh [4s, 4s + 4).
+// Lane s's slice: ql byte 64h + l holds values 128h + l (low nibble) and 128h + 64 + l, byte 64h + 32 + l
+// values 128h + 32 + l and 128h + 96 + l; qh byte 32h + l bits 4-5 of 128h + 32m + l at bits 2m.
 __device__ __forceinline__ void kq_q6_K_pack(KqSmemQ6& S, int g, int s, block_q6_k* y) {
-    for (int t = 0; t < 8; ++t) {
-        const int c = 8 * s + t;
-        const int e = 128 * (c / 64) + c % 64;
-        y->ql[c] = (uint8_t)((S.level(g, e) & 0xF) | ((S.level(g, e + 64) & 0xF) << 4));
-    }
-    for (int t = 0; t < 4; ++t) {
-        const int c = 4 * s + t;
-        const int e = 128 * (c / 32) + c % 32;
-        y->qh[c] = (uint8_t)((S.level(g, e) >> 4) | ((S.level(g, e + 32) >> 4) << 2) |
-                             ((S.level(g, e + 64) >> 4) << 4) | ((S.level(g, e + 96) >> 4) << 6));
+    for (int h = 0; h < 2; ++h) {
+        for (int l = 8 * s; l < 8 * s + 8; ++l) {
+            const int e = 128 * h + l;
+            y->ql[64 * h + l] = (uint8_t)((S.level(g, e) & 0xF) | ((S.level(g, e + 64) & 0xF) << 4));
+            y->ql[64 * h + 32 + l] = (uint8_t)((S.level(g, e + 32) & 0xF) | ((S.level(g, e + 96) & 0xF) << 4));
+            y->qh[32 * h + l] = (uint8_t)((S.level(g, e) >> 4) | ((S.level(g, e + 32) >> 4) << 2) |
+                                          ((S.level(g, e + 64) >> 4) << 4) | ((S.level(g, e + 96) >> 4) << 6));
+        }
     }
 }
 
@@ -421,30 +423,30 @@ __device__ __forceinline__ void quantize_q6_k_item(GQ_QUANTIZE_PARAMS) {
     __shared__ KqSmemQ6 S;
     KqPlace p;
     if (!kq_begin<Src, QW, 0>(GQ_QUANTIZE_ARGS, S, p)) return;
-    const float* x = S.x[p.row];
-    int8_t* L = (int8_t*)S.L[p.row];
-    if (p.valid) {  // the importance weights themselves are the search weights (quantize_row_q6_K_impl)
-        float* w = S.w[p.row];
-        if (QW) for (int i = 0; i < 16; ++i) w[i] = p.qw[i];
-        S.scale[p.row] = kq_make_qx_quants(16, 32, x, L, QW ? w : nullptr);
+    for (int j = p.s * 4; j < p.s * 4 + 4 && p.valid; ++j) {
+        // sub-block j's search; the importance weights themselves are its weights (quantize_row_q6_K_impl)
+        const int r = p.g * 16 + j;
+        float* w = S.w[r];
+        if (QW) for (int i = 0; i < 16; ++i) w[i] = p.qw[16 * j + i];
+        S.scale[r] = kq_make_qx_quants(16, 32, S.x[r], (int8_t*)S.L[r], QW ? w : nullptr);
     }
     __syncthreads();
     block_q6_k* y = (block_q6_k*)(S.out + p.g * sizeof(block_q6_k));
     if (p.valid && p.s == 0) kq_q6_K_superblock(S, p.g, y);
     __syncthreads();
-    const bool live = p.valid && !S.flag[p.g];
-    if (live) {  // requantize with the rounded scales
-        const float d = gq_fp16_to_fp32(y->d) * y->scales[p.s];
-        if (d) {
-            for (int ii = 0; ii < 16; ++ii) {
+    if (p.valid && !S.flag[p.g]) {
+        const float dall = gq_fp16_to_fp32(y->d);
+        S.requantize_slice(p.g, p.s, [&](int j, const float* x, uint8_t* L) {  // with the rounded scales
+            const float d = dall * y->scales[j];
+            if (!d) return;
+            for (int ii = 0; ii < 8; ++ii) {
                 int l = gq_nearest_int(x[ii] / d);
                 l = GQ_MAX(-32, GQ_MIN(31, l));
-                L[ii] = (int8_t)(l + 32);
+                L[ii] = (uint8_t)(l + 32);
             }
-        }
+        });
+        kq_q6_K_pack(S, p.g, p.s, y);
     }
-    __syncthreads();
-    if (live) kq_q6_K_pack(S, p.g, p.s, y);
     __syncthreads();
     kq_store(dst + p.dst0, S.out, p.nsb * (int)sizeof(block_q6_k));
 }

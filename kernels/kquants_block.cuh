@@ -1,19 +1,26 @@
 // kquants_block.cuh: how kquants.cu spreads super-blocks over a CUDA block (included by kquants.cu).
 //
-// A CUDA block handles KQ_SB adjacent super-blocks, one thread per sub-block of SUB values: thread
-// g * (QK_K / SUB) + s is sub-block s of super-block g. The registry launches it with
-// Kernel(threads=KQ_SB * QK_K / SUB, items_per_block=KQ_SB, sync=True, qw_kernels=True)
+// A CUDA block handles KQ_SB adjacent super-blocks with KQ_LANES threads each: thread g * KQ_LANES + s is
+// lane s of super-block g. Lane s runs the scale searches of sub-blocks [s * NSUB / KQ_LANES, ...) (every
+// sum in ggml's order), lane 0 the super-block step, and lane s requantizes and packs the values 32k + l,
+// l in [8s, 8s + 8), k in [0, 8): the slice that makes whole bytes of every packed field. The registry
+// launches it with Kernel(threads=KQ_SB * KQ_LANES, items_per_block=KQ_SB, sync=True, qw_kernels=True)
 // (gpuquant/quants/kquants.py). The block's source values are one contiguous range (the super-blocks of
 // an expert are its rows in order), read with 16-byte loads into shared memory, a sub-block per row; the
 // quantized blocks are assembled in shared memory and stored with 16-byte stores. Per-thread arrays
 // (levels, weights) live in shared memory rows, so nothing goes to local memory.
 //
-// Rows are padded (SUB + KQ_XPAD floats, SUB + 4 bytes): the 32 lanes of a warp walk 32 rows in step,
-// and on a GPU a row stride coprime to the 32 banks keeps those reads free of bank conflicts.
+// Four lanes, not one per sub-block: the emulated device runs every CUDA thread of a synchronising kernel
+// as a fiber (~0.1 us to start, ~15 ns per barrier), which at 16 threads per super-block cost more than
+// the cheap types' whole search; four keep it at parity, and a 4096 x 4096 tensor still has 262 k threads.
+//
+// Rows are padded (SUB + KQ_XPAD floats, SUB + 4 bytes) so that lanes walking their rows in step spread
+// over the 32 banks.
 #pragma once
 #include "common.cuh"
 
-#define KQ_SB 8  // super-blocks per CUDA block (the descriptor's items_per_block)
+#define KQ_SB 8     // super-blocks per CUDA block (the descriptor's items_per_block)
+#define KQ_LANES 4  // threads per super-block (the descriptor's threads / items_per_block)
 // Float row padding. On a GPU one float: a stride coprime to the 32 banks. On the x86 host (the emulated
 // device) four: rows 16-byte aligned, so that g++ vectorizes the searches (twice as fast). The layout
 // changes no arithmetic; the portable host build the tests make (GQ_PORTABLE) runs the GPU's layout.
@@ -43,17 +50,26 @@ struct KqSmem {
 
     // level of value e of super-block g
     __device__ __forceinline__ uint8_t& level(int g, int e) { return L[g * NSUB + e / SUB][e % SUB]; }
+
+    // Lane s's slice, values 32k + 8s + [0, 8) of super-block g, requantized in place: rq(j, x, L) turns the
+    // 8 values x of sub-block j into levels L (or leaves the search's levels where ggml skips the sub-block).
+    template <class Requant>
+    __device__ __forceinline__ void requantize_slice(int g, int s, Requant rq) {
+        for (int k = 0; k < 8; ++k) {
+            const int e = 32 * k + 8 * s, r = g * NSUB + e / SUB;
+            rq(e / SUB, x[r] + e % SUB, L[r] + e % SUB);
+        }
+    }
 };
 
 // One CUDA block's super-blocks and this thread's place among them.
 struct KqPlace {
     int nsb;          // super-blocks in this CUDA block (KQ_SB, fewer in the last one)
-    int g, s;         // this thread's super-block and sub-block
-    int row;          // g * NSUB + s: this thread's row of KqSmem
+    int g, s;         // this thread's super-block and lane
     bool valid;       // g < nsb
     long long src0;   // element index of the block's first value
     long long dst0;   // byte offset of the block's first quantized block
-    const float* qw;  // importance weights of this thread's sub-block (nullptr: none)
+    const float* qw;  // importance weights of this thread's super-block (nullptr: none)
 };
 
 template <int SUB, int BYTES>
@@ -64,14 +80,13 @@ __device__ __forceinline__ bool kq_place(long long n_per_row, long long rows_per
     const long long first = (long long)blockIdx.x * KQ_SB;
     if ((long long)blockIdx.z >= n_expert || first >= items) return false;  // the whole block: no barrier met
     p.nsb = (int)GQ_MIN((long long)KQ_SB, items - first);
-    p.g = (int)threadIdx.x / (QK_K / SUB);
-    p.s = (int)threadIdx.x % (QK_K / SUB);
-    p.row = (int)threadIdx.x;
+    p.g = (int)threadIdx.x / KQ_LANES;
+    p.s = (int)threadIdx.x % KQ_LANES;
     p.valid = p.g < p.nsb;
     const long long base = (long long)blockIdx.z * items + first;
     p.src0 = base * QK_K;
     p.dst0 = base * BYTES;
-    p.qw = qw && p.valid ? qw + (long long)blockIdx.z * n_per_row + ((first + p.g) % bpr) * QK_K + p.s * SUB : nullptr;
+    p.qw = qw && p.valid ? qw + (long long)blockIdx.z * n_per_row + ((first + p.g) % bpr) * QK_K : nullptr;
     return true;
 }
 

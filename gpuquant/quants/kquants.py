@@ -169,9 +169,9 @@ class _KQuant(QuantType):
     """Shared row driver: rows -> super-blocks -> chunks; subclasses write ``_superblocks`` and
     ``_dequantize``."""
 
-    # kernels/kquants_block.cuh: KQ_SB = 8 super-blocks per CUDA block, a thread per 16-value sub-block
-    # (_Q45K: per 32-value sub-block); the _impl path in its own instantiation
-    kernel = Kernel(threads=128, items_per_block=8, sync=True, qw_kernels=True)
+    # kernels/kquants_block.cuh: KQ_SB = 8 super-blocks per CUDA block, KQ_LANES = 4 threads each; the
+    # _impl path in its own instantiation
+    kernel = Kernel(threads=32, items_per_block=8, sync=True, qw_kernels=True)
 
     @classmethod
     def dequantize_rows(cls, raw: np.ndarray) -> np.ndarray:
@@ -252,7 +252,6 @@ class _Q45K(_KQuant):
     nmax: int
     ref_search: tuple[float, float, int]  # make_qkx2_quants (rmin, rdelta, nstep) of the _ref path
     clamp_impl_scales: bool  # quantize_row_q5_K_impl applies MIN(63, ...) to Ls/Lm, q4_K's does not
-    kernel = Kernel(threads=64, items_per_block=8, sync=True, qw_kernels=True)
 
     @classmethod
     def _superblocks(cls, x, qw):
