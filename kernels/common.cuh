@@ -430,6 +430,30 @@ __device__ __forceinline__ void gq_report_abort(unsigned int* status, long long 
         quantize_##dst_name##_item<GqSrcBF16>(GQ_QUANTIZE_ARGS);                                             \
     }
 
+// quantize_<dst>_{f32,f16,bf16} and quantize_<dst>_{f32,f16,bf16}_qw from `template <class Src, bool QW>
+// __device__ void quantize_<dst>_item(...)`: separate instantiations without (QW = false, qw == nullptr) and
+// with importance weights, for a type whose descriptor says Kernel(qw_kernels=True) (the launch plan then
+// names the _qw kernel when an imatrix is given).
+#define GQ_QUANTIZE_QW_ENTRY_POINTS(dst_name)                                                                  \
+    extern "C" __global__ void quantize_##dst_name##_f32(GQ_QUANTIZE_PARAMS) {                               \
+        quantize_##dst_name##_item<GqSrcF32, false>(GQ_QUANTIZE_ARGS);                                       \
+    }                                                                                                        \
+    extern "C" __global__ void quantize_##dst_name##_f16(GQ_QUANTIZE_PARAMS) {                               \
+        quantize_##dst_name##_item<GqSrcF16, false>(GQ_QUANTIZE_ARGS);                                       \
+    }                                                                                                        \
+    extern "C" __global__ void quantize_##dst_name##_bf16(GQ_QUANTIZE_PARAMS) {                              \
+        quantize_##dst_name##_item<GqSrcBF16, false>(GQ_QUANTIZE_ARGS);                                      \
+    }                                                                                                        \
+    extern "C" __global__ void quantize_##dst_name##_f32_qw(GQ_QUANTIZE_PARAMS) {                            \
+        quantize_##dst_name##_item<GqSrcF32, true>(GQ_QUANTIZE_ARGS);                                        \
+    }                                                                                                        \
+    extern "C" __global__ void quantize_##dst_name##_f16_qw(GQ_QUANTIZE_PARAMS) {                            \
+        quantize_##dst_name##_item<GqSrcF16, true>(GQ_QUANTIZE_ARGS);                                        \
+    }                                                                                                        \
+    extern "C" __global__ void quantize_##dst_name##_bf16_qw(GQ_QUANTIZE_PARAMS) {                           \
+        quantize_##dst_name##_item<GqSrcBF16, true>(GQ_QUANTIZE_ARGS);                                       \
+    }
+
 // One work item = one block `ib` of slab row `row` (of rows_per_expert * n_expert rows). `qw` is the
 // expert's importance-weight row at the block (or nullptr); `src_offset` the element index of the block's
 // first value; `row_sigma2` = rowstat[row] / n_per_row, the sigma2 of the legacy _impl paths (0 without

@@ -1,8 +1,12 @@
 // kquants.cu: Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (ggml-quants.c quantize_q*_K) and their dequantize kernels.
 //
-// One CUDA thread per 256-value super-block. Without importance weights (qw == nullptr) a super-block goes
-// through quantize_row_q*_K_ref, with them through quantize_row_q*_K_impl: exactly what quantize_q*_K
-// (and so ggml_quantize_chunk) dispatches to. The k-quants' statistics (sigma2 of the _impl paths) are per
+// Quantize: a CUDA block of KQ_SB super-blocks, KQ_LANES threads each (kquants_block.cuh: staging
+// through shared memory, coalesced stores). Each thread runs the scale searches of its sub-blocks with
+// every sum in ggml's order; one thread per super-block then runs the super-block step (max scale, or the
+// make_qp_quants/make_qx_quants of the sub-block scales); each thread requantizes and packs a slice of the
+// block's values. The kernels without importance weights (quantize_q*_k_<src>) follow
+// quantize_row_q*_K_ref, the _qw ones quantize_row_q*_K_impl: exactly what quantize_q*_K (and so
+// ggml_quantize_chunk) dispatches to. The k-quants' statistics (sigma2 of the _impl paths) are per
 // super-block, so no row pre-pass is needed and rowstat is unused.
 //
 // The scale searches are common.cuh's (make_qx_quants, make_qkx2/qkx3_quants) and kquants_search.cuh's
@@ -12,6 +16,7 @@
 // that the second-level make_qx_quants/make_qp_quants rounds. gq_nearest_int and gq_fp32_to_fp16 answer
 // for them what x86 computes (see "NaN bits" in common.cuh).
 #include "kquants_search.cuh"
+#include "kquants_block.cuh"
 
 // ggml-common.h block layouts
 #define K_SCALE_SIZE 12
@@ -59,216 +64,204 @@ __device__ __forceinline__ int kq_get_scale_q3_k(int j, const uint8_t* sc) {
     return (lo | (((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32;
 }
 
-// The 2-bit packing of Q2_K and Q3_K: values l, l+32, l+64, l+96 of each 128 into one byte.
-__device__ __forceinline__ void kq_pack_2bit(const uint8_t* L, uint8_t* qs) {
-    for (int j = 0; j < QK_K; j += 128) {
-        for (int l = 0; l < 32; ++l) {
-            qs[j / 4 + l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------------
-// Q2_K: quantize_q2_K, i.e. quantize_row_q2_K_ref (qw == nullptr) / quantize_row_q2_K_impl
+// Q2_K: quantize_q2_K, i.e. quantize_row_q2_K_ref (QW false) / quantize_row_q2_K_impl (QW true)
 // ---------------------------------------------------------------------------------------------------
-__device__ static __noinline__ void kq_quantize_q2_K(const float* x, const GqItem& it, block_q2_k* y) {
-    const float* qw = it.qw;
-    uint8_t L[QK_K];
-    uint8_t Laux[16];
-    float weight[16];
-    float mins[QK_K / 16];
-    float scales[QK_K / 16];
+typedef KqSmem<16, sizeof(block_q2_k)> KqSmemQ2;
 
-    if (!qw) {  // quantize_row_q2_K_ref
-        const float q4scale = 15.f;
-        float max_scale = 0;  // as the min is deducted, scales are always positive
-        float max_min = 0;
-        for (int j = 0; j < QK_K / 16; ++j) {
-            for (int l = 0; l < 16; ++l) weight[l] = fabsf(x[16 * j + l]);
-            // make_qkx2_quants(16, 3, ..., -0.5f, 0.1f, 15, true)
-            scales[j] = kq_make_qkx_quants(16, 3, x + 16 * j, weight, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15,
-                                           true);
-            const float scale = scales[j];
-            if (scale > max_scale) max_scale = scale;
-            const float min = mins[j];
-            if (min > max_min) max_min = min;
-        }
-        if (max_scale > 0) {
-            const float iscale = q4scale / max_scale;
-            for (int j = 0; j < QK_K / 16; ++j) y->scales[j] = (uint8_t)gq_nearest_int(iscale * scales[j]);
-            y->d = gq_fp32_to_fp16(max_scale / q4scale);
-        } else {
-            for (int j = 0; j < QK_K / 16; ++j) y->scales[j] = 0;
-            y->d = gq_fp32_to_fp16(0.f);
-        }
-        if (max_min > 0) {
-            const float iscale = q4scale / max_min;
-            for (int j = 0; j < QK_K / 16; ++j) {
-                const int l = gq_nearest_int(iscale * mins[j]);
-                y->scales[j] |= (uint8_t)(l << 4);
-            }
-            y->dmin = gq_fp32_to_fp16(max_min / q4scale);
-        } else {
-            y->dmin = gq_fp32_to_fp16(0.f);
-        }
-    } else {  // quantize_row_q2_K_impl
-        float sw[QK_K / 16];
-        uint8_t Ls[QK_K / 16], Lm[QK_K / 16];
-        const float sigma2 = gq_sum_sq(QK_K, x) / QK_K;
-        for (int j = 0; j < QK_K / 16; ++j) {
-            gq_impl_weights(16, x + 16 * j, qw + 16 * j, sigma2, weight);
-            sw[j] = gq_sum(16, weight);
-            scales[j] = kq_make_qkx_quants(16, 3, x + 16 * j, weight, L + 16 * j, &mins[j], Laux, -0.9f, 0.05f, 36,
-                                           false);
-        }
-        const float dm = kq_make_qp_quants(QK_K / 16, 15, scales, Ls, sw);
-        const float mm = kq_make_qp_quants(QK_K / 16, 15, mins, Lm, sw);
+// The super-block scales of quantize_row_q2_K_ref / _impl from the 16 sub-block searches (r0: first row).
+template <bool QW>
+__device__ __forceinline__ void kq_q2_K_superblock(KqSmemQ2& S, int r0, block_q2_k* y) {
+    const float* scales = S.scale + r0;
+    const float* mins = S.min + r0;
+    if (QW) {  // quantize_row_q2_K_impl
+        const float dm = kq_make_qp_quants(QK_K / 16, 15, scales, S.Ls + r0, S.sw + r0);
+        const float mm = kq_make_qp_quants(QK_K / 16, 15, mins, S.Lm + r0, S.sw + r0);
         y->d = gq_fp32_to_fp16(dm);
         y->dmin = gq_fp32_to_fp16(mm);
-        for (int j = 0; j < QK_K / 16; ++j) y->scales[j] = (uint8_t)(Ls[j] | (Lm[j] << 4));
+        for (int j = 0; j < QK_K / 16; ++j) y->scales[j] = (uint8_t)(S.Ls[r0 + j] | (S.Lm[r0 + j] << 4));
+        return;
     }
-
-    // both paths: requantize with the rounded scales
-    const float dall = gq_fp16_to_fp32(y->d);
-    const float mall = gq_fp16_to_fp32(y->dmin);
+    const float q4scale = 15.f;  // quantize_row_q2_K_ref
+    float max_scale = 0;  // as the min is deducted, scales are always positive
+    float max_min = 0;
     for (int j = 0; j < QK_K / 16; ++j) {
-        const float d = dall * (y->scales[j] & 0xF);
-        if (!d) continue;
-        const float dm = mall * (y->scales[j] >> 4);
-        for (int ii = 0; ii < 16; ++ii) {
-            const int l = gq_nearest_int((x[16 * j + ii] + dm) / d);
-            L[16 * j + ii] = (uint8_t)GQ_MAX(0, GQ_MIN(3, l));
+        if (scales[j] > max_scale) max_scale = scales[j];
+        if (mins[j] > max_min) max_min = mins[j];
+    }
+    if (max_scale > 0) {
+        const float iscale = q4scale / max_scale;
+        for (int j = 0; j < QK_K / 16; ++j) y->scales[j] = (uint8_t)gq_nearest_int(iscale * scales[j]);
+        y->d = gq_fp32_to_fp16(max_scale / q4scale);
+    } else {
+        for (int j = 0; j < QK_K / 16; ++j) y->scales[j] = 0;
+        y->d = gq_fp32_to_fp16(0.f);
+    }
+    if (max_min > 0) {
+        const float iscale = q4scale / max_min;
+        for (int j = 0; j < QK_K / 16; ++j) y->scales[j] |= (uint8_t)(gq_nearest_int(iscale * mins[j]) << 4);
+        y->dmin = gq_fp32_to_fp16(max_min / q4scale);
+    } else {
+        y->dmin = gq_fp32_to_fp16(0.f);
+    }
+}
+
+// Lane s's slice of a 2-bit field (Q2_K, Q3_K qs): byte 32h + l holds values 128h + 32m + l at bits 2m,
+// lo2(level) the 2 bits.
+template <class Smem, class Lo2>
+__device__ __forceinline__ void kq_pack_2bit_slice(Smem& S, int g, int s, uint8_t* qs, Lo2 lo2) {
+    for (int h = 0; h < 2; ++h) {
+        for (int l = 8 * s; l < 8 * s + 8; ++l) {
+            int q = 0;
+            for (int m = 0; m < 4; ++m) q |= lo2(S.level(g, 128 * h + 32 * m + l)) << (2 * m);
+            qs[32 * h + l] = (uint8_t)q;
         }
     }
-    kq_pack_2bit(L, y->qs);
+}
+
+template <class Src, bool QW>
+__device__ __forceinline__ void quantize_q2_k_item(GQ_QUANTIZE_PARAMS) {
+    __shared__ KqSmemQ2 S;
+    KqPlace p;
+    if (!kq_begin<Src, QW, QW ? 1 : 0>(GQ_QUANTIZE_ARGS, S, p)) return;
+    for (int j = p.s * 4; j < p.s * 4 + 4 && p.valid; ++j) {
+        // sub-block j's search: make_qkx2_quants(16, 3, ...) / make_qkx3_quants(16, 3, ...)
+        const int r = p.g * 16 + j;
+        const float* x = S.x[r];
+        float* w = S.w[r];
+        float mn, sc;
+        if (QW) {
+            gq_impl_weights(16, x, p.qw + 16 * j, S.sigma2[p.g], w);
+            S.sw[r] = gq_sum(16, w);
+            sc = kq_make_qkx_quants(16, 3, x, w, S.L[r], &mn, S.Laux[r], -0.9f, 0.05f, 36, false);
+        } else {
+            for (int l = 0; l < 16; ++l) w[l] = fabsf(x[l]);
+            sc = kq_make_qkx_quants(16, 3, x, w, S.L[r], &mn, S.Laux[r], -0.5f, 0.1f, 15, true);
+        }
+        S.scale[r] = sc;
+        S.min[r] = mn;
+    }
+    __syncthreads();
+    block_q2_k* y = (block_q2_k*)(S.out + p.g * sizeof(block_q2_k));
+    if (p.valid && p.s == 0) kq_q2_K_superblock<QW>(S, p.g * 16, y);
+    __syncthreads();
+    if (p.valid) {
+        const float dall = gq_fp16_to_fp32(y->d), mall = gq_fp16_to_fp32(y->dmin);
+        S.requantize_slice(p.g, p.s, [&](int j, const float* x, uint8_t* L) {  // with the rounded scales
+            const float d = dall * (y->scales[j] & 0xF);
+            if (!d) return;
+            const float dm = mall * (y->scales[j] >> 4);
+            for (int ii = 0; ii < 8; ++ii) {
+                const int l = gq_nearest_int((x[ii] + dm) / d);
+                L[ii] = (uint8_t)GQ_MAX(0, GQ_MIN(3, l));
+            }
+        });
+        kq_pack_2bit_slice(S, p.g, p.s, y->qs, [](uint8_t v) { return (int)v; });
+    }
+    __syncthreads();
+    kq_store(dst + p.dst0, S.out, p.nsb * (int)sizeof(block_q2_k));
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Q3_K: quantize_q3_K, i.e. quantize_row_q3_K_ref (qw == nullptr) / quantize_row_q3_K_impl
+// Q3_K: quantize_q3_K, i.e. quantize_row_q3_K_ref (QW false) / quantize_row_q3_K_impl (QW true)
 // ---------------------------------------------------------------------------------------------------
-__device__ static __noinline__ void kq_quantize_q3_K(const float* x, const GqItem& it, block_q3_k* y) {
-    const float* qw = it.qw;
-    int8_t L[QK_K];
-    float scales[QK_K / 16];
+typedef KqSmem<16, sizeof(block_q3_k)> KqSmemQ3;
 
+// The 6-bit scales and d of quantize_row_q3_K_ref / _impl from the 16 sub-block scales.
+template <bool QW>
+__device__ __forceinline__ void kq_q3_K_superblock(KqSmemQ3& S, int r0, block_q3_k* y) {
+    const float* scales = S.scale + r0;
     for (int j = 0; j < 12; ++j) y->scales[j] = 0;
-    if (!qw) {  // quantize_row_q3_K_ref
-        float max_scale = 0;
-        float amax = 0;
-        for (int j = 0; j < QK_K / 16; ++j) {
-            scales[j] = kq_make_q3_quants(16, 4, x + 16 * j, L + 16 * j);
-            const float scale = fabsf(scales[j]);
-            if (scale > amax) { amax = scale; max_scale = scales[j]; }
-        }
-        if (max_scale) {
-            const float iscale = -32.f / max_scale;
-            for (int j = 0; j < QK_K / 16; ++j) {
-                int8_t l = (int8_t)gq_nearest_int(iscale * scales[j]);
-                l = (int8_t)(GQ_MAX(-32, GQ_MIN(31, l)) + 32);
-                kq_put_scale_q3_k(j, l, y->scales);
-            }
-            y->d = gq_fp32_to_fp16(1 / iscale);
-        } else {
-            y->d = gq_fp32_to_fp16(0.f);
-        }
-    } else {  // quantize_row_q3_K_impl
-        float weight[16];
-        float sw[QK_K / 16];
-        int8_t Ls[QK_K / 16];
-        const float sigma2 = 2 * gq_sum_sq(QK_K, x) / QK_K;
-        for (int j = 0; j < QK_K / 16; ++j) {
-            gq_impl_weights(16, x + 16 * j, qw + 16 * j, sigma2, weight);
-            sw[j] = gq_sum(16, weight);
-            scales[j] = kq_make_qx_quants(16, 4, x + 16 * j, L + 16 * j, weight);
-        }
-        const float d_block = kq_make_qx_quants(QK_K / 16, 32, scales, Ls, sw);
+    if (QW) {  // quantize_row_q3_K_impl
+        int8_t* Ls = (int8_t*)(S.Ls + r0);
+        const float d_block = kq_make_qx_quants(QK_K / 16, 32, scales, Ls, S.sw + r0);
         for (int j = 0; j < QK_K / 16; ++j) kq_put_scale_q3_k(j, Ls[j], y->scales);
         y->d = gq_fp32_to_fp16(d_block);
+        return;
     }
-
-    // both paths: requantize with the rounded scales
-    const float dall = gq_fp16_to_fp32(y->d);
+    float max_scale = 0;  // quantize_row_q3_K_ref
+    float amax = 0;
     for (int j = 0; j < QK_K / 16; ++j) {
-        const int8_t sc = (int8_t)kq_get_scale_q3_k(j, y->scales);
-        const float d = dall * sc;
-        if (!d) continue;
-        for (int ii = 0; ii < 16; ++ii) {
-            int l = gq_nearest_int(x[16 * j + ii] / d);
-            l = GQ_MAX(-4, GQ_MIN(3, l));
-            L[16 * j + ii] = (int8_t)(l + 4);
-        }
+        const float scale = fabsf(scales[j]);
+        if (scale > amax) { amax = scale; max_scale = scales[j]; }
     }
+    if (max_scale) {
+        const float iscale = -32.f / max_scale;
+        for (int j = 0; j < QK_K / 16; ++j) {
+            int8_t l = (int8_t)gq_nearest_int(iscale * scales[j]);
+            l = (int8_t)(GQ_MAX(-32, GQ_MIN(31, l)) + 32);
+            kq_put_scale_q3_k(j, l, y->scales);
+        }
+        y->d = gq_fp32_to_fp16(1 / iscale);
+    } else {
+        y->d = gq_fp32_to_fp16(0.f);
+    }
+}
 
-    // the high bit of value j goes to hmask[j % 32], bit j / 32
-    for (int j = 0; j < QK_K / 8; ++j) y->hmask[j] = 0;
-    int m = 0;
-    uint8_t hm = 1;
-    for (int j = 0; j < QK_K; ++j) {
-        if (L[j] > 3) {
-            y->hmask[m] |= hm;
-            L[j] = (int8_t)(L[j] - 4);
+template <class Src, bool QW>
+__device__ __forceinline__ void quantize_q3_k_item(GQ_QUANTIZE_PARAMS) {
+    __shared__ KqSmemQ3 S;
+    KqPlace p;
+    if (!kq_begin<Src, QW, QW ? 2 : 0>(GQ_QUANTIZE_ARGS, S, p)) return;
+    for (int j = p.s * 4; j < p.s * 4 + 4 && p.valid; ++j) {  // sub-block j's search
+        const int r = p.g * 16 + j;
+        const float* x = S.x[r];
+        int8_t* L = (int8_t*)S.L[r];
+        if (QW) {
+            float* w = S.w[r];
+            gq_impl_weights(16, x, p.qw + 16 * j, S.sigma2[p.g], w);
+            S.sw[r] = gq_sum(16, w);
+            S.scale[r] = kq_make_qx_quants(16, 4, x, L, w);
+        } else {
+            S.scale[r] = kq_make_q3_quants(16, 4, x, L);
         }
-        if (++m == QK_K / 8) { m = 0; hm = (uint8_t)(hm << 1); }
     }
-    kq_pack_2bit((const uint8_t*)L, y->qs);
+    __syncthreads();
+    block_q3_k* y = (block_q3_k*)(S.out + p.g * sizeof(block_q3_k));
+    if (p.valid && p.s == 0) kq_q3_K_superblock<QW>(S, p.g * 16, y);
+    __syncthreads();
+    if (p.valid) {
+        const float dall = gq_fp16_to_fp32(y->d);
+        S.requantize_slice(p.g, p.s, [&](int j, const float* x, uint8_t* L) {  // with the rounded scales
+            const int8_t sc = (int8_t)kq_get_scale_q3_k(j, y->scales);
+            const float d = dall * sc;
+            if (!d) return;
+            for (int ii = 0; ii < 8; ++ii) {
+                int l = gq_nearest_int(x[ii] / d);
+                l = GQ_MAX(-4, GQ_MIN(3, l));
+                L[ii] = (uint8_t)(l + 4);
+            }
+        });
+        // the high bit of value j (level > 3) goes to hmask[j % 32], bit j / 32
+        for (int m = 8 * p.s; m < 8 * p.s + 8; ++m) {
+            int hm = 0;
+            for (int k = 0; k < 8; ++k) hm |= ((int8_t)S.level(p.g, 32 * k + m) > 3) << k;
+            y->hmask[m] = (uint8_t)hm;
+        }
+        kq_pack_2bit_slice(S, p.g, p.s, y->qs, [](uint8_t v) { return (int8_t)v > 3 ? (int)v - 4 : (int)v; });
+    }
+    __syncthreads();
+    kq_store(dst + p.dst0, S.out, p.nsb * (int)sizeof(block_q3_k));
 }
 
 // ---------------------------------------------------------------------------------------------------
 // Q4_K and Q5_K share everything up to packing the quants: 8 sub-blocks of 32 with a 6-bit scale and min
-// each. nmax = 15 (Q4_K) or 31 (Q5_K). Fills L (the requantized values), the scales field, d and dmin.
-// quantize_row_q4_K_ref / quantize_row_q5_K_ref (qw == nullptr),
-// quantize_row_q4_K_impl / quantize_row_q5_K_impl.
+// each. NMAX = 15 (Q4_K) or 31 (Q5_K). quantize_row_q4_K_ref / quantize_row_q5_K_ref (QW false),
+// quantize_row_q4_K_impl / quantize_row_q5_K_impl (QW true).
 // ---------------------------------------------------------------------------------------------------
-__device__ static __noinline__ void kq_q45_K_scales(const float* x, const float* qw, int nmax, uint8_t* L,
-                                                     uint8_t* ysc, gq_half* yd, gq_half* ydmin) {
-    uint8_t Laux[32];
-    float weights[32];
-    float mins[QK_K / 32];
-    float scales[QK_K / 32];
 
-    if (!qw) {  // quantize_row_q4_K_ref / quantize_row_q5_K_ref
-        float max_scale = 0;  // as the min is deducted, scales are always positive
-        float max_min = 0;
+// The scales field, d and dmin from the 8 sub-block searches (r0: the super-block's first row).
+template <bool QW, int NMAX, class Smem>
+__device__ __forceinline__ void kq_q45_K_superblock(Smem& S, int r0, uint8_t* ysc, gq_half* yd, gq_half* ydmin) {
+    const float* scales = S.scale + r0;
+    const float* mins = S.min + r0;
+    if (QW) {  // quantize_row_q4_K_impl / quantize_row_q5_K_impl
+        const float d_block = kq_make_qp_quants(QK_K / 32, 63, scales, S.Ls + r0, S.sw + r0);
+        const float m_block = kq_make_qp_quants(QK_K / 32, 63, mins, S.Lm + r0, S.sw + r0);
         for (int j = 0; j < QK_K / 32; ++j) {
-            const float av_x = sqrtf(gq_sum_sq(32, x + 32 * j) / 32);
-            for (int l = 0; l < 32; ++l) weights[l] = av_x + fabsf(x[32 * j + l]);
-            // make_qkx2_quants(32, 15, ..., -1.f, 0.1f, 20, false) / (32, 31, ..., -0.5f, 0.1f, 15, false)
-            scales[j] = nmax == 15
-                ? kq_make_qkx_quants(32, 15, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -1.f, 0.1f, 20, false)
-                : kq_make_qkx_quants(32, 31, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.5f, 0.1f, 15, false);
-            const float scale = scales[j];
-            if (scale > max_scale) max_scale = scale;
-            const float min = mins[j];
-            if (min > max_min) max_min = min;
-        }
-        const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
-        const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
-        for (int j = 0; j < QK_K / 32; ++j) {
-            uint8_t ls = (uint8_t)gq_nearest_int(inv_scale * scales[j]);
-            uint8_t lm = (uint8_t)gq_nearest_int(inv_min * mins[j]);
-            ls = GQ_MIN(63, ls);
-            lm = GQ_MIN(63, lm);
-            kq_put_scale_min_k4(j, ls, lm, ysc);
-        }
-        *yd = gq_fp32_to_fp16(max_scale / 63.f);
-        *ydmin = gq_fp32_to_fp16(max_min / 63.f);
-    } else {  // quantize_row_q4_K_impl / quantize_row_q5_K_impl
-        uint8_t Ls[QK_K / 32];
-        uint8_t Lm[QK_K / 32];
-        float sw[QK_K / 32];
-        const float sigma2 = 2 * gq_sum_sq(QK_K, x) / QK_K;
-        for (int j = 0; j < QK_K / 32; ++j) {
-            gq_impl_weights(32, x + 32 * j, qw + 32 * j, sigma2, weights);
-            sw[j] = gq_sum(32, weights);
-            scales[j] = kq_make_qkx_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.9f, 0.05f,
-                                           36, false);
-        }
-        const float d_block = kq_make_qp_quants(QK_K / 32, 63, scales, Ls, sw);
-        const float m_block = kq_make_qp_quants(QK_K / 32, 63, mins, Lm, sw);
-        for (int j = 0; j < QK_K / 32; ++j) {
-            uint8_t ls = Ls[j];
-            uint8_t lm = Lm[j];
-            if (nmax == 31) {  // quantize_row_q5_K_impl clamps here, quantize_row_q4_K_impl does not
+            uint8_t ls = S.Ls[r0 + j];
+            uint8_t lm = S.Lm[r0 + j];
+            if (NMAX == 31) {  // quantize_row_q5_K_impl clamps here, quantize_row_q4_K_impl does not
                 ls = GQ_MIN(63, ls);
                 lm = GQ_MIN(63, lm);
             }
@@ -276,126 +269,196 @@ __device__ static __noinline__ void kq_q45_K_scales(const float* x, const float*
         }
         *yd = gq_fp32_to_fp16(d_block);
         *ydmin = gq_fp32_to_fp16(m_block);
+        return;
     }
-
-    // both paths: requantize with the rounded scales
-    const float dall = gq_fp16_to_fp32(*yd);
-    const float mall = gq_fp16_to_fp32(*ydmin);
+    float max_scale = 0;  // as the min is deducted, scales are always positive
+    float max_min = 0;
     for (int j = 0; j < QK_K / 32; ++j) {
+        if (scales[j] > max_scale) max_scale = scales[j];
+        if (mins[j] > max_min) max_min = mins[j];
+    }
+    const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+    const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+    for (int j = 0; j < QK_K / 32; ++j) {
+        uint8_t ls = (uint8_t)gq_nearest_int(inv_scale * scales[j]);
+        uint8_t lm = (uint8_t)gq_nearest_int(inv_min * mins[j]);
+        ls = GQ_MIN(63, ls);
+        lm = GQ_MIN(63, lm);
+        kq_put_scale_min_k4(j, ls, lm, ysc);
+    }
+    *yd = gq_fp32_to_fp16(max_scale / 63.f);
+    *ydmin = gq_fp32_to_fp16(max_min / 63.f);
+}
+
+// A Q4_K/Q5_K super-block up to the final levels of lane s's slice in S.L (the scales in ysc, d, dmin).
+template <bool QW, int NMAX, class Smem>
+__device__ __forceinline__ void kq_q45_K_levels(Smem& S, const KqPlace& p, uint8_t* ysc, gq_half* yd,
+                                                gq_half* ydmin) {
+    for (int j = p.s * 2; j < p.s * 2 + 2 && p.valid; ++j) {
+        // sub-block j's search: make_qkx2_quants(32, NMAX, ...) / make_qkx3_quants(32, NMAX, ...)
+        const int r = p.g * 8 + j;
+        const float* x = S.x[r];
+        float* w = S.w[r];
+        float mn, sc;
+        if (QW) {
+            gq_impl_weights(32, x, p.qw + 32 * j, S.sigma2[p.g], w);
+            S.sw[r] = gq_sum(32, w);
+            sc = kq_make_qkx_quants(32, NMAX, x, w, S.L[r], &mn, S.Laux[r], -0.9f, 0.05f, 36, false);
+        } else {
+            const float av_x = sqrtf(gq_sum_sq(32, x) / 32);
+            for (int l = 0; l < 32; ++l) w[l] = av_x + fabsf(x[l]);
+            sc = NMAX == 15
+                ? kq_make_qkx_quants(32, 15, x, w, S.L[r], &mn, S.Laux[r], -1.f, 0.1f, 20, false)
+                : kq_make_qkx_quants(32, 31, x, w, S.L[r], &mn, S.Laux[r], -0.5f, 0.1f, 15, false);
+        }
+        S.scale[r] = sc;
+        S.min[r] = mn;
+    }
+    __syncthreads();
+    if (p.valid && p.s == 0) kq_q45_K_superblock<QW, NMAX>(S, p.g * 8, ysc, yd, ydmin);
+    __syncthreads();
+    if (!p.valid) return;
+    const float dall = gq_fp16_to_fp32(*yd), mall = gq_fp16_to_fp32(*ydmin);
+    S.requantize_slice(p.g, p.s, [&](int j, const float* x, uint8_t* L) {  // with the rounded scales
         uint8_t sc, m;
         kq_get_scale_min_k4(j, ysc, &sc, &m);
         const float d = dall * sc;
-        if (!d) continue;
+        if (!d) return;
         const float dm = mall * m;
-        for (int ii = 0; ii < 32; ++ii) {
-            const int l = gq_nearest_int((x[32 * j + ii] + dm) / d);
-            L[32 * j + ii] = (uint8_t)GQ_MAX(0, GQ_MIN(nmax, l));
+        for (int ii = 0; ii < 8; ++ii) {
+            const int l = gq_nearest_int((x[ii] + dm) / d);
+            L[ii] = (uint8_t)GQ_MAX(0, GQ_MIN(NMAX, l));
         }
-    }
+    });
 }
 
-// quantize_row_q4_K_ref / quantize_row_q4_K_impl
-__device__ static __noinline__ void kq_quantize_q4_K(const float* x, const GqItem& it, block_q4_k* y) {
-    uint8_t L[QK_K];
-    kq_q45_K_scales(x, it.qw, 15, L, y->scales, &y->d, &y->dmin);
-    uint8_t* q = y->qs;
-    for (int j = 0; j < QK_K; j += 64) {
-        for (int l = 0; l < 32; ++l) q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
-        q += 32;
+// quantize_row_q4_K_ref / quantize_row_q4_K_impl: qs byte 32i + l holds values 64i + l and 64i + 32 + l.
+template <class Src, bool QW>
+__device__ __forceinline__ void quantize_q4_k_item(GQ_QUANTIZE_PARAMS) {
+    __shared__ KqSmem<32, sizeof(block_q4_k)> S;
+    KqPlace p;
+    if (!kq_begin<Src, QW, QW ? 2 : 0>(GQ_QUANTIZE_ARGS, S, p)) return;
+    block_q4_k* y = (block_q4_k*)(S.out + p.g * sizeof(block_q4_k));
+    kq_q45_K_levels<QW, 15>(S, p, y->scales, &y->d, &y->dmin);
+    if (p.valid) {
+        for (int i = 0; i < 4; ++i) {
+            const uint8_t* L1 = S.L[p.g * 8 + 2 * i];
+            const uint8_t* L2 = S.L[p.g * 8 + 2 * i + 1];
+            for (int l = 8 * p.s; l < 8 * p.s + 8; ++l) y->qs[32 * i + l] = (uint8_t)(L1[l] | (L2[l] << 4));
+        }
     }
+    __syncthreads();
+    kq_store(dst + p.dst0, S.out, p.nsb * (int)sizeof(block_q4_k));
 }
 
-// quantize_row_q5_K_ref / quantize_row_q5_K_impl
-__device__ static __noinline__ void kq_quantize_q5_K(const float* x, const GqItem& it, block_q5_k* y) {
-    uint8_t L[QK_K];
-    kq_q45_K_scales(x, it.qw, 31, L, y->scales, &y->d, &y->dmin);
-    uint8_t* qh = y->qh;
-    uint8_t* ql = y->qs;
-    for (int j = 0; j < QK_K / 8; ++j) qh[j] = 0;
-    uint8_t m1 = 1, m2 = 2;
-    for (int n = 0; n < QK_K; n += 64) {
-        for (int j = 0; j < 32; ++j) {
-            int l1 = L[n + j];
-            if (l1 > 15) { l1 -= 16; qh[j] |= m1; }
-            int l2 = L[n + j + 32];
-            if (l2 > 15) { l2 -= 16; qh[j] |= m2; }
-            ql[j] = (uint8_t)(l1 | (l2 << 4));
+// quantize_row_q5_K_ref / quantize_row_q5_K_impl: the low 4 bits as Q4_K's qs, bit 4 of value 32k + l in
+// bit k of qh[l].
+template <class Src, bool QW>
+__device__ __forceinline__ void quantize_q5_k_item(GQ_QUANTIZE_PARAMS) {
+    __shared__ KqSmem<32, sizeof(block_q5_k)> S;
+    KqPlace p;
+    if (!kq_begin<Src, QW, QW ? 2 : 0>(GQ_QUANTIZE_ARGS, S, p)) return;
+    block_q5_k* y = (block_q5_k*)(S.out + p.g * sizeof(block_q5_k));
+    kq_q45_K_levels<QW, 31>(S, p, y->scales, &y->d, &y->dmin);
+    if (p.valid) {
+        for (int i = 0; i < 4; ++i) {
+            const uint8_t* L1 = S.L[p.g * 8 + 2 * i];
+            const uint8_t* L2 = S.L[p.g * 8 + 2 * i + 1];
+            for (int l = 8 * p.s; l < 8 * p.s + 8; ++l) {
+                y->qs[32 * i + l] = (uint8_t)((L1[l] & 0xF) | ((L2[l] & 0xF) << 4));
+            }
         }
-        m1 = (uint8_t)(m1 << 2);
-        m2 = (uint8_t)(m2 << 2);
-        ql += 32;
+        for (int l = 8 * p.s; l < 8 * p.s + 8; ++l) {
+            int h = 0;
+            for (int k = 0; k < 8; ++k) h |= (S.L[p.g * 8 + k][l] > 15) << k;
+            y->qh[l] = (uint8_t)h;
+        }
     }
+    __syncthreads();
+    kq_store(dst + p.dst0, S.out, p.nsb * (int)sizeof(block_q5_k));
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Q6_K: quantize_row_q6_K_ref (qw == nullptr) / quantize_row_q6_K_impl, which differ only in the
+// Q6_K: quantize_row_q6_K_ref (QW false) / quantize_row_q6_K_impl (QW true), which differ only in the
 // weights make_qx_quants gets (x*x or the importance weights themselves).
 // ---------------------------------------------------------------------------------------------------
-__device__ static __noinline__ void kq_quantize_q6_K(const float* x, const GqItem& it, block_q6_k* y) {
-    const float* qw = it.qw;
-    int8_t L[QK_K];
-    float scales[QK_K / 16];
+typedef KqSmem<16, sizeof(block_q6_k)> KqSmemQ6;
 
+// d and the 8-bit scales from the 16 sub-block scales; S.flag[g]: the all-zero block (memset).
+__device__ __forceinline__ void kq_q6_K_superblock(KqSmemQ6& S, int g, block_q6_k* y) {
+    const float* scales = S.scale + g * 16;
     float max_scale = 0;
     float max_abs_scale = 0;
     for (int ib = 0; ib < QK_K / 16; ++ib) {
-        const float scale = kq_make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib, qw ? qw + 16 * ib : nullptr);
-        scales[ib] = scale;
-        const float abs_scale = fabsf(scale);
-        if (abs_scale > max_abs_scale) { max_abs_scale = abs_scale; max_scale = scale; }
+        const float abs_scale = fabsf(scales[ib]);
+        if (abs_scale > max_abs_scale) { max_abs_scale = abs_scale; max_scale = scales[ib]; }
     }
-    if (max_abs_scale < GQ_GROUP_MAX_EPS) {  // memset(&y[i], 0, ...); d = fp16(0) = 0
-        uint8_t* p = (uint8_t*)y;
-        for (unsigned i = 0; i < sizeof(block_q6_k); ++i) p[i] = 0;
+    S.flag[g] = max_abs_scale < GQ_GROUP_MAX_EPS;
+    if (S.flag[g]) {  // memset(&y[i], 0, ...); d = fp16(0) = 0
+        uint8_t* b = (uint8_t*)y;
+        for (unsigned i = 0; i < sizeof(block_q6_k); ++i) b[i] = 0;
         return;
     }
-
     const float iscale = -128.f / max_scale;
     y->d = gq_fp32_to_fp16(1 / iscale);
     for (int ib = 0; ib < QK_K / 16; ++ib) y->scales[ib] = (int8_t)GQ_MIN(127, gq_nearest_int(iscale * scales[ib]));
-    const float dall = gq_fp16_to_fp32(y->d);
-    for (int j = 0; j < QK_K / 16; ++j) {
-        const float d = dall * y->scales[j];
-        if (!d) continue;
-        for (int ii = 0; ii < 16; ++ii) {
-            int l = gq_nearest_int(x[16 * j + ii] / d);
-            l = GQ_MAX(-32, GQ_MIN(31, l));
-            L[16 * j + ii] = (int8_t)(l + 32);
-        }
-    }
+}
 
-    uint8_t* ql = y->ql;
-    uint8_t* qh = y->qh;
-    for (int j = 0; j < QK_K; j += 128) {
-        for (int l = 0; l < 32; ++l) {
-            const uint8_t q1 = L[j + l + 0] & 0xF;
-            const uint8_t q2 = L[j + l + 32] & 0xF;
-            const uint8_t q3 = L[j + l + 64] & 0xF;
-            const uint8_t q4 = L[j + l + 96] & 0xF;
-            ql[l + 0] = (uint8_t)(q1 | (q3 << 4));
-            ql[l + 32] = (uint8_t)(q2 | (q4 << 4));
-            qh[l] = (uint8_t)((L[j + l] >> 4) | ((L[j + l + 32] >> 4) << 2) | ((L[j + l + 64] >> 4) << 4) |
-                              ((L[j + l + 96] >> 4) << 6));
+// Lane s's slice: ql byte 64h + l holds values 128h + l (low nibble) and 128h + 64 + l, byte 64h + 32 + l
+// values 128h + 32 + l and 128h + 96 + l; qh byte 32h + l bits 4-5 of 128h + 32m + l at bits 2m.
+__device__ __forceinline__ void kq_q6_K_pack(KqSmemQ6& S, int g, int s, block_q6_k* y) {
+    for (int h = 0; h < 2; ++h) {
+        for (int l = 8 * s; l < 8 * s + 8; ++l) {
+            const int e = 128 * h + l;
+            y->ql[64 * h + l] = (uint8_t)((S.level(g, e) & 0xF) | ((S.level(g, e + 64) & 0xF) << 4));
+            y->ql[64 * h + 32 + l] = (uint8_t)((S.level(g, e + 32) & 0xF) | ((S.level(g, e + 96) & 0xF) << 4));
+            y->qh[32 * h + l] = (uint8_t)((S.level(g, e) >> 4) | ((S.level(g, e + 32) >> 4) << 2) |
+                                          ((S.level(g, e + 64) >> 4) << 4) | ((S.level(g, e + 96) >> 4) << 6));
         }
-        ql += 64;
-        qh += 32;
     }
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Entry points
-// ---------------------------------------------------------------------------------------------------
-GQ_QUANTIZE_ITEM(q2_k, block_q2_k, QK_K, kq_quantize_q2_K)
-GQ_QUANTIZE_ITEM(q3_k, block_q3_k, QK_K, kq_quantize_q3_K)
-GQ_QUANTIZE_ITEM(q4_k, block_q4_k, QK_K, kq_quantize_q4_K)
-GQ_QUANTIZE_ITEM(q5_k, block_q5_k, QK_K, kq_quantize_q5_K)
-GQ_QUANTIZE_ITEM(q6_k, block_q6_k, QK_K, kq_quantize_q6_K)
+template <class Src, bool QW>
+__device__ __forceinline__ void quantize_q6_k_item(GQ_QUANTIZE_PARAMS) {
+    __shared__ KqSmemQ6 S;
+    KqPlace p;
+    if (!kq_begin<Src, QW, 0>(GQ_QUANTIZE_ARGS, S, p)) return;
+    for (int j = p.s * 4; j < p.s * 4 + 4 && p.valid; ++j) {
+        // sub-block j's search; the importance weights themselves are its weights (quantize_row_q6_K_impl)
+        const int r = p.g * 16 + j;
+        float* w = S.w[r];
+        if (QW) for (int i = 0; i < 16; ++i) w[i] = p.qw[16 * j + i];
+        S.scale[r] = kq_make_qx_quants(16, 32, S.x[r], (int8_t*)S.L[r], QW ? w : nullptr);
+    }
+    __syncthreads();
+    block_q6_k* y = (block_q6_k*)(S.out + p.g * sizeof(block_q6_k));
+    if (p.valid && p.s == 0) kq_q6_K_superblock(S, p.g, y);
+    __syncthreads();
+    if (p.valid && !S.flag[p.g]) {
+        const float dall = gq_fp16_to_fp32(y->d);
+        S.requantize_slice(p.g, p.s, [&](int j, const float* x, uint8_t* L) {  // with the rounded scales
+            const float d = dall * y->scales[j];
+            if (!d) return;
+            for (int ii = 0; ii < 8; ++ii) {
+                int l = gq_nearest_int(x[ii] / d);
+                l = GQ_MAX(-32, GQ_MIN(31, l));
+                L[ii] = (uint8_t)(l + 32);
+            }
+        });
+        kq_q6_K_pack(S, p.g, p.s, y);
+    }
+    __syncthreads();
+    kq_store(dst + p.dst0, S.out, p.nsb * (int)sizeof(block_q6_k));
+}
 
-GQ_QUANTIZE_ENTRY_POINTS(q2_k)
-GQ_QUANTIZE_ENTRY_POINTS(q3_k)
-GQ_QUANTIZE_ENTRY_POINTS(q4_k)
-GQ_QUANTIZE_ENTRY_POINTS(q5_k)
-GQ_QUANTIZE_ENTRY_POINTS(q6_k)
+// ---------------------------------------------------------------------------------------------------
+// Entry points: quantize_q*_k_{f32,f16,bf16} (no importance weights) and ..._qw
+// ---------------------------------------------------------------------------------------------------
+GQ_QUANTIZE_QW_ENTRY_POINTS(q2_k)
+GQ_QUANTIZE_QW_ENTRY_POINTS(q3_k)
+GQ_QUANTIZE_QW_ENTRY_POINTS(q4_k)
+GQ_QUANTIZE_QW_ENTRY_POINTS(q5_k)
+GQ_QUANTIZE_QW_ENTRY_POINTS(q6_k)
 
 // ---------------------------------------------------------------------------------------------------
 // Dequantize: dequantize_row_q*_K of one super-block, every value stored through gq_x86_nan (an inf

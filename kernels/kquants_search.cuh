@@ -2,27 +2,35 @@
 // make_qp_quants (included by kquants.cu; the searches shared with legacy.cu, make_qx_quants and
 // make_qkx2/qkx3_quants, are in common.cuh). gpuquant/quants/kquants_search.py is the numpy twin.
 //
-// All out of line (__noinline__): the k-quant kernels call the searches from several places each, and
-// inlining every call makes NVRTC compile ~20% longer. kq_make_qx_quants and kq_make_qkx_quants are
-// out-of-line wrappers of common.cuh's make_qx_quants (rmse_type 1, the k-quants' only one) and
-// make_qkx_quants.
+// kquants.cu calls every search from one lane per sub-block (or one lane per super-block for the
+// second-level searches) on arrays in shared memory.
 #pragma once
 #include "common.cuh"
 
-// make_qx_quants(n, nmax, x, L, 1, qw): qw == nullptr means weights x*x (quantize_row_q6_K_ref).
-__device__ static __noinline__ float kq_make_qx_quants(int n, int nmax, const float* x, int8_t* L, const float* qw) {
+// On a GPU the searches inline (shared-memory addressing, no call frames). On the x86 host they stay out
+// of line: with n a runtime value g++ vectorizes their loops (in-order reductions), with n a constant it
+// unrolls them into scalar code about twice as slow. Codegen only: the same operations either way.
+#ifdef GQ_X86_HOST
+#define KQ_SEARCH __attribute__((noinline))
+#else
+#define KQ_SEARCH __forceinline__
+#endif
+
+// make_qx_quants(n, nmax, x, L, 1, qw) (rmse_type 1, the k-quants' only one): qw == nullptr means
+// weights x*x (quantize_row_q6_K_ref).
+__device__ static KQ_SEARCH float kq_make_qx_quants(int n, int nmax, const float* x, int8_t* L, const float* qw) {
     return gq_make_qx_quants(n, nmax, x, L, 1, qw);
 }
 
 // make_qkx2_quants / make_qkx3_quants with weights (see gq_make_qkx_quants).
-__device__ static __noinline__ float kq_make_qkx_quants(int n, int nmax, const float* x, const float* weights,
-                                                        uint8_t* L, float* the_min, uint8_t* Laux, float rmin,
-                                                        float rdelta, int nstep, bool use_mad) {
+__device__ static KQ_SEARCH float kq_make_qkx_quants(int n, int nmax, const float* x, const float* weights, uint8_t* L,
+                                             float* the_min, uint8_t* Laux, float rmin, float rdelta, int nstep,
+                                             bool use_mad) {
     return gq_make_qkx_quants(n, nmax, x, weights, L, the_min, Laux, rmin, rdelta, nstep, use_mad);
 }
 
 // make_q3_quants with do_rmse == true (its only use, quantize_row_q3_K_ref): L in [0, 2*nmax).
-__device__ static __noinline__ float kq_make_q3_quants(int n, int nmax, const float* x, int8_t* L) {
+__device__ static KQ_SEARCH float kq_make_q3_quants(int n, int nmax, const float* x, int8_t* L) {
     float max = 0;
     float amax = 0;
     for (int i = 0; i < n; ++i) {
@@ -44,6 +52,7 @@ __device__ static __noinline__ float kq_make_q3_quants(int n, int nmax, const fl
         sumlx += w * x[i] * l;
         suml2 += w * l * l;
     }
+    GQ_NO_UNROLL
     for (int itry = 0; itry < 5; ++itry) {
         int n_changed = 0;
         for (int i = 0; i < n; ++i) {
@@ -71,7 +80,7 @@ __device__ static __noinline__ float kq_make_q3_quants(int n, int nmax, const fl
 
 // make_qp_quants: the sub-block scales (or mins) of an _impl path quantized to [0, nmax] with weights.
 // L is uint8_t as in ggml (a negative nearest_int wraps), and the float reads below see that value.
-__device__ static __noinline__ float kq_make_qp_quants(int n, int nmax, const float* x, uint8_t* L,
+__device__ static KQ_SEARCH float kq_make_qp_quants(int n, int nmax, const float* x, uint8_t* L,
                                                        const float* quant_weights) {
     float max = 0;
     for (int i = 0; i < n; ++i) max = GQ_MAX(max, x[i]);
@@ -88,6 +97,7 @@ __device__ static __noinline__ float kq_make_qp_quants(int n, int nmax, const fl
         const float w = quant_weights[i];
         best_mse += w * diff * diff;
     }
+    GQ_NO_UNROLL
     for (int is = -4; is <= 4; ++is) {
         if (is == 0) continue;
         const float iscale_is = (0.1f * is + nmax) / max;
@@ -112,6 +122,7 @@ __device__ static __noinline__ float kq_make_qp_quants(int n, int nmax, const fl
         sumlx += w * x[i] * l;
         suml2 += w * l * l;
     }
+    GQ_NO_UNROLL
     for (int itry = 0; itry < 5; ++itry) {
         int n_changed = 0;
         for (int i = 0; i < n; ++i) {

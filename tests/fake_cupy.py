@@ -45,8 +45,8 @@ def _kernel_table() -> dict[str, tuple[str, bool]]:
     """kernel name -> (family, uses __syncthreads)."""
     sync = {}
     for spec in K.KERNELS.values():
-        for s in K.SOURCE_TYPES.values():
-            sync[f"quantize_{spec.name}_{s}"] = spec.sync
+        for name in spec.quantize_kernels():
+            sync[name] = spec.sync
         sync[f"dequantize_{spec.name}"] = spec.sync
     return {name: (fam, sync.get(name, False)) for fam in K.available_families() for name in kernel_names(K.source(fam))}
 

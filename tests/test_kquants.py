@@ -6,6 +6,8 @@ super-block scale searches against llama.cpp. Byte identity on every device is t
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -282,3 +284,39 @@ def test_search_corners_with_gpu_nan_bits(gpu_nan_pair, qtype, case, wkind):
     x = edge_rows(case, rng)
     qw = _imatrix(rng, x.shape[1], wkind)
     assert_bytes(_run(gpu, x, qtype, qw), _run(host, x, qtype, qw), qtype, x, f"GPU NaN bits, {case}/{wkind}")
+
+
+# ----------------------------------------------------------------------------- kernel resources
+
+def _ptxas_kernels(log: str) -> dict[str, tuple[int, int, int]]:
+    """``{kernel: (stack bytes, spill bytes, registers)}`` from ptxas' ``-v`` report."""
+    out, name, stack, spill = {}, None, 0, 0
+    for ln in log.splitlines():
+        if m := re.search(r"Function properties for (\w+)", ln):
+            name = m.group(1)
+        elif name and (m := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", ln)):
+            stack, spill = int(m.group(1)), int(m.group(2)) + int(m.group(3))
+        elif name and (m := re.search(r"Used (\d+) registers", ln)):
+            out[name] = (stack, spill, int(m.group(1)))
+            name = None
+    return out
+
+
+def test_quantize_kernels_keep_no_local_memory_on_sm_90():
+    """Every K-quant quantize kernel (both instantiations, every source type) as ptxas builds it for sm_90:
+    a 0-byte stack frame, no spills, at most 128 registers (the per-sub-block design of kquants_block.cuh;
+    the one-thread-per-super-block kernels kept 1.5-1.7 KB per thread in local memory)."""
+    from gpuquant.backends import kernels as K
+    from gpuquant.backends import nvrtc
+
+    try:
+        nv = nvrtc.load()
+    except Exception as e:  # noqa: BLE001 - any failure to find libnvrtc
+        pytest.skip(f"libnvrtc not found: {e}")
+    report = _ptxas_kernels(nvrtc.compile_family("kquants", "sm_90", nv=nv).log)
+    names = [n for t in TYPES for n in K.KERNELS[GGMLQuantizationType[t]].quantize_kernels()]
+    assert len(names) == 30 and sum(n.endswith("_qw") for n in names) == 15, names
+    missing = [n for n in names if n not in report]
+    assert not missing, f"ptxas reported no resources for {missing}"
+    bad = {n: report[n] for n in names if report[n][0] or report[n][1] or report[n][2] > 128}
+    assert not bad, f"(stack, spill, registers) over the limits: {bad}"

@@ -283,17 +283,20 @@ def test_table_kernels_are_defined(family: str):
     for dst, spec in K.KERNELS.items():
         if spec.family != family:
             continue
-        names |= {f"quantize_{spec.name}_{s}" for s in K.SOURCE_TYPES.values()}
+        names |= set(spec.quantize_kernels())
         if spec.dequantize:
             names.add(f"dequantize_{spec.name}")
     if family == "legacy":
         names |= {f"rowstat_sumsq_{s}" for s in K.SOURCE_TYPES.values()}
-    # entry points are spelled out or made by GQ_QUANTIZE_ENTRY_POINTS(<name>)
+    # entry points are spelled out or made by GQ_QUANTIZE_ENTRY_POINTS(<name>) (GQ_QUANTIZE_QW_ENTRY_POINTS:
+    # the _qw ones too)
     macro = {f"quantize_{m}_{s}" for m in _macro_names(text) for s in K.SOURCE_TYPES.values()}
+    macro |= {f"quantize_{m}_{s}{q}" for m in _macro_names(text, "QW_") for s in K.SOURCE_TYPES.values()
+              for q in ("", "_qw")}
     missing = sorted(n for n in names if f"void {n}(" not in text and n not in macro)
     assert not missing, f"{family}.cu lacks kernels {missing}"
 
 
-def _macro_names(text: str) -> list[str]:
-    return re.findall(r"^GQ_QUANTIZE_ENTRY_POINTS\((\w+)\)", text, flags=re.M)
+def _macro_names(text: str, kind: str = "") -> list[str]:
+    return re.findall(rf"^GQ_QUANTIZE_{kind}ENTRY_POINTS\((\w+)\)", text, flags=re.M)
 

@@ -70,8 +70,9 @@ def test_kernel_entry_points_exist(qtype):
     assert path.is_file(), f"{qtype.name}: kernel source {path} missing"
     text = path.read_text()
     macro = set(re.findall(r"^GQ_QUANTIZE_ENTRY_POINTS\((\w+)\)", text, flags=re.M))
-    names = [f"quantize_{spec.name}_{s}" for s in K.SOURCE_TYPES.values()]
-    missing = [n for n in names if f"void {n}(" not in text and spec.name not in macro]
+    qw_macro = set(re.findall(r"^GQ_QUANTIZE_QW_ENTRY_POINTS\((\w+)\)", text, flags=re.M))
+    made = qw_macro if spec.qw_kernels else macro | qw_macro
+    missing = [n for n in spec.quantize_kernels() if f"void {n}(" not in text and spec.name not in made]
     if spec.dequantize and f"void dequantize_{spec.name}(" not in text:
         missing.append(f"dequantize_{spec.name}")
     assert not missing, f"{qtype.name}: {spec.family}.cu lacks {missing}"

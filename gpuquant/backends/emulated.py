@@ -128,14 +128,15 @@ def _remove_stale(out_dir: Path, age_s: float = 3600.0) -> None:
 _KERNEL_RE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(')
 _DYNAMIC_SHARED_RE = re.compile(r"\bextern\s+__shared__\b")
 _COMMENT_RE = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
-_ENTRY_RE = re.compile(r"^\s*GQ_QUANTIZE_ENTRY_POINTS\((\w+)\)", re.M)
+_ENTRY_RE = re.compile(r"^\s*GQ_QUANTIZE_(QW_)?ENTRY_POINTS\((\w+)\)", re.M)
 
 
 def kernel_names(text: str) -> list[str]:
-    """The ``extern "C" __global__`` kernels of a source, those made by GQ_QUANTIZE_ENTRY_POINTS too."""
+    """The ``extern "C" __global__`` kernels of a source, those made by GQ_QUANTIZE_ENTRY_POINTS and
+    GQ_QUANTIZE_QW_ENTRY_POINTS (also ``..._<src>_qw``) too."""
     names = _KERNEL_RE.findall(text)
-    for dst in _ENTRY_RE.findall(text):
-        names += [f"quantize_{dst}_{s}" for s in K.SOURCE_TYPES.values()]
+    for qw, dst in _ENTRY_RE.findall(text):
+        names += [f"quantize_{dst}_{s}{q}" for q in ("", "_qw")[:1 + bool(qw)] for s in K.SOURCE_TYPES.values()]
     return list(dict.fromkeys(names))
 
 

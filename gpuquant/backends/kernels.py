@@ -80,7 +80,8 @@ class KernelSpec:
     be partial) instead of whole blocks of rows. ``dequantize``: a ``dequantize_<name>`` kernel exists.
     ``rowstat``: with importance weights, ``rowstat_sumsq_<src>`` runs first. ``sync``: the kernels use
     ``__syncthreads`` (the emulator then runs a block's threads as fibers). ``aborts``: the type's
-    ``ggml_aborts``: the quantize kernels take a status word (see the module docstring).
+    ``ggml_aborts``: the quantize kernels take a status word (see the module docstring). ``qw_kernels``: with
+    importance weights the quantize kernel is ``quantize_<name>_<src>_qw`` (see :meth:`quantize_kernel`).
     """
 
     family: str
@@ -93,10 +94,19 @@ class KernelSpec:
     sync: bool = False
     items_per_block: int = 0  # work items per CUDA block (0: threads, one thread per item)
     aborts: bool = False
+    qw_kernels: bool = False
 
     def __post_init__(self) -> None:
         if not self.items_per_block:
             object.__setattr__(self, "items_per_block", self.threads)
+
+    def quantize_kernel(self, src_name: str, has_quant_weights: bool) -> str:
+        """The quantize kernel a plan launches for source suffix ``src_name`` (f32/f16/bf16)."""
+        return f"quantize_{self.name}_{src_name}" + ("_qw" if has_quant_weights and self.qw_kernels else "")
+
+    def quantize_kernels(self) -> list[str]:
+        """Every quantize kernel a plan can launch for this type."""
+        return list(dict.fromkeys(self.quantize_kernel(s, q) for s in SOURCE_TYPES.values() for q in (False, True)))
 
 
 def _spec(cls) -> KernelSpec | None:
@@ -105,7 +115,8 @@ def _spec(cls) -> KernelSpec | None:
         return None
     return KernelSpec(cls.family, cls.qtype.name.lower(), k.threads, k.item_elems or cls.block_size, flat=k.flat,
                       dequantize=k.dequantize, rowstat=k.rowstat, sync=k.sync,
-                      items_per_block=k.items_per_block or k.threads, aborts=cls.ggml_aborts)
+                      items_per_block=k.items_per_block or k.threads, aborts=cls.ggml_aborts,
+                      qw_kernels=k.qw_kernels)
 
 
 #: destination type -> kernels, derived from each registered type's ``kernel`` declaration
@@ -311,7 +322,7 @@ def launch_plan(src: T, dst: T, n_per_row: int, rows_per_expert: int, n_expert: 
         items = _ceil_div(rows_per_expert * n_per_row, spec.item_elems)
     else:
         items = rows_per_expert * (n_per_row // spec.item_elems)
-    launches.append(Launch(spec.family, f"quantize_{spec.name}_{src_name}", "quantize",
+    launches.append(Launch(spec.family, spec.quantize_kernel(src_name, has_quant_weights), "quantize",
                            (max(1, _ceil_div(items, spec.items_per_block)), 1, n_expert), (spec.threads, 1, 1),
                            spec.sync, inp, "dst", use_qw=has_quant_weights, use_rowstat=use_rowstat,
                            use_status=spec.aborts))

@@ -112,6 +112,9 @@ class Kernel:
     ``flat``: work items tile each expert's rows as one flat array (float conversions). ``rowstat``: with
     importance weights, the ``rowstat_sumsq_<src>`` pre-pass of legacy.cu runs first. ``sync``: the kernels
     use ``__syncthreads`` or warp intrinsics (the emulator then runs a block's threads as fibers).
+    ``qw_kernels``: with importance weights the plan launches ``quantize_<name>_<src>_qw``, a separate
+    instantiation (kernels/common.cuh GQ_QUANTIZE_QW_ENTRY_POINTS), so that neither path pays the other's
+    registers.
     """
 
     threads: int
@@ -121,6 +124,7 @@ class Kernel:
     rowstat: bool = False
     sync: bool = False
     dequantize: bool = True
+    qw_kernels: bool = False
 
 
 class QuantType:

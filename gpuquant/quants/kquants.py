@@ -169,7 +169,9 @@ class _KQuant(QuantType):
     """Shared row driver: rows -> super-blocks -> chunks; subclasses write ``_superblocks`` and
     ``_dequantize``."""
 
-    kernel = Kernel(threads=64)
+    # kernels/kquants_block.cuh: KQ_SB = 8 super-blocks per CUDA block, KQ_LANES = 4 threads each; the
+    # _impl path in its own instantiation
+    kernel = Kernel(threads=32, items_per_block=8, sync=True, qw_kernels=True)
 
     @classmethod
     def dequantize_rows(cls, raw: np.ndarray) -> np.ndarray:
