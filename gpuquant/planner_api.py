@@ -15,9 +15,9 @@ from .config import QuantizeConfig
 from .gguf_io import GGUFModel
 from .mix_rules import is_quantized
 from .pipeline import TensorWork
-from .planner_job import base_ftype_for, make_plan
+from .planner_job import Measured, base_ftype_for, measure_model, solve_budget
 
-__all__ = ["check_applied", "plan_sizes"]
+__all__ = ["check_applied", "plan_budgets", "plan_sizes"]
 
 PROVISIONAL_FTYPE = "Q8_0"  # the base used to plan when no --type is given (it decides no tensor's type)
 
@@ -57,8 +57,8 @@ def _check_options(cfg: QuantizeConfig) -> None:
         raise api.UsageError(f"--measure-rows: must be a positive number, got {cfg.measure_rows}")
 
 
-def plan_sizes(src: Path, model: GGUFModel, cfg: QuantizeConfig, imat, ftype: mixes.FType | None, on_measure):
-    """Plan, then return (the config that writes the plan, the plan, the device opened here or None)."""
+def _measured(src: Path, model: GGUFModel, cfg: QuantizeConfig, imat, ftype, on_measure):
+    """The measuring pass of a job -> (Measured, base ftype, the device opened here or None)."""
     _check_options(cfg)
     ladder = _ladder(cfg)
     base = _checked_base(ftype)
@@ -66,16 +66,11 @@ def plan_sizes(src: Path, model: GGUFModel, cfg: QuantizeConfig, imat, ftype: mi
     plans = api._plan_tensors(src, model, params)
     header = _header_bytes(model, plans, cfg, imat)
     owned = None if isinstance(cfg.device, Device) else open_device(cfg.device, cfg.threads)
-    dev = owned or cfg.device
     n_notes = len(imat.notes) if imat is not None else 0
     try:
-        plan = make_plan(model, plans, params, imat, dev=dev, ladder=ladder, header_bytes=header,
-                         budget_of=lambda n: pl.budget_for(cfg.target_bpw, cfg.target_size, n),
-                         base_ftype=base.name, max_rows=cfg.measure_rows, progress=on_measure)
-        plan.base_ftype = ftype.name if ftype else base_ftype_for(plan)
-        _check_budget(plan)
-        if cfg.save_plan:
-            _save(plan, cfg.save_plan)
+        ms = measure_model(model, plans, params, imat, dev=owned or cfg.device, ladder=ladder,
+                           header_bytes=header, max_rows=cfg.measure_rows, progress=on_measure,
+                           budgets=[lambda n: pl.budget_for(cfg.target_bpw, cfg.target_size, n)])
     except pl.BudgetError as e:
         if owned is not None:
             owned.close()
@@ -86,8 +81,53 @@ def plan_sizes(src: Path, model: GGUFModel, cfg: QuantizeConfig, imat, ftype: mi
         raise
     if imat is not None:
         del imat.notes[n_notes:]  # the file's run notes them again
-    out = dataclasses.replace(cfg, ftype=plan.base_ftype, tensor_types=pl.plan_patterns(plan), device=dev)
-    return out, plan, owned
+    return ms, base, owned
+
+
+def _solved(ms: Measured, cfg: QuantizeConfig, ftype, base) -> tuple[QuantizeConfig, pl.Plan]:
+    """The plan of the job's budget, checked and saved, and the config that writes it."""
+    try:
+        plan = solve_budget(ms, pl.budget_for(cfg.target_bpw, cfg.target_size, ms.n_elements), base.name)
+    except pl.BudgetError as e:
+        raise api.UsageError(str(e)) from None
+    plan.base_ftype = ftype.name if ftype else base_ftype_for(plan)
+    _check_budget(plan)
+    if cfg.save_plan:
+        _save(plan, cfg.save_plan)
+    return dataclasses.replace(cfg, ftype=plan.base_ftype, tensor_types=pl.plan_patterns(plan)), plan
+
+
+def plan_sizes(src: Path, model: GGUFModel, cfg: QuantizeConfig, imat, ftype: mixes.FType | None, on_measure):
+    """Plan, then return (the config that writes the plan, the plan, the device opened here or None)."""
+    ms, base, owned = _measured(src, model, cfg, imat, ftype, on_measure)
+    try:
+        out, plan = _solved(ms, cfg, ftype, base)
+    except BaseException:
+        if owned is not None:
+            owned.close()
+        raise
+    return dataclasses.replace(out, device=owned or cfg.device), plan, owned
+
+
+def plan_budgets(src, cfg: QuantizeConfig, budgets: list[dict], on_measure=None) -> list[tuple[QuantizeConfig, pl.Plan]]:
+    """One measuring pass, several budgets: ``budgets`` are dicts of ``target_bpw`` / ``target_size`` /
+    ``save_plan``; returns per budget the config that writes its plan (pass it to ``quantize_file``)."""
+    from .gguf_io import read_model
+
+    src = Path(src)
+    model = read_model(src)
+    imat = api._load_imatrix(cfg)
+    ftype = None if cfg.ftype is None else api._parse_ftype(cfg)
+    first = dataclasses.replace(cfg, **{"target_bpw": None, "target_size": None, **budgets[0]})
+    ms, base, owned = _measured(src, model, first, imat, ftype, on_measure)
+    if owned is not None:
+        owned.close()
+    out = []
+    for b in budgets:
+        job = dataclasses.replace(cfg, **{"target_bpw": None, "target_size": None, "save_plan": None, **b})
+        plan_cfg, plan = _solved(ms, job, ftype, base)
+        out.append((dataclasses.replace(plan_cfg, target_bpw=None, target_size=None, save_plan=None), plan))
+    return out
 
 
 def _check_budget(plan: pl.Plan) -> None:

@@ -1,6 +1,6 @@
 """One planner run over a model: which tensors are free, measuring, the knapsack, the nearest presets.
 
-:func:`make_plan` takes llama-quantize's own plan of the base ftype (``mixes.plan`` with the user's
+:func:`measure_model` and :func:`solve_budget` take llama-quantize's own plan of the base ftype (``mixes.plan`` with the user's
 options) and returns a :class:`planner.Plan`; ``quantize_file`` then pins every tensor to its planned type
 with the patterns of ``planner.plan_patterns`` and writes the file as usual.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -20,7 +21,7 @@ from .mix_rules import Category, is_quantized, requires_imatrix
 from .planner_measure import Measurement, Task, measure
 from .quants import GGMLQuantizationType as T, type_name
 
-__all__ = ["PRESETS", "base_ftype_for", "fixed_reason", "make_plan"]
+__all__ = ["Measured", "PRESETS", "base_ftype_for", "fixed_reason", "measure_model", "solve_budget"]
 
 # the presets compared with a plan (those whose types gpuquant can write are used)
 PRESETS = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M", "Q2_K", "Q3_K_S",
@@ -122,15 +123,31 @@ def _sizes(plans, types: dict[str, T], header: int) -> tuple[int, int]:
     return data, header + file
 
 
-def make_plan(model: GGUFModel, plans: mixes.Plan, params: mixes.QuantizeParams, imat, *, dev: Device,
-              ladder: Sequence[T], budget_of: Callable[[int], pl.Budget], header_bytes: int,
-              base_ftype: str, max_rows: int | None = None, compare_presets: bool = True,
-              progress: Callable[[str, int, int], None] | None = None) -> pl.Plan:
-    """Measure, solve and return the plan (raises ``planner.BudgetError`` for a budget too small)."""
+@dataclass
+class Measured:
+    """A model measured once: enough to plan for any number of budgets (:func:`solve_budget`)."""
+
+    plans: mixes.Plan
+    params: mixes.QuantizeParams
+    free: dict[str, list[T]]
+    measurement: Measurement
+    presets: dict[str, mixes.Plan]
+    header_bytes: int
+    ladder: Sequence[T]
+    weighted: bool
+
+    @property
+    def n_elements(self) -> int:
+        return sum(math.prod(p.shape_ne) for p in self.plans)
+
+
+def measure_model(model: GGUFModel, plans: mixes.Plan, params: mixes.QuantizeParams, imat, *, dev: Device,
+                  ladder: Sequence[T], header_bytes: int, max_rows: int | None = None,
+                  compare_presets: bool = True, budgets: Sequence[Callable[[int], pl.Budget]] = (),
+                  progress: Callable[[str, int, int], None] | None = None) -> Measured:
+    """The measuring pass: every free tensor in every candidate, every fixed tensor in its type, and the
+    types of the presets compared with the plan."""
     by_name = {t.name: t for t in model.tensors}
-    n_elements = sum(math.prod(p.shape_ne) for p in plans)
-    budget = budget_of(n_elements)
-    whole_file = budget.kind == "size"
     presets = _preset_plans(model, plans, params) if compare_presets else {}
     extra: dict[str, set] = {}
     for pp in presets.values():
@@ -138,16 +155,34 @@ def make_plan(model: GGUFModel, plans: mixes.Plan, params: mixes.QuantizeParams,
             if p.allows_quantization and p.quantize:
                 extra.setdefault(p.name, set()).add(p.target_type)
     tasks, free = _tasks(plans, by_name, params, imat, ladder, extra)
+    for budget in budgets:  # a budget too small fails before the expensive part
+        _capacity(plans, free, budget, header_bytes, ladder)
     m = measure(dev, tasks, max_rows=max_rows, default_weight=_mean_weight(tasks), progress=progress)
-    items = _items(plans, free, m, whole_file)
+    return Measured(plans, params, free, m, presets, header_bytes, ladder, imat is not None)
+
+
+def _capacity(plans, free: dict[str, list[T]], budget_of, header: int, ladder) -> int:
+    """Bytes left for the free tensors; :class:`planner.BudgetError` naming the smallest possible size when
+    even their smallest candidates do not fit. ``budget_of``: a Budget or a function of the element count."""
+    n_elements = sum(math.prod(p.shape_ne) for p in plans)
+    budget = budget_of if isinstance(budget_of, pl.Budget) else budget_of(n_elements)
+    whole_file = budget.kind == "size"
     fixed = sum(_nbytes(p, p.target_type, whole_file) for p in plans if p.name not in free)
-    capacity = budget.max_bytes - fixed - (header_bytes if whole_file else 0)
-    smallest = sum(min(o.nbytes for o in it.options) for it in items)
+    capacity = budget.max_bytes - fixed - (header if whole_file else 0)
+    smallest = sum(min(_nbytes(p, t, whole_file) for t in free[p.name]) for p in plans if p.name in free)
     if smallest > capacity:
         raise _too_small(budget, budget.max_bytes - capacity + smallest, n_elements, ladder)
+    return capacity
+
+
+def solve_budget(ms: Measured, budget: pl.Budget, base_ftype: str) -> pl.Plan:
+    """The least-error plan within ``budget`` (raises ``planner.BudgetError`` for a budget too small)."""
+    items = _items(ms.plans, ms.free, ms.measurement, budget.kind == "size")
+    capacity = _capacity(ms.plans, ms.free, budget, ms.header_bytes, ms.ladder)
     choice = pl.solve(items, capacity)
     types = {it.name: it.options[k].qtype for it, k in zip(items, choice)}
-    return _assemble(plans, params, types, m, budget, header_bytes, base_ftype, presets, imat is not None)
+    return _assemble(ms.plans, ms.params, types, ms.measurement, budget, ms.header_bytes, base_ftype,
+                     ms.presets, ms.weighted)
 
 
 def _assemble(plans, params, types, m: Measurement, budget, header, base_ftype, presets, weighted) -> pl.Plan:

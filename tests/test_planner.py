@@ -17,6 +17,7 @@ from gpuquant import planner as pl, quants
 from gpuquant.api import UsageError, quantize_file
 from gpuquant.quants import GGMLQuantizationType as T
 from tests.oracle import available as oracle_available
+from tests.synthetic import write_llama
 from tests.oracle_files import assert_same, ftype_id, oracle_quantize_file, oracle_with_imatrix, sha256, write_imatrix
 
 FAST = dict(device="cpu", candidates="Q4_0,Q5_0,Q8_0,Q3_K,Q4_K,Q6_K", measure_rows=8)
@@ -212,13 +213,14 @@ def test_saved_plan_with_imatrix_and_iq_types_through_llama_quantize(llama_f16, 
     """With an imatrix the IQ2/IQ3 rungs are candidates; the file still matches llama-quantize's."""
     if not oracle_available():
         pytest.skip("llama-cpp-python 0.3.36 (the oracle) is not installed")
-    im = write_imatrix(llama_f16, tmp_path / "imatrix.gguf", "gguf")
+    src = write_llama(tmp_path / "tiny.gguf", n_layer=2, n_ff=512)  # IQ2 is slow in numpy: a tiny model
+    im = write_imatrix(src, tmp_path / "imatrix.gguf", "gguf")
     planned, ref, plan_file = tmp_path / "planned.gguf", tmp_path / "ref.gguf", tmp_path / "plan.txt"
-    report = quantize_file(llama_f16, planned, None, target_bpw=3.0, imatrix=str(im), save_plan=str(plan_file),
-                           device="cpu", candidates="Q4_0,IQ2_XS,IQ3_XXS,Q2_K,Q3_K,Q4_K", measure_rows=4)
+    report = quantize_file(src, planned, None, target_bpw=3.4, imatrix=str(im), save_plan=str(plan_file),
+                           device="cpu", candidates="Q4_0,IQ2_S,IQ3_XXS,Q2_K,Q3_K,Q4_K", measure_rows=4)
     plan = report.size_plan
-    assert plan.weighted and {T.IQ2_XS, T.IQ3_XXS} & {r.qtype for r in plan.rows}
-    oracle_with_imatrix(llama_f16, ref, plan.base_ftype, im,
+    assert plan.weighted and {T.IQ2_S, T.IQ3_XXS} & {r.qtype for r in plan.rows}
+    oracle_with_imatrix(src, ref, plan.base_ftype, im,
                         tensor_types=[(p, int(quants.parse_type(t))) for p, t in _saved(plan_file)])
     assert_same(planned, ref)
 
