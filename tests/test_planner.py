@@ -237,3 +237,25 @@ def test_dry_run_prints_the_plan_and_presets(llama_f16, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "gpuquant", "run", str(llama_f16), "--target-bpw", "1", "--dry-run",
                           "--device", "cpu", "--candidates", "Q4_0"], capture_output=True, text=True, env=env)
     assert bad.returncode == 1 and "too small" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("zero_copy", [True, False])
+def test_measuring_on_the_kernels_matches_numpy(llama_f16, zero_copy):
+    """The measuring pass on the emulated kernels (in place, and through "device" buffers as on a GPU)
+    measures the same errors as the numpy reference: both write the same bytes."""
+    from gpuquant.backends import DeviceError
+    from gpuquant.backends.emulated import EmulatedDevice
+
+    try:
+        dev = EmulatedDevice(threads=2)
+    except DeviceError as e:
+        pytest.skip(f"no host compiler for the emulated kernels: {e}")
+    dev.zero_copy = zero_copy
+    try:
+        kw = dict(target_bpw=5.0, candidates="Q4_0,Q8_0,Q4_K", measure_rows=8)
+        on_kernels = quantize_file(llama_f16, None, None, dry_run=True, device=dev, **kw).size_plan
+    finally:
+        dev.close()
+    on_numpy = quantize_file(llama_f16, None, None, dry_run=True, device="cpu", **kw).size_plan
+    assert [(r.name, r.qtype, r.error) for r in on_kernels.rows] == [(r.name, r.qtype, r.error) for r in on_numpy.rows]
+    assert all("Q4_K" not in n and "Q8_0" not in n for n in on_kernels.notes)  # only the presets' IQ3_S
