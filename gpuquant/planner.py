@@ -29,7 +29,7 @@ from .quants import GGMLQuantizationType as T, QUANT_SIZES, type_name
 
 __all__ = [
     "Budget", "BudgetError", "Option", "Item", "Plan", "PlanRow", "budget_for", "candidates_for",
-    "default_ladder", "parse_candidates", "parse_size", "plan_patterns", "plan_text", "save_plan", "solve",
+    "default_ladder", "parse_candidates", "parse_size", "plan_json", "plan_patterns", "plan_text", "save_plan", "solve",
 ]
 
 # families whose types are not general-purpose weight formats (floats, ternary models, MoE-only FP4, the
@@ -311,6 +311,18 @@ def _columns(head: Sequence[str], rows: list[Sequence[str]], right: Sequence[boo
         return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)).rstrip()
 
     return [line(head), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
+
+
+def plan_json(plan: Plan) -> dict:
+    """The plan for ``--json``: budget, totals, per tensor rows, presets."""
+    return {"budget": {"kind": plan.budget.kind, "max_bytes": plan.budget.max_bytes, "asked": plan.budget.text},
+            "base_ftype": plan.base_ftype, "data_bytes": plan.data_bytes, "file_bytes": plan.file_bytes,
+            "bpw": plan.bpw, "error": plan.error, "rel_error": plan.rel_error, "weighted": plan.weighted,
+            "measure_seconds": plan.measure_seconds, "notes": plan.notes,
+            "tensors": [{"name": r.name, "type": type_name(r.qtype), "bytes": r.nbytes, "error": r.error,
+                         "energy": r.energy, "fixed": r.fixed} for r in plan.rows],
+            "presets": [{"ftype": p.ftype, "bpw": p.bpw, "data_bytes": p.data_bytes, "file_bytes": p.file_bytes,
+                         "error": p.error} for p in plan.presets]}
 
 
 def plan_text(plan: Plan) -> str:

@@ -228,12 +228,18 @@ def test_saved_plan_with_imatrix_and_iq_types_through_llama_quantize(llama_f16, 
 def test_dry_run_prints_the_plan_and_presets(llama_f16, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     r = subprocess.run([sys.executable, "-m", "gpuquant", "run", str(llama_f16), "--target-bpw", "5", "--dry-run",
-                        "--device", "cpu", "--candidates", FAST["candidates"], "--measure-rows", "8"],
+                        "--device", "cpu", "--candidates", FAST["candidates"], "--measure-rows", "8",
+                        "--json", str(tmp_path / "r.json")],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     for text in ("size plan", "per type", "budget:", "nearest presets", "blk.0.attn_q.weight", "Q4_K_M"):
         assert text in r.stdout
     assert "measuring" in r.stderr
+    import json
+
+    doc = json.loads((tmp_path / "r.json").read_text())["size_plan"]
+    assert doc["bpw"] <= 5.0 and doc["data_bytes"] <= doc["budget"]["max_bytes"]
+    assert {t["name"] for t in doc["tensors"]} >= {"blk.0.attn_q.weight", "output.weight"}
     bad = subprocess.run([sys.executable, "-m", "gpuquant", "run", str(llama_f16), "--target-bpw", "1", "--dry-run",
                           "--device", "cpu", "--candidates", "Q4_0"], capture_output=True, text=True, env=env)
     assert bad.returncode == 1 and "too small" in bad.stderr and "Traceback" not in bad.stderr
