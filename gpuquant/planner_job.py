@@ -1,8 +1,9 @@
 """One planner run over a model: which tensors are free, measuring, the knapsack, the nearest presets.
 
-:func:`measure_model` and :func:`solve_budget` take llama-quantize's own plan of the base ftype (``mixes.plan`` with the user's
-options) and returns a :class:`planner.Plan`; ``quantize_file`` then pins every tensor to its planned type
-with the patterns of ``planner.plan_patterns`` and writes the file as usual.
+:func:`measure_model` takes llama-quantize's own plan of the base ftype (``mixes.plan`` with the user's
+options) and measures; :func:`solve_budget` turns the measurements into a :class:`planner.Plan` for one
+budget. ``quantize_file`` then pins every tensor to its planned type with the patterns of
+``planner.plan_patterns`` and writes the file as usual.
 """
 from __future__ import annotations
 
@@ -66,6 +67,7 @@ def _tasks(plans, by_name, params, imat, ladder, extra: dict[str, set] | None = 
             free[p.name] = opts
         types = set(opts) | ({p.target_type} if p.quantize else set()) | (extra or {}).get(p.name, set())
         types.discard(p.source_type)
+        types = {t for t in types if qw is not None or not quants.get(t).requires_imatrix}
         if types:
             tasks.append(Task(p.name, st, sorted(types), qw))
     return tasks, free
