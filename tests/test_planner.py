@@ -265,3 +265,23 @@ def test_measuring_on_the_kernels_matches_numpy(llama_f16, zero_copy):
     on_numpy = quantize_file(llama_f16, None, None, dry_run=True, device="cpu", **kw).size_plan
     assert [(r.name, r.qtype, r.error) for r in on_kernels.rows] == [(r.name, r.qtype, r.error) for r in on_numpy.rows]
     assert all("Q4_K" not in n and "Q8_0" not in n for n in on_kernels.notes)  # only the presets' IQ3_S
+
+
+def test_option_errors_name_the_option(llama_f16):
+    with pytest.raises(UsageError, match="--target-bpw and --target-size cannot be used together"):
+        _plan(llama_f16, target_bpw=5.0, target_size="2MiB")
+    with pytest.raises(UsageError, match="--target-size .* --keep-split"):
+        _plan(llama_f16, target_size="2MiB", keep_split=True)
+    with pytest.raises(UsageError, match="--measure-rows: must be a positive number, got 0"):
+        _plan(llama_f16, target_bpw=5.0, measure_rows=0)
+    with pytest.raises(UsageError, match="--candidates: .*Q7_K"):
+        _plan(llama_f16, target_bpw=5.0, candidates="Q7_K")
+
+
+def test_positional_type_is_optional_with_a_target():
+    from gpuquant.cli import parse_positional
+
+    assert parse_positional([], None, type_optional=True) == (None, None, None)
+    assert parse_positional(["out.gguf"], None, type_optional=True) == ("out.gguf", None, None)
+    assert parse_positional(["Q4_K_M"], None, type_optional=True) == (None, "Q4_K_M", None)
+    assert parse_positional(["out.gguf", "Q5_K_M", "4"], None, type_optional=True) == ("out.gguf", "Q5_K_M", 4)
