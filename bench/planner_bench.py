@@ -43,12 +43,12 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_texts(work: Path, heldout_chars: int) -> tuple[Path, Path]:
+def write_texts(work: Path, calib_chars: int, heldout_chars: int) -> tuple[Path, Path]:
     from pydoc_data.topics import topics
 
     keys = sorted(topics)
     half = len(keys) // 2
-    calib = GPL.read_text() + "\n\n" + "\n\n".join(topics[k] for k in keys[:half])
+    calib = "\n\n".join(topics[k] for k in keys[:half])[:calib_chars] + "\n\n" + GPL.read_text()
     held = "\n\n".join(topics[k] for k in keys[half:])[:heldout_chars]
     c, h = work / "calibration.txt", work / "heldout.txt"
     c.write_text(calib)
@@ -75,12 +75,36 @@ def imatrix(bin_dir: Path, f16: Path, calib: Path, work: Path, a) -> Path:
 
 
 def perplexity(bin_dir: Path, model: Path, text: Path, work: Path, a) -> float:
+    if not (bin_dir / "llama-perplexity").exists():
+        return perplexity_py(model, text, a)
     out = run([str(bin_dir / "llama-perplexity"), "-m", str(model), "-f", str(text), "-c", str(a.ctx),
                "--chunks", str(a.chunks), "-t", str(a.threads), "-b", str(a.ctx)], work / f"ppl-{model.stem}.log")
     m = re.search(r"Final estimate: PPL = ([0-9.]+)", out)
     if not m:
         raise SystemExit(f"no perplexity in the output for {model}")
     return float(m.group(1))
+
+
+def perplexity_py(model: Path, text: Path, a) -> float:
+    """llama-perplexity's measure with llama-cpp-python (when the tools are not built): chunks of ``ctx``
+    tokens, the first replaced by BOS, the negative log-likelihood of the second half of each chunk."""
+    import numpy as np
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(model), n_ctx=a.ctx, n_batch=a.ctx, n_threads=a.threads, logits_all=True, verbose=False)
+    toks = llm.tokenize(text.read_bytes(), add_bos=False)
+    nll, count = 0.0, 0
+    for c in range(min(a.chunks, len(toks) // a.ctx)):
+        chunk = [llm.token_bos()] + toks[c * a.ctx + 1:(c + 1) * a.ctx]
+        llm.reset()
+        llm.eval(chunk)
+        logits = np.asarray(llm.scores[: a.ctx], dtype=np.float64)
+        for i in range(a.ctx // 2, a.ctx - 1):
+            row = logits[i]
+            m = row.max()
+            nll += m + np.log(np.exp(row - m).sum()) - row[chunk[i + 1]]
+            count += 1
+    return float(np.exp(nll / count))
 
 
 def presets(f16: Path, im: Path, work: Path) -> dict[str, dict]:
@@ -155,17 +179,18 @@ def main() -> None:
     ap.add_argument("--f16", type=Path, required=True)
     ap.add_argument("--bin", type=Path, default=Path("/work/llama-build/bin"))
     ap.add_argument("--work", type=Path, default=Path("/tmp/planner-bench"))
-    ap.add_argument("--ctx", type=int, default=256)
-    ap.add_argument("--chunks", type=int, default=16, help="perplexity chunks of --ctx tokens")
-    ap.add_argument("--imatrix-chunks", type=int, default=32)
+    ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--chunks", type=int, default=6, help="perplexity chunks of --ctx tokens")
+    ap.add_argument("--imatrix-chunks", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--measure-rows", type=int, default=256)
     ap.add_argument("--heldout-chars", type=int, default=40000)
+    ap.add_argument("--calib-chars", type=int, default=20000, help="of Python's topics, before the GPL-3 text")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / f"planner-{datetime.date.today()}.json")
     ap.add_argument("--png", type=Path, default=ROOT / "bench" / "planner.png")
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
-    calib, held = write_texts(a.work, a.heldout_chars)
+    calib, held = write_texts(a.work, a.calib_chars, a.heldout_chars)
     print("imatrix", flush=True)
     im = imatrix(a.bin, a.f16, calib, a.work, a)
     print("presets", flush=True)
