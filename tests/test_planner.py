@@ -285,3 +285,19 @@ def test_positional_type_is_optional_with_a_target():
     assert parse_positional(["out.gguf"], None, type_optional=True) == ("out.gguf", None, None)
     assert parse_positional(["Q4_K_M"], None, type_optional=True) == (None, "Q4_K_M", None)
     assert parse_positional(["out.gguf", "Q5_K_M", "4"], None, type_optional=True) == ("out.gguf", "Q5_K_M", 4)
+
+
+@pytest.mark.oracle
+def test_moe_expert_tensors_planned_and_reproduced(moe_f16, tmp_path):
+    """3-D expert tensors are measured per expert (with per-expert importance weights) and planned as one
+    tensor; the saved plan gives llama-quantize's bytes."""
+    if not oracle_available():
+        pytest.skip("llama-cpp-python 0.3.36 (the oracle) is not installed")
+    im = write_imatrix(moe_f16, tmp_path / "imatrix.gguf", "gguf")
+    planned, ref, plan_file = tmp_path / "planned.gguf", tmp_path / "ref.gguf", tmp_path / "plan.txt"
+    report = quantize_file(moe_f16, planned, None, target_bpw=5.0, imatrix=str(im), save_plan=str(plan_file), **FAST)
+    rows = {r.name: r for r in report.size_plan.rows}
+    assert any("_exps" in n for n in rows) and report.size_plan.bpw <= 5.0
+    oracle_with_imatrix(moe_f16, ref, report.size_plan.base_ftype, im,
+                        tensor_types=[(p, int(quants.parse_type(t))) for p, t in _saved(plan_file)])
+    assert_same(planned, ref)
