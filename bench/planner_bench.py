@@ -119,14 +119,15 @@ def presets(f16: Path, im: Path, work: Path) -> dict[str, dict]:
 
 
 def planned(f16: Path, im: Path, work: Path, pre: dict[str, dict], a) -> dict[str, dict]:
-    cfg = QuantizeConfig(ftype=None, imatrix=str(im), device="cpu", measure_rows=a.measure_rows, force=True)
-    budgets = [{"target_bpw": pre[p]["bpw"], "save_plan": str(work / f"plan-{p}.txt")} for p in PRESETS]
+    cfg = QuantizeConfig(ftype=None, imatrix=str(im), device="cpu", measure_rows=a.measure_rows, force=True,
+                         candidates=a.candidates)
+    budgets = [{"target_bpw": pre[p]["bpw"], "save_plan": str(work / f"plan{a.tag}-{p}.txt")} for p in PRESETS]
     t0 = time.perf_counter()
     plans = planner_api.plan_budgets(f16, cfg, budgets)
     measure_s = time.perf_counter() - t0
     rows = {}
     for p, (job, plan) in zip(PRESETS, plans):
-        out = work / f"planner-{p}.gguf"
+        out = work / f"planner{a.tag}-{p}.gguf"
         r = quantize_file(f16, out, job)
         counts: dict[str, int] = {}
         for row in plan.rows:
@@ -136,7 +137,7 @@ def planned(f16: Path, im: Path, work: Path, pre: dict[str, dict], a) -> dict[st
                    "error": plan.error, "plan": budgets[len(rows)]["save_plan"],
                    "preset_error": next((x.error for x in plan.presets if x.ftype == p), None)}
         print(f"  planner at {p}: {rows[p]['bpw']:.4f} bpw, {counts}", flush=True)
-    return {"rows": rows, "measure_and_solve_seconds": measure_s}
+    return {"rows": rows, "measure_and_solve_seconds": measure_s, "candidates": a.candidates}
 
 
 def verify_llama_quantize(bin_dir: Path, f16: Path, im: Path, work: Path, plan_rows: dict) -> dict[str, bool]:
@@ -186,9 +187,13 @@ def main() -> None:
     ap.add_argument("--measure-rows", type=int, default=256)
     ap.add_argument("--heldout-chars", type=int, default=40000)
     ap.add_argument("--calib-chars", type=int, default=20000, help="of Python's topics, before the GPL-3 text")
-    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / f"planner-{datetime.date.today()}.json")
-    ap.add_argument("--png", type=Path, default=ROOT / "bench" / "planner.png")
+    ap.add_argument("--candidates", default=None, help="the planner's ladder \\[default: its default]")
+    ap.add_argument("--tag", default="", help="suffix of the planner's file names (a second ladder)")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--png", type=Path, default=None)
     a = ap.parse_args()
+    a.json = a.json or ROOT / "bench" / "results" / f"planner{a.tag}-{datetime.date.today()}.json"
+    a.png = a.png or ROOT / "bench" / f"planner{a.tag}.png"
     a.work.mkdir(parents=True, exist_ok=True)
     calib, held = write_texts(a.work, a.calib_chars, a.heldout_chars)
     print("imatrix", flush=True)
