@@ -5,7 +5,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from .gguf_constants import GGUFValueType
@@ -58,6 +58,7 @@ class Report:
     seconds: float = 0.0
     n_fallback: int = 0
     notes: list[str] = field(default_factory=list)
+    size_plan: Any = None  # planner.Plan of a --target-bpw / --target-size run
     error: str | None = None  # why this output failed (a run of several outputs, gpuquant.outputs)
     output_times: object = None  # this output's share of a run of several outputs (pipeline.OutputTimes)
 
@@ -130,6 +131,8 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _parse_ftype(cfg: QuantizeConfig) -> mixes.FType:
+    if cfg.ftype is None:
+        raise UsageError("--type: missing (only a --target-bpw / --target-size run may leave it out)")
     try:
         return mixes.parse_ftype(cfg.ftype)
     except ValueError as e:
@@ -334,17 +337,22 @@ def _write(dev: Device, works: list[TensorWork], out_paths: list[Path], headers:
 def quantize_file(src: str | os.PathLike, dst: str | os.PathLike | None = None,
                   config: QuantizeConfig | str | None = None, *,
                   progress: Callable[[str, int, int], None] | None = None,
-                  on_plan: Callable[[list[TensorReport]], None] | None = None, **options) -> Report:
+                  on_plan: Callable[[list[TensorReport]], None] | None = None,
+                  on_measure: Callable[[str, int, int], None] | None = None, **options) -> Report:
     """Quantize a GGUF model file like llama-quantize: ``config`` (a :class:`QuantizeConfig`, or just the ftype
     name such as ``"Q4_K_M"``) with any of its fields given as keywords too (``imatrix=``, ``device=``, ...).
 
     Output is byte-identical to llama-quantize. It is written to a temporary file beside ``dst`` and renamed
     on success; on any failure or interrupt the temporary file is removed and ``dst`` is untouched.
     ``progress(tensor, done_bytes, total_bytes)`` is called per slab written, ``on_plan(reports)`` once the
-    per-tensor types are known.
+    per-tensor types are known. With ``target_bpw`` or ``target_size`` the size planner first chooses the
+    types (``on_measure(label, done, total)`` follows its measuring pass); see docs/planner.md.
     """
     t0 = time.perf_counter()
     cfg = QuantizeConfig.of(config, **options)
+    planning = cfg.target_bpw is not None or cfg.target_size is not None
+    if planning and (cfg.resume or "," in str(cfg.ftype or "")):
+        raise UsageError("--target-bpw / --target-size plan one output: not with --resume or several types")
     if "," in str(cfg.ftype):
         raise UsageError(f"quantize_file makes one output, got the types {cfg.ftype!r}; "
                          f"gpuquant.outputs.quantize_files makes several from one read")
@@ -353,15 +361,40 @@ def quantize_file(src: str | os.PathLike, dst: str | os.PathLike | None = None,
 
         return quantize_file_resumable(src, dst, cfg, progress, on_plan)
     src = Path(src)
-    ftype = _parse_ftype(cfg)
+    ftype = None if planning and cfg.ftype is None else _parse_ftype(cfg)
     model = read_model(src)
-    out_paths = _check_outputs(src, dst, model, cfg, ftype.name)
+    out_paths = _check_outputs(src, dst, model, cfg, ftype.name if ftype else _budget_label(cfg))
     imat = _load_imatrix(cfg)
+    size_plan = owned = None
+    if planning:
+        from . import planner_api
+
+        cfg, size_plan, owned = planner_api.plan_sizes(src, model, cfg, imat, ftype, on_measure)
+        ftype = _parse_ftype(cfg)
+    try:
+        return _quantize_planned(src, model, cfg, ftype, imat, out_paths, size_plan, t0, progress, on_plan)
+    finally:
+        if owned is not None:
+            owned.close()
+
+
+def _budget_label(cfg: QuantizeConfig) -> str:
+    """The default output name's tag of a planner run: ``4.25bpw`` or the size asked for."""
+    return f"{cfg.target_bpw:g}bpw" if cfg.target_bpw is not None else str(cfg.target_size).replace(" ", "")
+
+
+def _quantize_planned(src: Path, model: GGUFModel, cfg: QuantizeConfig, ftype: mixes.FType, imat,
+                      out_paths: list[Path], size_plan, t0: float, progress, on_plan) -> Report:
+    """``quantize_file`` once the ftype and every --tensor-type are known."""
     params = _mix_params(cfg, ftype, imat)
     plans = _plan_tensors(src, model, params)
     by_name = {t.name: t for t in model.tensors}
     report = Report(src, out_paths[0] if out_paths else None, ftype.name, "dry-run" if cfg.dry_run else "",
-                    _tensor_reports(plans, by_name), n_fallback=plans.n_fallback)
+                    _tensor_reports(plans, by_name), n_fallback=plans.n_fallback, size_plan=size_plan)
+    if size_plan is not None:
+        from . import planner_api
+
+        planner_api.check_applied(size_plan, plans)
     if on_plan:
         on_plan(report.tensors)
     _refusals(plans, params, report, cfg.dry_run)

@@ -123,10 +123,13 @@ def _parse_prune(spec: str | None) -> list[int]:
     return []
 
 
-def parse_positional(args: list[str], type_opt: str | None) -> tuple[Optional[str], str, Optional[int]]:
+def parse_positional(args: list[str], type_opt: str | None,
+                     type_optional: bool = False) -> tuple[Optional[str], Optional[str], Optional[int]]:
     """llama-quantize's ``model [model-quant.gguf] type [nthreads]`` after the model: (output, type, threads).
 
     As in quantize.cpp, the word after the model is the type if it parses as one, else the output file.
+    With ``type_optional`` (a size-planner run) the type may be left out: a lone word that is not a type is
+    the output file.
     """
     from . import mixes
 
@@ -140,6 +143,8 @@ def parse_positional(args: list[str], type_opt: str | None) -> tuple[Optional[st
 
     rest = list(args)
     out = None
+    if type_optional and type_opt is None and (not rest or (not is_type(rest[0]) and len(rest) == 1)):
+        return (rest[0] if rest else None), None, None
     if type_opt is not None:
         t = type_opt
         if rest and not rest[0].isdigit():
@@ -228,8 +233,18 @@ def run(
     profile: bool = typer.Option(False, "--profile", help="print the pipeline stage table even with --quiet"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress and no tables, only errors and the summary line"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the report as JSON to this file ('-': stdout, tables go to stderr)"),
+    target_bpw: Optional[float] = typer.Option(None, "--target-bpw", help="size planner: choose every tensor's type for at most this many bits per weight (as llama.cpp reports them); TYPE becomes optional (docs/planner.md)"),
+    target_size: Optional[str] = typer.Option(None, "--target-size", help="size planner: the whole output file at most this size (3.5GiB, 800MB, bytes)"),
+    candidates: Optional[str] = typer.Option(None, "--candidates", help="size planner: comma-separated types to choose from \\[default: K and IQ types of about 2-8 bpw]"),
+    save_plan: Optional[Path] = typer.Option(None, "--save-plan", help="size planner: write the plan as a --tensor-type-file (for gpuquant and llama-quantize)"),
+    measure_rows: Optional[int] = typer.Option(None, "--measure-rows", help="size planner: rows measured per tensor \\[default: all]"),
 ) -> None:
-    out_pos, qtype, pos_threads = parse_positional(args or [], type)
+    planning = target_bpw is not None or target_size is not None
+    if not planning and (candidates or save_plan or measure_rows):
+        _fail("--candidates, --save-plan and --measure-rows need --target-bpw or --target-size")
+    out_pos, qtype, pos_threads = parse_positional(args or [], type, type_optional=planning)
+    if planning and (resume or "," in (qtype or "") or "{" in str(out_pos or output or "")):
+        _fail("--target-bpw / --target-size plan one output: not with --resume, several types or an output pattern")
     if out_pos is not None and output is not None:
         _fail(f"output given twice: {out_pos!r} and --output {str(output)!r}")
     if pos_threads is not None and threads is not None:
@@ -252,10 +267,11 @@ def run(
         tensor_types=[_split_tensor_type(s) for s in specs], override_kv=override_kv,
         prune_layers=_parse_prune(prune_layers), keep_split=keep_split, dry_run=dry_run, device=device,
         threads=pos_threads or threads, slab_bytes=None if max_buffer_size is None else max_buffer_size << 20,
-        force=force, resume=resume)
+        force=force, target_bpw=target_bpw, target_size=target_size, candidates=candidates,
+        save_plan=None if save_plan is None else str(save_plan), measure_rows=measure_rows, resume=resume)
     dest = Path(out_pos) if out_pos is not None else output
     json_stdout = json_out is not None and str(json_out) == "-"
-    if resume or "," in qtype or "{" in str(dest or ""):
+    if resume or "," in (qtype or "") or "{" in str(dest or ""):
         _run_many(model, dest, cfg, stats, quiet, profile, json_out)
         return
     result, measured = _run_job(model, dest, cfg, stats, quiet)
@@ -277,7 +293,9 @@ def _run_job(model: Path, dest: Optional[Path], cfg, stats: bool, quiet: bool):
         try:
             view.start()
             try:
-                result = api.quantize_file(model, dest, cfg, progress=view, on_plan=view.plan)
+                result = api.quantize_file(model, dest, cfg, progress=view, on_plan=view.plan,
+                                           on_measure=_measure_view(quiet) if cfg.target_bpw is not None
+                                           or cfg.target_size is not None else None)
                 view.finish()
             finally:
                 view.stop()
@@ -393,7 +411,11 @@ def _print_report(result, measured, out: Console, quiet: bool, profile: bool) ->
     """The closing tables on ``out`` (stdout, or stderr when the JSON goes to stdout), notes on stderr."""
     from . import report as rep
 
-    if result.output is None:
+    if result.size_plan is not None and (result.output is None or not quiet):
+        from . import planner
+
+        out.file.write(planner.plan_text(result.size_plan) + "\n")
+    elif result.output is None:
         out.file.write(rep.plan_text(result.tensors) + "\n")
     for note in [] if quiet else result.notes:
         err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
@@ -408,6 +430,26 @@ def _print_report(result, measured, out: Console, quiet: bool, profile: bool) ->
         err.print(f"[yellow]warning:[/] {result.n_fallback} of {len(result.tensors)} tensor(s) required fallback quantization")
     dest = "dry run" if result.output is None else str(result.output)
     out.print(f"{escape(dest)}: {rep.summary_line(result)}", soft_wrap=True)
+
+
+def _measure_view(quiet: bool):
+    """Progress of the planner's measuring pass on stderr: one line per tensor and type when not a terminal,
+    at most one every 2 s."""
+    import time
+
+    last = [0.0]
+    t0 = time.perf_counter()
+
+    def show(label: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if quiet or (now - last[0] < 2.0 and done < total):
+            return
+        last[0] = now
+        eta = (now - t0) * (total - done) / done if done else 0.0
+        err.print(f"[dim]measuring {100.0 * done / max(1, total):5.1f}%  {escape(label)}  "
+                  f"{now - t0:.0f} s, about {eta:.0f} s left[/]", soft_wrap=True)
+
+    return show
 
 
 def _measure(result, quiet: bool):

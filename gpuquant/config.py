@@ -16,7 +16,7 @@ class QuantizeConfig:
     """What to make of a model, and how. ``ftype`` is a llama-quantize QUANT_OPTIONS name (Q4_K_M, IQ4_NL,
     COPY, ...) or its number."""
 
-    ftype: str = "Q4_K_M"
+    ftype: str | None = "Q4_K_M"  # None only with a size target: the planner picks the base ftype
     # -- llama-quantize's options ------------------------------------------------------------------------
     allow_requantize: bool = False
     leave_output_tensor: bool = False
@@ -37,6 +37,12 @@ class QuantizeConfig:
     slab_bytes: int | None = None  # rows per slab (None: from the device's memory)
     force: bool = False  # overwrite an existing output (with resume: start over a partial output made differently)
     resume: bool = False  # keep a partial output and a journal beside each output; continue them (gpuquant.resume)
+    # -- the size planner (gpuquant/planner.py; docs/planner.md) -------------------------------------------
+    target_bpw: float | None = None  # bits per weight as llama.cpp reports them (all tensor data bytes)
+    target_size: str | int | None = None  # the whole file: bytes, or "3.5GiB", "800MB"
+    candidates: str | list[str] | None = None  # the ladder ("Q4_K,Q5_K,Q6_K"; None: planner.default_ladder)
+    save_plan: str | None = None  # write the plan as a --tensor-type-file
+    measure_rows: int | None = None  # rows measured per tensor (and expert); None: all
 
     @classmethod
     def of(cls, config: "QuantizeConfig | str | None" = None, **options: Any) -> "QuantizeConfig":

@@ -29,7 +29,7 @@ from .quants import GGMLQuantizationType as T
 __all__ = [
     "Category", "FType", "FTYPES", "LlamaFType", "Plan", "QuantizeParams", "TensorInfo",
     "TensorPlan", "block_size", "check_implemented", "check_imatrix", "check_requantize", "default_type",
-    "ftype_description", "ftype_name", "model_info", "parse_ftype", "parse_prune_layers", "parse_tensor_type",
+    "ftype_description", "ftype_name", "guess_ftype", "model_info", "parse_ftype", "parse_prune_layers", "parse_tensor_type",
     "plan", "pruned_block_count",
 ]
 
@@ -134,6 +134,11 @@ _GUESS_FTYPE = {
     T.IQ2_S: F.IQ2_S, T.IQ3_XXS: F.IQ3_XXS, T.IQ1_S: F.IQ1_S, T.IQ1_M: F.IQ1_M, T.IQ4_NL: F.IQ4_NL,
     T.IQ4_XS: F.IQ4_XS, T.IQ3_S: F.IQ3_S, T.NVFP4: F.NVFP4, T.Q1_0: F.Q1_0, T.Q2_0: F.Q2_0,
 }
+
+
+def guess_ftype(qtype) -> LlamaFType:
+    """The file type llama.cpp's loader guesses for a model whose most common tensor type is ``qtype``."""
+    return _GUESS_FTYPE.get(qtype, F.ALL_F32)
 
 
 def parse_ftype(name: str | int) -> FType:

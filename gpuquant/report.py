@@ -284,6 +284,10 @@ def to_json(report: Report, stats: Sequence | None = None) -> str:
         "wall": None if tm is None else tm.wall,
         "stats": None if stats is None else [s.as_dict() for s in stats],
     }
+    if report.size_plan is not None:
+        from .planner import plan_json
+
+        doc["size_plan"] = plan_json(report.size_plan)
     return json.dumps(doc, indent=2)
 
 
