@@ -320,7 +320,7 @@ def _strings(cur: Cursor, strings: list[bytes], body: bytes) -> tuple[StringList
     """The strings as ggml's getters see them (decoded when read), and their bytes as ``gguf_set_kv`` copies
     them: both through ``c_str()`` (cut at the first NUL); ``body`` (the file's bytes) when none holds a NUL."""
     values = StringList(strings, cur.errors)
-    if not any(b"\0" in b for b in strings):
+    if b"\0" not in b"".join(strings):  # one scan in C (a vocabulary holds ~10^5 strings)
         return values, body
     return values, b"".join(gguf_string(cstr(b)) for b in strings)
 
