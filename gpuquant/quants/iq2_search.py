@@ -109,23 +109,35 @@ def _list_tables(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
     return off, onehot
 
 
+_TERM_ROWS = 4096  # requests per step of ``octet_terms`` (its temporaries stay in cache)
+
+
 def octet_terms(x: np.ndarray, w: np.ndarray, scale: np.ndarray, ncol: int = 24) -> np.ndarray:
     """The terms ``w[i]*diff*diff``, ``diff = scale*q - x[i]``, of the C distance for each element ``i``
     and grid value ``q = 2*l + 1``: ``(M, ncol)`` float32, column ``8*l + i`` (exactly the C values);
-    columns from 24 on are 1. ``x``, ``w``: ``(M, 8)`` C-contiguous; ``scale``: ``(M,)``."""
+    columns from 24 on are 1. ``x``, ``w``: ``(M, 8)``; ``scale``: ``(M,)``."""
+    return _terms_of(lambda sl: (x[sl], w[sl]), scale, ncol)
+
+
+def _terms_of(octets, scale: np.ndarray, ncol: int) -> np.ndarray:
+    """``octet_terms`` with the values and weights of requests ``sl`` (a slice) read from ``octets(sl)``."""
     m = len(scale)
     t = np.empty((m, ncol), dtype=F32)
-    t[:, 24:] = 1
-    t3 = t[:, :24].reshape(m, 3, 8)
-    s8 = np.repeat(scale, 8)
-    xf, wf = x.reshape(-1), w.reshape(-1)
+    sq = np.empty((min(m, _TERM_ROWS), 1), dtype=F32)
+    diff = np.empty((min(m, _TERM_ROWS), 8), dtype=F32)
     with np.errstate(over="ignore", invalid="ignore"):
-        for c, q in enumerate(_QV):
-            diff = s8 * q  # scale*q
-            diff -= xf
-            tc = wf * diff
-            tc *= diff
-            t3[:, c, :] = tc.reshape(m, 8)
+        for r0 in range(0, m, _TERM_ROWS):
+            sl = slice(r0, min(m, r0 + _TERM_ROWS))
+            x, w = octets(sl)
+            n = len(x)
+            tc = t[sl]
+            tc[:, 24:] = 1
+            t3 = tc[:, :24].reshape(n, 3, 8)
+            for c, q in enumerate(_QV):
+                np.multiply(scale[sl, None], q, out=sq[:n])  # scale*q
+                np.subtract(sq[:n], x, out=diff[:n])
+                np.multiply(w, diff[:n], out=t3[:, c])
+                t3[:, c] *= diff[:n]
     return t
 
 
@@ -204,6 +216,23 @@ def _rank_key(grid: Grid, terms: np.ndarray, ok: np.ndarray, starts: np.ndarray,
     return np.take_along_axis(pos, j, axis=1), alone
 
 
+_GEMM_ELEMS = 8192  # at most this many distances (entries x requests) per product
+
+
+def _split_groups(starts: np.ndarray, sizes: np.ndarray, ug: np.ndarray, wclass: np.ndarray):
+    """Split groups into runs of nearly equal size of at most ``_GEMM_ELEMS / width`` requests each, in
+    order: each product stays in cache, and under OpenBLAS's threading threshold (m*n*k below 2**18:
+    a larger one wakes threads that spin on the cores the host pool already uses)."""
+    cap = np.maximum(_MIN_GROUP, _GEMM_ELEMS // _WIDTHS[wclass])
+    nch = -(-sizes // cap)
+    if (nch == 1).all():
+        return starts, sizes, ug, wclass
+    g = np.repeat(np.arange(len(sizes)), nch)
+    k = np.arange(len(g)) - np.repeat(np.cumsum(nch) - nch, nch)  # the run's rank in its group
+    base, extra = sizes[g] // nch[g], sizes[g] % nch[g]
+    return starts[g] + k * base + np.minimum(k, extra), base + (k < extra), ug[g], wclass[g]
+
+
 def _rank_groups(grid: Grid, terms: np.ndarray, starts: np.ndarray, sizes: np.ndarray,
                  ug: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rank the neighbours of groups of requests sharing an index by their terms summed in another order:
@@ -215,6 +244,7 @@ def _rank_groups(grid: Grid, terms: np.ndarray, starts: np.ndarray, sizes: np.nd
     with np.errstate(invalid="ignore"):
         ok = np.maximum.reduce(terms, axis=1) < _FAST_MAX  # NaN fails
     wclass = np.searchsorted(_WIDTHS, grid.nb_count[ug])
+    starts, sizes, ug, wclass = _split_groups(starts, sizes, ug, wclass)
     npad = _padded_size(sizes)
     key = wclass.astype(np.int64) << 32 | npad
     n = int(sizes.sum())
@@ -241,7 +271,11 @@ class Requests:
     def terms(self, rows: np.ndarray, ncol: int = 24) -> np.ndarray:
         """``octet_terms`` of the requests ``rows``."""
         s = self.src[rows]
-        return octet_terms(np.take(self.xtab, s, axis=0), np.take(self.wtab, s, axis=0), self.scale[rows], ncol)
+
+        def octets(sl):
+            return np.take(self.xtab, s[sl], axis=0), np.take(self.wtab, s[sl], axis=0)
+
+        return _terms_of(octets, self.scale[rows], ncol)
 
 
 def best_neighbours(grid: Grid, req: Requests) -> tuple[np.ndarray, np.ndarray]:
