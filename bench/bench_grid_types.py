@@ -68,7 +68,7 @@ class RunFailed(RuntimeError):
 
 def timed(cmd: list[str]) -> dict:
     """Wall seconds, CPU seconds and peak RSS (MiB) of one child process; RunFailed with its stderr."""
-    r = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], capture_output=True, text=True, cwd=ROOT)
     wall, cpu, rss, rc = r.stdout.split()
     if int(rc) != 0:
         raise RunFailed(r.stderr.strip()[-400:] or f"exit code {rc}")
