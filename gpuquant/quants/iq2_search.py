@@ -109,23 +109,35 @@ def _list_tables(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
     return off, onehot
 
 
+_TERM_ROWS = 4096  # requests per step of ``octet_terms`` (its temporaries stay in cache)
+
+
 def octet_terms(x: np.ndarray, w: np.ndarray, scale: np.ndarray, ncol: int = 24) -> np.ndarray:
     """The terms ``w[i]*diff*diff``, ``diff = scale*q - x[i]``, of the C distance for each element ``i``
     and grid value ``q = 2*l + 1``: ``(M, ncol)`` float32, column ``8*l + i`` (exactly the C values);
-    columns from 24 on are 1. ``x``, ``w``: ``(M, 8)`` C-contiguous; ``scale``: ``(M,)``."""
+    columns from 24 on are 1. ``x``, ``w``: ``(M, 8)``; ``scale``: ``(M,)``."""
+    return _terms_of(lambda sl: (x[sl], w[sl]), scale, ncol)
+
+
+def _terms_of(octets, scale: np.ndarray, ncol: int) -> np.ndarray:
+    """``octet_terms`` with the values and weights of requests ``sl`` (a slice) read from ``octets(sl)``."""
     m = len(scale)
     t = np.empty((m, ncol), dtype=F32)
-    t[:, 24:] = 1
-    t3 = t[:, :24].reshape(m, 3, 8)
-    s8 = np.repeat(scale, 8)
-    xf, wf = x.reshape(-1), w.reshape(-1)
+    sq = np.empty((min(m, _TERM_ROWS), 1), dtype=F32)
+    diff = np.empty((min(m, _TERM_ROWS), 8), dtype=F32)
     with np.errstate(over="ignore", invalid="ignore"):
-        for c, q in enumerate(_QV):
-            diff = s8 * q  # scale*q
-            diff -= xf
-            tc = wf * diff
-            tc *= diff
-            t3[:, c, :] = tc.reshape(m, 8)
+        for r0 in range(0, m, _TERM_ROWS):
+            sl = slice(r0, min(m, r0 + _TERM_ROWS))
+            x, w = octets(sl)
+            n = len(x)
+            tc = t[sl]
+            tc[:, 24:] = 1
+            t3 = tc[:, :24].reshape(n, 3, 8)
+            for c, q in enumerate(_QV):
+                np.multiply(scale[sl, None], q, out=sq[:n])  # scale*q
+                np.subtract(sq[:n], x, out=diff[:n])
+                np.multiply(w, diff[:n], out=t3[:, c])
+                t3[:, c] *= diff[:n]
     return t
 
 
@@ -169,45 +181,83 @@ def _onehot_t(grid: Grid) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([onehot, np.zeros((1, onehot.shape[1]), F32)]).T)
 
 
-def _rank_groups(grid: Grid, req: "Requests", rows: np.ndarray, starts: np.ndarray, sizes: np.ndarray,
+def _padded_size(n: np.ndarray) -> np.ndarray:
+    """``n`` rounded up to 2 significant bits (4, 6, 8, 12, 16, 24, ...): at most a third is padding."""
+    half = np.left_shift(1, np.maximum(np.frexp(n - 1)[1] - 2, 0)).astype(np.intp)  # half the top bit of n - 1
+    return -(-n // half) * half
+
+
+def _rank_key(grid: Grid, terms: np.ndarray, ok: np.ndarray, starts: np.ndarray, sizes: np.ndarray,
+              ug: np.ndarray, wc: int, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """``_rank_groups`` for groups of one padded list width ``wc`` and padded size ``nmax``: (list entry,
+    alone), each ``(ng, nmax)``; the rows past a group's size repeat its last request."""
+    onehot_t = _onehot_t(grid)  # (entries, 25)
+    ng = len(starts)
+    cnt = grid.nb_count[ug]
+    prow = starts[:, None] + np.minimum(np.arange(nmax, dtype=np.intp)[None, :], sizes[:, None] - 1)
+    tb = np.take(terms, prow.reshape(-1), axis=0).reshape(ng, nmax, 25)
+    col = np.arange(wc, dtype=np.intp)[None, :]
+    pos = grid.nb_first[ug][:, None] + np.minimum(col, cnt[:, None] - 1)  # (ng, wc) list entries
+    oh = np.take(onehot_t, pos, axis=0)  # (ng, wc, 25)
+    oh[:, :, 24] = np.where(col < cnt[:, None], F32(0), F32(np.inf))  # padding never wins (terms[:, 24] = 1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        d = np.matmul(oh, tb.transpose(0, 2, 1))  # (ng, wc, nmax): entries down, requests across
+        dmin = np.minimum.reduce(d, axis=1)  # NaN propagates: never alone
+        thr = dmin * _TOL
+        thr += _SLACK
+        thr += dmin
+    near = np.less_equal(d, thr[:, None, :])
+    rank = (wc - np.arange(wc, dtype=np.uint16))[None, :, None]  # wc - j: the first near entry is the largest
+    v = np.multiply(near, rank, dtype=np.uint16 if wc * (wc + 1) < 1 << 17 else np.uint32)
+    first = np.maximum.reduce(v, axis=1)
+    alone = (np.add.reduce(v, axis=1) == first) & (first > 0)  # exactly one entry within the slack
+    alone &= np.take(ok, prow)
+    j = np.where(alone, wc - first.astype(np.intp), 0)
+    return np.take_along_axis(pos, j, axis=1), alone
+
+
+_GEMM_ELEMS = 8192  # at most this many distances (entries x requests) per product
+
+
+def _split_groups(starts: np.ndarray, sizes: np.ndarray, ug: np.ndarray, wclass: np.ndarray):
+    """Split groups into runs of nearly equal size of at most ``_GEMM_ELEMS / width`` requests each, in
+    order: each product stays in cache, and under OpenBLAS's threading threshold (m*n*k below 2**18:
+    a larger one wakes threads that spin on the cores the host pool already uses)."""
+    cap = np.maximum(_MIN_GROUP, _GEMM_ELEMS // _WIDTHS[wclass])
+    nch = -(-sizes // cap)
+    if (nch == 1).all():
+        return starts, sizes, ug, wclass
+    g = np.repeat(np.arange(len(sizes)), nch)
+    k = np.arange(len(g)) - np.repeat(np.cumsum(nch) - nch, nch)  # the run's rank in its group
+    base, extra = sizes[g] // nch[g], sizes[g] % nch[g]
+    return starts[g] + k * base + np.minimum(k, extra), base + (k < extra), ug[g], wclass[g]
+
+
+def _rank_groups(grid: Grid, terms: np.ndarray, starts: np.ndarray, sizes: np.ndarray,
                  ug: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rank the neighbours of groups of requests sharing an index by their terms summed in another order:
-    one batched matrix product (requests x terms) @ (terms x neighbours, one-hot) for all groups of the
-    same padded list width and padded size. ``rows``: the requests sorted by index; group ``g`` is
-    ``rows[starts[g]:starts[g] + sizes[g]]``, with index ``ug[g]``. Returns, per entry of ``rows``: (list
-    entry of the least, whether it is the only neighbour within ``_TOL`` of the least, with terms below
-    ``_FAST_MAX``)."""
-    onehot_t = _onehot_t(grid)  # (entries, 25)
-    wcount = grid.nb_count[ug]
-    key = np.searchsorted(_WIDTHS, wcount) * 64 + np.ceil(np.log2(sizes)).astype(np.intp)
-    entry = np.empty(len(rows), dtype=np.intp)
-    alone = np.empty(len(rows), dtype=bool)
+    one batched matrix product (neighbours x terms, one-hot) @ (terms x requests) for all groups of the
+    same padded list width and padded size. ``terms``: ``(M, 25)`` ``octet_terms`` (column 24 is 1) of
+    the requests sorted by index; group ``g`` is ``terms[starts[g]:starts[g] + sizes[g]]``, with index
+    ``ug[g]``. Returns, per request of the groups (in order): (list entry of the least, whether it is
+    the only neighbour within ``_TOL`` of the least, with terms below ``_FAST_MAX``)."""
+    with np.errstate(invalid="ignore"):
+        ok = np.maximum.reduce(terms, axis=1) < _FAST_MAX  # NaN fails
+    wclass = np.searchsorted(_WIDTHS, grid.nb_count[ug])
+    starts, sizes, ug, wclass = _split_groups(starts, sizes, ug, wclass)
+    npad = _padded_size(sizes)
+    key = wclass.astype(np.int64) << 32 | npad
+    n = int(sizes.sum())
+    entry = np.empty(n, dtype=np.intp)
+    alone = np.empty(n, dtype=bool)
+    offsets = np.concatenate(([0], np.cumsum(sizes)[:-1]))
     for kk in np.unique(key):
         gsel = np.flatnonzero(key == kk)
-        wc, nmax = int(_WIDTHS[kk // 64]), 1 << int(kk % 64)
-        ng = len(gsel)
-        n_g = sizes[gsel]
-        out = _ranges(starts[gsel], n_g)  # their places in ``rows``
-        # padded rows repeat their group's last request (their results are dropped)
-        prow = starts[gsel][:, None] + np.minimum(np.arange(nmax, dtype=np.intp)[None, :], n_g[:, None] - 1)
-        tb = req.terms(rows[prow.reshape(-1)], ncol=25)  # column 24 (ones) picks the padding penalty
-        with np.errstate(invalid="ignore"):
-            ok = (tb.max() < _FAST_MAX) or (tb.max(axis=1) < _FAST_MAX)  # NaN fails
-        col = np.arange(wc, dtype=np.intp)[None, :]
-        pos = grid.nb_first[ug[gsel]][:, None] + np.minimum(col, wcount[gsel][:, None] - 1)  # (ng, wc)
-        oh = np.take(onehot_t, pos, axis=0)  # (ng, wc, 25)
-        oh[:, :, 24] = np.where(col < wcount[gsel][:, None], F32(0), F32(np.inf))  # padding never wins
-        with np.errstate(invalid="ignore", over="ignore"):
-            d = np.matmul(tb.reshape(ng, nmax, 25), oh.transpose(0, 2, 1)).reshape(ng * nmax, wc)
-        j = np.argmin(d, axis=1)
-        r = np.arange(len(j))
-        dmin = d[r, j]
-        d[r, j] = np.inf
-        with np.errstate(invalid="ignore", over="ignore"):
-            a = ok & (d.min(axis=1) > dmin + (dmin * _TOL + _SLACK))
-        real = _ranges(np.arange(0, ng * nmax, nmax, dtype=np.intp), n_g)
-        alone[out] = a[real] if np.ndim(a) else a
-        entry[out] = pos[real // nmax, j[real]]
+        wc, nmax = int(_WIDTHS[kk >> 32]), int(kk & 0xFFFFFFFF)
+        e, a = _rank_key(grid, terms, ok, starts[gsel], sizes[gsel], ug[gsel], wc, nmax)
+        real = np.arange(nmax)[None, :] < sizes[gsel][:, None]
+        out = _ranges(offsets[gsel], sizes[gsel])
+        entry[out], alone[out] = e[real], a[real]
     return entry, alone
 
 
@@ -221,7 +271,11 @@ class Requests:
     def terms(self, rows: np.ndarray, ncol: int = 24) -> np.ndarray:
         """``octet_terms`` of the requests ``rows``."""
         s = self.src[rows]
-        return octet_terms(np.take(self.xtab, s, axis=0), np.take(self.wtab, s, axis=0), self.scale[rows], ncol)
+
+        def octets(sl):
+            return np.take(self.xtab, s[sl], axis=0), np.take(self.wtab, s[sl], axis=0)
+
+        return _terms_of(octets, self.scale[rows], ncol)
 
 
 def best_neighbours(grid: Grid, req: Requests) -> tuple[np.ndarray, np.ndarray]:
@@ -241,18 +295,18 @@ def best_neighbours(grid: Grid, req: Requests) -> tuple[np.ndarray, np.ndarray]:
         return gi, found
     rows = np.argsort(req.u.astype(np.uint16), kind="stable")  # radix sort by index
     us = req.u[rows]
+    terms = req.terms(rows, ncol=25)  # in sorted order
     starts = np.concatenate(([0], np.flatnonzero(us[1:] != us[:-1]) + 1))
     sizes = np.diff(np.concatenate((starts, [m])))
     big = sizes >= _MIN_GROUP  # small groups are cheaper term by term
-    grouped = _ranges(starts[big], sizes[big])
-    sel = np.delete(rows, grouped)
+    grouped = _ranges(starts[big], sizes[big])  # places in sorted order
+    sel = np.delete(np.arange(m), grouped)
     if grouped.size:
-        starts_b = np.concatenate(([0], np.cumsum(sizes[big])[:-1]))
-        entry, alone = _rank_groups(grid, req, rows[grouped], starts_b, sizes[big], us[starts[big]])
+        entry, alone = _rank_groups(grid, terms, starts[big], sizes[big], us[starts[big]])
         gi[rows[grouped]] = grid.neighbours[entry]
-        sel = np.concatenate((sel, rows[grouped][~alone]))
+        sel = np.concatenate((sel, grouped[~alone]))
     if sel.size:
-        gi[sel], found[sel] = _exact_neighbours(grid, req.u[sel], req.terms(sel))
+        gi[rows[sel]], found[rows[sel]] = _exact_neighbours(grid, us[sel], np.take(terms, sel, axis=0))
     return gi, found
 
 
