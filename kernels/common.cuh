@@ -58,6 +58,18 @@ typedef unsigned long long uint64_t;
 #define GQ_NO_UNROLL
 #endif
 
+// GQ_PHASES(n, body): a kernel body in n phases separated by __syncthreads that share nothing but shared
+// memory and the kernel's arguments (body reads `int phase`; a `return` in it ends that phase only, every
+// thread reaches every barrier). The host shim runs such a kernel phase by phase in its block runners,
+// without fibers (kernels/host_shim.h); a kernel with no other barrier keeps Kernel(sync=False).
+#if !defined(GQ_HOST_SHIM)
+#define GQ_PHASES(n, ...)                                    \
+    _Pragma("unroll") for (int phase = 0; phase < (n); ++phase) { \
+        if (phase) __syncthreads();                          \
+        __VA_ARGS__;                                         \
+    }
+#endif
+
 #define GQ_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define GQ_MAX(a, b) ((a) > (b) ? (a) : (b))
 
@@ -484,3 +496,6 @@ __device__ __forceinline__ void gq_dequantize_blocks(GQ_DEQUANTIZE_PARAMS) {
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < nrows * (n_per_row / QK)) core((const Block*)src + i, dst + i * QK);
 }
+
+
+#include "tiles.cuh"

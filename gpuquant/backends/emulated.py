@@ -141,7 +141,8 @@ def kernel_names(text: str) -> list[str]:
 
 def block_runners(cu: Path) -> str:
     """The host translation unit of a family: the .cu itself, then for every kernel a block runner
-    ``gq_run_block_<kernel>(ptrs, ints)`` looping over the block's threads with the kernel inlined.
+    ``gq_run_block_<kernel>(ptrs, ints)`` looping over the block's threads with the kernel inlined (once per
+    phase for kernels written with GQ_PHASES, kernels/host_shim.h).
     ``quantize_*`` kernels have the quantize ABI (4 pointers, 3 integers), every other kernel the
     (in, out, n_per_row, nrows) one. Dynamic shared memory (``extern __shared__``, in the .cu or a header
     of its folder) is refused: the harness has static ``__shared__`` arrays only."""
@@ -149,7 +150,7 @@ def block_runners(cu: Path) -> str:
         if _DYNAMIC_SHARED_RE.search(_COMMENT_RE.sub("", src.read_text())):
             raise DeviceError(f"emulated device: {src.name} declares dynamic shared memory (extern __shared__), "
                               "which the host harness does not run: use a static __shared__ array sized for the block")
-    out = [f'#include "{cu.resolve()}"', ""]
+    out = ["#pragma GCC visibility push(hidden)", f'#include "{cu.resolve()}"', "#pragma GCC visibility pop", ""]
     for name in kernel_names(cu.read_text()):
         if name.startswith("quantize_"):
             call = f"{name}(gq_any_ptr{{p[0]}}, gq_any_ptr{{p[1]}}, gq_any_ptr{{p[2]}}, gq_any_ptr{{p[3]}}, v[0], v[1], v[2])"
@@ -158,12 +159,18 @@ def block_runners(cu: Path) -> str:
         out += [
             f'extern "C" __attribute__((flatten)) void gq_run_block_{name}(const void* const* p, const long long* v) {{',
             "    const gq_dim3 b = blockDim;",
-            "    for (unsigned int z = 0; z < b.z; ++z)",
-            "        for (unsigned int y = 0; y < b.y; ++y)",
-            "            for (unsigned int x = 0; x < b.x; ++x) {",
-            "                threadIdx.x = x; threadIdx.y = y; threadIdx.z = z;",
-            f"                {call};",
-            "            }",
+            "    gq_phase_runner = 1;",
+            "    gq_phase_count = 1;",
+            "    for (int ph = 0; ph < gq_phase_count; ++ph) {",
+            "        gq_phase_current = ph;",
+            "        for (unsigned int z = 0; z < b.z; ++z)",
+            "            for (unsigned int y = 0; y < b.y; ++y)",
+            "                for (unsigned int x = 0; x < b.x; ++x) {",
+            "                    threadIdx.x = x; threadIdx.y = y; threadIdx.z = z;",
+            f"                    {call};",
+            "                }",
+            "    }",
+            "    gq_phase_runner = 0;",
             "}",
             "",
         ]

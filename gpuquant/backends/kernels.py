@@ -66,7 +66,9 @@ class KernelSpec:
     ``flat``: work items tile each expert's rows as one flat array (float conversions; the last item may
     be partial) instead of whole blocks of rows. ``dequantize``: a ``dequantize_<name>`` kernel exists.
     ``rowstat``: with importance weights, ``rowstat_sumsq_<src>`` runs first. ``sync``: the kernels use
-    ``__syncthreads`` (the emulator then runs a block's threads as fibers).
+    ``__syncthreads`` (the emulator then runs a block's threads as fibers). ``weighted``: with
+    importance weights the ``quantize_<name>_w_<src>`` entry points run (a separate instantiation of the
+    weighted path), without them ``quantize_<name>_<src>``.
     """
 
     family: str
@@ -78,6 +80,7 @@ class KernelSpec:
     rowstat: bool = False
     sync: bool = False
     items_per_block: int = 0  # work items per CUDA block (0: threads, one thread per item)
+    weighted: bool = False
 
     def __post_init__(self) -> None:
         if not self.items_per_block:
@@ -90,7 +93,7 @@ def _spec(cls) -> KernelSpec | None:
         return None
     return KernelSpec(cls.family, cls.qtype.name.lower(), k.threads, k.item_elems or cls.block_size, flat=k.flat,
                       dequantize=k.dequantize, rowstat=k.rowstat, sync=k.sync,
-                      items_per_block=k.items_per_block or k.threads)
+                      items_per_block=k.items_per_block or k.threads, weighted=k.weighted)
 
 
 #: destination type -> kernels, derived from each registered type's ``kernel`` declaration
@@ -145,6 +148,11 @@ def layout_checks(family: str) -> str:
         struct = f"block_{t.name.lower()}"
         lines.append(f'static_assert(sizeof({struct}) == {cls.type_size}, "{struct}: {cls.type_size} bytes in '
                      f'the registry (gguf GGML_QUANT_SIZES)");')
+        spec = KERNELS[t]
+        shape = f"GqKernelShape<{struct}>"
+        lines.append(f'static_assert({shape}::threads == 0 || ({shape}::threads == {spec.threads} && {shape}::items == '
+                     f'{spec.items_per_block}), "{struct}: the tiled kernel\'s threads and items per block are the '
+                     f'registry\'s Kernel(threads={spec.threads}, items_per_block={spec.items_per_block})");')
         for field, off in (cls.fp16_fields or {}).items():
             lines.append(f'static_assert(__builtin_offsetof({struct}, {field}) == {off}, "{struct}.{field}: '
                          f'offset {off} in the registry ({cls.__module__}.{cls.__name__}.fp16_fields)");')
@@ -250,7 +258,8 @@ def launch_plan(src: T, dst: T, n_per_row: int, rows_per_expert: int, n_expert: 
         items = _ceil_div(rows_per_expert * n_per_row, spec.item_elems)
     else:
         items = rows_per_expert * (n_per_row // spec.item_elems)
-    launches.append(Launch(spec.family, f"quantize_{spec.name}_{src_name}", "quantize",
+    weights = "_w" if spec.weighted and has_quant_weights else ""
+    launches.append(Launch(spec.family, f"quantize_{spec.name}{weights}_{src_name}", "quantize",
                            (max(1, _ceil_div(items, spec.items_per_block)), 1, n_expert), (spec.threads, 1, 1),
                            spec.sync, inp, "dst", use_qw=has_quant_weights, use_rowstat=use_rowstat))
     return LaunchPlan(tuple(launches), scratch_bytes, rowstat_bytes)

@@ -111,7 +111,10 @@ class Kernel:
     (None: ``threads``, one thread per item; a smaller number when several threads share an item).
     ``flat``: work items tile each expert's rows as one flat array (float conversions). ``rowstat``: with
     importance weights, the ``rowstat_sumsq_<src>`` pre-pass of legacy.cu runs first. ``sync``: the kernels
-    use ``__syncthreads`` or warp intrinsics (the emulator then runs a block's threads as fibers).
+    use ``__syncthreads`` or warp intrinsics (the emulator then runs a block's threads as fibers; barriers
+    that only separate the phases of GQ_PHASES need no fibers). ``weighted``: the quantizer reads importance
+    weights, through separate entry points ``quantize_<name>_w_<src>`` that the launch plan picks when there
+    are weights (``quantize_<name>_<src>`` is then the path without them).
     """
 
     threads: int
@@ -121,6 +124,7 @@ class Kernel:
     rowstat: bool = False
     sync: bool = False
     dequantize: bool = True
+    weighted: bool = False
 
 
 class QuantType:
