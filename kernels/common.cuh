@@ -54,8 +54,10 @@ typedef unsigned long long uint64_t;
 // Keeps an outer search loop rolled on the GPU (code size, NVRTC compile time); nothing on the host.
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #define GQ_NO_UNROLL _Pragma("unroll 1")
+#define GQ_UNROLL_4 _Pragma("unroll 4")
 #else
 #define GQ_NO_UNROLL
+#define GQ_UNROLL_4
 #endif
 
 // GQ_PHASES(n, body): a kernel body in n phases separated by __syncthreads that share nothing but shared
