@@ -57,5 +57,9 @@ golden:
 bench:
 	$(PYTHON) bench/bench_cpu.py
 
+# bench/ptxas-sm_90.txt: ptxas' resource report of every kernel for sm_90 (NVRTC only, no GPU)
+ptxas-report:
+	$(PYTHON) bench/ptxas_report.py
+
 clean:
 	rm -rf $(DEMO_DIR) build dist *.egg-info .pytest_cache

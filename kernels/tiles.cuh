@@ -360,3 +360,18 @@ __device__ __forceinline__ GqQkx gq_make_qkx_quants_w(int n, int nmax, X x, X w,
     r.the_min = -min;
     return r;
 }
+
+// GQ_STREAM_CORE(name, B, QK, THREADS, fn): the tiled core of a type that only scales and rounds, one
+// thread per block, from `template <class X> void fn(const X& x, B* y)` (x: GqTileX over the block's
+// values in shared memory). Such types ignore importance weights (GQ_TILED_ITEMS_UNWEIGHTED).
+#define GQ_STREAM_CORE(name, B, QK_, THREADS_, fn)                                                     \
+    struct GqCore_##name {                                                                           \
+        typedef B Block;                                                                             \
+        static const int QK = QK_, TPI = 1, THREADS = THREADS_, PHASES = 1, AUX = 0;                 \
+        template <bool QW>                                                                           \
+        static __device__ __forceinline__ void compute(int, const float* x, float*, float*,          \
+                                                       const GqTileItem&, Block* y) {                \
+            const GqTileX xs = {x};                                                                  \
+            fn(xs, y);                                                                               \
+        }                                                                                            \
+    };
