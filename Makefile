@@ -4,7 +4,7 @@ DEMO_DIR ?= demo
 DEMO_TYPE ?= IQ4_NL
 DEVICE ?= auto
 
-.PHONY: install install-gpu model demo test test-gpu test-fast test-extended bench oracle golden clean
+.PHONY: install install-gpu model demo test test-gpu test-fast test-extended bench ptxas-report oracle golden clean
 
 install:
 	$(PYTHON) -m pip install -q -e '.[test]'

@@ -18,7 +18,9 @@
 //   src in f32/f16/bf16. The slab is n_expert experts of rows_per_expert rows; expert = blockIdx.z, its
 //   rows start at blockIdx.z * rows_per_expert, its importance weights at qw + blockIdx.z * n_per_row
 //   (qw == nullptr: no imatrix). x covers rows_per_expert * blocks_per_row work items, one CUDA thread
-//   per ggml block (super-block for K/IQ4_XS); gq_work_item() decodes that. rowstat (or nullptr) is a
+//   per ggml block (super-block for K-quants); gq_work_item() decodes that. Tiled kernels (tiles.cuh:
+//   legacy, iq4, lowbit, ternary, fp4) give a CUDA block a tile of adjacent items staged through shared
+//   memory instead, and a type that reads importance weights has quantize_<dst>_w_<src> for them. rowstat (or nullptr) is a
 //   per-row float from a pre-pass kernel (legacy types: sum of x*x in C loop order).
 // * A block type needs one __device__ core `void core(const float* x, const GqItem& it, Block* y)` (the
 //   block's values already converted to float32, its importance weights it.qw) named after the ggml

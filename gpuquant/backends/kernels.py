@@ -4,7 +4,8 @@ Both kernel-running devices (``cuda.CudaDevice`` through NVRTC, ``emulated.Emula
 and ``kernels/host_shim.h``) use this module: they find the same ``kernels/*.cu`` files, and they run the
 same ``LaunchPlan`` of launches with the same grid and block geometry for a slab. Nothing here imports CuPy.
 
-Kernel ABI (``kernels/common.cuh``): ``quantize_<dst>_<src>`` with src ``f32``/``f16``/``bf16``; quantized
+Kernel ABI (``kernels/common.cuh``): ``quantize_<dst>_<src>`` with src ``f32``/``f16``/``bf16`` (and, for types
+declared ``Kernel(weighted=True)``, ``quantize_<dst>_w_<src>`` when there are importance weights); quantized
 sources go through ``dequantize_<type>`` into a float32 scratch buffer first; the legacy types with
 importance weights need a per-row pre-pass ``rowstat_sumsq_<src>``. ``gridDim.z`` is the expert.
 """
