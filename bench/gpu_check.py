@@ -126,13 +126,15 @@ def _run(dev, x_raw: np.ndarray, src: T, dst: T, n: int, qw: np.ndarray | None) 
     dev.record(s).synchronize()
     k0 = dev.stage_times().get("kernel", 0.0)
     t0 = time.perf_counter()
-    dev.quantize(job, d_in, d_out, d_qw, s)
+    check = dev.quantize(job, d_in, d_out, d_qw, s)
     dev.record(s).synchronize()
     wall = time.perf_counter() - t0
     kern = dev.stage_times().get("kernel", 0.0) - k0
     h_out = dev.host_buffer(job.dst_bytes)
     dev.download(h_out, d_out, job.dst_bytes, s)
     dev.record(s).synchronize()
+    if check is not None:
+        check()
     return np.array(h_out[: job.dst_bytes]), wall, kern
 
 

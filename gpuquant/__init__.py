@@ -10,7 +10,11 @@ def __getattr__(name: str):
         from . import api
 
         return getattr(api, name)
+    if name == "quantize_files":
+        from . import outputs
+
+        return outputs.quantize_files
     raise AttributeError(name)
 
 
-__all__ = ["quantize", "quantize_file", "__version__"]
+__all__ = ["quantize", "quantize_file", "quantize_files", "__version__"]

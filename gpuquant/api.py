@@ -42,6 +42,7 @@ class TensorReport:
     dst_bytes: int
     n_elements: int
     source_name: str = ""  # the input tensor (differs from ``name`` when --prune-layers renumbers layers)
+    dst_label: str = ""  # shown instead of dst_type by progress lines (several outputs: "Q4_K/Q8_0/...")
 
 
 @dataclass
@@ -57,6 +58,8 @@ class Report:
     seconds: float = 0.0
     n_fallback: int = 0
     notes: list[str] = field(default_factory=list)
+    error: str | None = None  # why this output failed (a run of several outputs, gpuquant.outputs)
+    output_times: object = None  # this output's share of a run of several outputs (pipeline.OutputTimes)
 
     @property
     def src_bytes(self) -> int:
@@ -342,6 +345,13 @@ def quantize_file(src: str | os.PathLike, dst: str | os.PathLike | None = None,
     """
     t0 = time.perf_counter()
     cfg = QuantizeConfig.of(config, **options)
+    if "," in str(cfg.ftype):
+        raise UsageError(f"quantize_file makes one output, got the types {cfg.ftype!r}; "
+                         f"gpuquant.outputs.quantize_files makes several from one read")
+    if cfg.resume:
+        from .outputs import quantize_file_resumable
+
+        return quantize_file_resumable(src, dst, cfg, progress, on_plan)
     src = Path(src)
     ftype = _parse_ftype(cfg)
     model = read_model(src)

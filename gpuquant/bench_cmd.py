@@ -101,12 +101,14 @@ def _device_quantize(dev: Device, t: T, x: np.ndarray, qw: np.ndarray | None) ->
     dev.upload(d_in, h_in, job.src_bytes, s)
     dev.record(s).synchronize()
     t0 = time.perf_counter()
-    dev.quantize(job, d_in, d_out, d_qw, s)
+    check = dev.quantize(job, d_in, d_out, d_qw, s)
     dev.record(s).synchronize()
     dt = time.perf_counter() - t0
     h_out = dev.host_buffer(job.dst_bytes)
     dev.download(h_out, d_out, job.dst_bytes, s)
     dev.record(s).synchronize()
+    if check is not None:
+        check()
     return np.array(h_out[: job.dst_bytes]), dt
 
 

@@ -130,9 +130,10 @@ def parse_positional(args: list[str], type_opt: str | None) -> tuple[Optional[st
     """
     from . import mixes
 
-    def is_type(s: str) -> bool:
+    def is_type(s: str) -> bool:  # one ftype, or a comma-separated list of them (several outputs)
         try:
-            mixes.parse_ftype(s)
+            for part in s.split(","):
+                mixes.parse_ftype(part.strip())
             return True
         except ValueError:
             return False
@@ -179,6 +180,8 @@ terminal); the closing tables go to stdout.
   gpuquant run model-f16.gguf -t IQ4_NL -o model-IQ4_NL.gguf --device 0 --stats --json report.json
   gpuquant run model-f16.gguf Q4_K_M --imatrix imatrix.gguf --tensor-type attn_v=q8_0
   gpuquant run model-00001-of-00003.gguf Q4_K_M --keep-split
+  gpuquant run model-f16.gguf --type Q4_K_M,Q6_K,IQ4_XS -o 'out/{{stem}}-{{type}}.gguf'   [dim]# one read, 3 files[/]
+  gpuquant run model-f16.gguf Q8_0,Q4_0 --resume        [dim]# continues an interrupted run[/]
   gpuquant run model-f16.gguf Q4_K --dry-run
 
 [bold]Allowed quantization types[/] (ids and descriptions: gpuquant types)
@@ -200,8 +203,8 @@ def run(
                                  "--allow-requantize); the first file of a split model"),
     args: Optional[List[str]] = typer.Argument(None, metavar="[OUTPUT] TYPE [NTHREADS]",
                                                help="as llama-quantize: output file, ftype (see `gpuquant types`), threads"),
-    type: Optional[str] = typer.Option(None, "--type", "-t", help="ftype: Q4_K_M, IQ4_NL, Q8_0, ... (instead of the positional TYPE)"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="output file \\[default: <input-stem>-<TYPE>.gguf beside the input]"),
+    type: Optional[str] = typer.Option(None, "--type", "-t", help="ftype: Q4_K_M, IQ4_NL, Q8_0, ... (instead of the positional TYPE); a comma-separated list makes one output per type from one read"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="output file; {stem} and {type} are filled in (needed with several types) \\[default: <input-stem>-<TYPE>.gguf beside the input]"),
     device: str = typer.Option("auto", "--device", "-d", help="auto, cpu (numpy), emulated (kernels on the CPU), or a GPU index"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads \\[default: all cores]"),
     allow_requantize: bool = typer.Option(False, "--allow-requantize", help="allow requantizing tensors that have already been quantized (WARNING: can severely reduce quality compared to quantizing from 16 or 32 bit)"),
@@ -219,7 +222,8 @@ def run(
     override_kv: List[str] = typer.Option([], "--override-kv", help="KEY=TYPE:VALUE metadata override, repeatable"),
     max_buffer_size: Optional[int] = typer.Option(None, "--max-buffer-size", help="MiB of rows per slab \\[default: from device memory]"),
     dry_run: bool = typer.Option(False, "--dry-run", help="show every tensor's type and the final size, write nothing"),
-    force: bool = typer.Option(False, "--force", "-f", help="overwrite an existing output file"),
+    force: bool = typer.Option(False, "--force", "-f", help="overwrite an existing output file (with --resume: start over a partial output made differently)"),
+    resume: bool = typer.Option(False, "--resume", help="keep a partial output and a journal beside each output, and continue it where an interrupted run stopped (docs/outputs.md)"),
     stats: bool = typer.Option(False, "--stats", help="measure each tensor's error vs the source (RMSE, max abs, cosine), worst first"),
     profile: bool = typer.Option(False, "--profile", help="print the pipeline stage table even with --quiet"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress and no tables, only errors and the summary line"),
@@ -248,9 +252,12 @@ def run(
         tensor_types=[_split_tensor_type(s) for s in specs], override_kv=override_kv,
         prune_layers=_parse_prune(prune_layers), keep_split=keep_split, dry_run=dry_run, device=device,
         threads=pos_threads or threads, slab_bytes=None if max_buffer_size is None else max_buffer_size << 20,
-        force=force)
+        force=force, resume=resume)
     dest = Path(out_pos) if out_pos is not None else output
     json_stdout = json_out is not None and str(json_out) == "-"
+    if resume or "," in qtype or "{" in str(dest or ""):
+        _run_many(model, dest, cfg, stats, quiet, profile, json_out)
+        return
     result, measured = _run_job(model, dest, cfg, stats, quiet)
     _print_report(result, measured, err if json_stdout else Console(highlight=False), quiet, profile)
     if json_out is not None:
@@ -293,6 +300,93 @@ def _run_job(model: Path, dest: Optional[Path], cfg, stats: bool, quiet: bool):
         except (ValueError, RuntimeError) as e:
             _fail(str(e))
     return result, measured
+
+
+def _run_many(model: Path, dest: Optional[Path], cfg, stats: bool, quiet: bool, profile: bool,
+              json_out: Optional[Path]) -> None:
+    """Several types from one read (``--type A,B,...``) and ``--resume`` runs: each output's result, the
+    failed ones named with their reason; exit code 1 when any output failed."""
+    from . import report as rep
+
+    json_stdout = json_out is not None and str(json_out) == "-"
+    out = err if json_stdout else Console(highlight=False)
+    job = _run_outputs(model, dest, cfg, quiet)
+    measured = {}
+    if stats:
+        for k, r in enumerate(job.reports):
+            if r.error is None and r.output is not None:
+                measured[k] = _measure(r, quiet)
+    if len(job.reports) == 1 and not job.failed:
+        r = job.reports[0]
+        r.notes = job.notes + r.notes
+        _print_report(r, measured.get(0), out, quiet, profile)
+    else:
+        _print_job(job, out, quiet, profile)
+    if json_out is not None:
+        _write_json(json_out, rep.job_json(job, measured) if len(job.reports) > 1 else
+                    rep.to_json(job.reports[0], measured.get(0)))
+    for r in job.failed:
+        err.print(f"[bold red]error:[/] output {escape(r.ftype)} ({escape(str(r.output))}) failed: {escape(r.error)}",
+                  soft_wrap=True)
+    if job.failed:
+        ok = len(job.reports) - len(job.failed)
+        err.print(f"{len(job.failed)} of {len(job.reports)} outputs failed ({', '.join(r.ftype for r in job.failed)}); "
+                  f"{ok} written", soft_wrap=True)
+        raise typer.Exit(EXIT_ERROR)
+
+
+def _run_outputs(model: Path, dest: Optional[Path], cfg, quiet: bool):
+    """``outputs.quantize_files`` with progress for the whole job; failures of the job end in ``_fail``."""
+    from . import api, outputs, report as rep
+    from .gguf_writer import OutputError
+
+    with _signals():
+        view = rep.make_progress(err, quiet)
+        try:
+            view.start()
+            try:
+                job = outputs.quantize_files(model, dest, cfg, progress=view, on_plan=view.plan)
+                view.finish()
+            finally:
+                view.stop()
+        except (KeyboardInterrupt, Terminated) as e:
+            code = EXIT_SIGINT if isinstance(e, KeyboardInterrupt) else EXIT_SIGTERM
+            what = "interrupted" if code == EXIT_SIGINT else "terminated"
+            kept = ("the partial outputs are kept: run the same command with --resume to continue"
+                    if cfg.resume else "no output was written (the temporary files were removed)")
+            err.print(f"[bold red]{what}:[/] {kept}")
+            raise typer.Exit(code)
+        except (api.UsageError, api.GGUFError, api.QuantizeError, api.DeviceError, OutputError) as e:
+            _fail(str(e))
+        except ImportError as e:
+            _fail(f"--device {cfg.device}: the backend for this device is not available ({e}); "
+                  f"use --device cpu or --device emulated")
+        except OSError as e:
+            _fail(f"{e.filename or model}: {e.strerror or e}")
+        except (ValueError, RuntimeError) as e:
+            _fail(str(e))
+    return job
+
+
+def _print_job(job, out: Console, quiet: bool, profile: bool) -> None:
+    from . import report as rep
+
+    if job.device == "dry-run":
+        out.file.write(rep.job_plan_text(job) + "\n")
+    notes = job.notes + [f"{r.ftype}: {n}" for r in job.reports for n in r.notes]
+    for note in [] if quiet else notes:
+        err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    if not quiet:
+        out.print(rep.outputs_table(job))
+    first = job.reports[0]
+    if (profile or not quiet) and job.times is not None:
+        out.print(rep.stage_table(first))
+        out.print(rep.overlap_line(first), soft_wrap=True)
+        out.print(rep.output_profile_table(job))
+    for r in job.reports:
+        if r.error is None:
+            dest = "dry run" if r.output is None else str(r.output)
+            out.print(f"{escape(dest)}: {rep.summary_line(r)}", soft_wrap=True)
 
 
 def _print_report(result, measured, out: Console, quiet: bool, profile: bool) -> None:

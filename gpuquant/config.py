@@ -35,7 +35,8 @@ class QuantizeConfig:
     device: Any = "auto"  # a --device value or an open backends.Device
     threads: int | None = None  # CPU threads (None: all cores)
     slab_bytes: int | None = None  # rows per slab (None: from the device's memory)
-    force: bool = False  # overwrite an existing output
+    force: bool = False  # overwrite an existing output (with resume: start over a partial output made differently)
+    resume: bool = False  # keep a partial output and a journal beside each output; continue them (gpuquant.resume)
 
     @classmethod
     def of(cls, config: "QuantizeConfig | str | None" = None, **options: Any) -> "QuantizeConfig":

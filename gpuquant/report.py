@@ -138,7 +138,7 @@ class PlainProgress(RunProgress):
         eta = _duration((self.total_bytes - self.done_bytes) / rate) if settled else "?"
         what = ""
         if r is not None:
-            what = (f" [{_shape(r.shape)}] {type_name(r.src_type)} -> {type_name(r.dst_type)}, "
+            what = (f" [{_shape(r.shape)}] {type_name(r.src_type)} -> {r.dst_label or type_name(r.dst_type)}, "
                     f"{r.src_bytes / MiB:.2f} MiB -> {r.dst_bytes / MiB:.2f} MiB")
         width = len(str(n))
         self.stream.write(f"[{self.n_done:{width}d}/{n}] {name}{what} | {self.done_bytes / MiB:.1f}/"
@@ -297,3 +297,87 @@ def bpw_of_type(qtype) -> float:
     """Bits per weight of one ggml type: 8 * type_size / block_size."""
     block, size = QUANT_SIZES[qtype]
     return 8.0 * size / block
+
+
+# ---------------------------------------------------------------------------------------------- several outputs
+
+
+def job_plan_text(job) -> str:
+    """A dry run of several types: every tensor with the type it gets in each output, then each output's
+    size (plain aligned columns, as :func:`plan_text`)."""
+    reports = job.reports
+    first = reports[0].tensors if reports else []
+    head = ("#", "tensor", "shape", "from", "MiB in", *(r.ftype for r in reports))
+    rows = [(str(i + 1), t.name, _shape(t.shape), type_name(t.src_type), f"{t.src_bytes / MiB:.2f}",
+             *(type_name(r.tensors[i].dst_type) for r in reports)) for i, t in enumerate(first)]
+    total = ("", "total MiB", "", "", f"{sum(t.src_bytes for t in first) / MiB:.2f}",
+             *(f"{r.dst_bytes / MiB:.2f}" for r in reports))
+    bpw = ("", "bits per weight", "", "", "", *(f"{r.bpw(r.dst_bytes):.3f}" for r in reports))
+    widths = [max(len(str(x[c])) for x in [head, *rows, total, bpw]) for c in range(len(head))]
+    right = {0, 4}
+
+    def line(cells) -> str:
+        return "  ".join(c.rjust(w) if (i in right or i >= 5) else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([f"tensor plan of {len(reports)} outputs", line(head), rule, *(line(r) for r in rows), rule,
+                      line(total), line(bpw)])
+
+
+def outputs_table(job) -> Table:
+    """One row per output: file, size, bits per weight, and whether it was written (or why not)."""
+    t = Table(title=f"{len(job.reports)} outputs from one read of {job.input.name}")
+    for col in ("type", "output", "MiB", "bits/weight", "status"):
+        t.add_column(col, justify="right" if col in ("MiB", "bits/weight") else "left")
+    for r in job.reports:
+        status = "[green]written[/]" if r.error is None else "[red]failed[/] (the reason follows)"
+        if r.output is None:
+            status = "dry run" if r.error is None else status
+        t.add_row(r.ftype, "-" if r.output is None else str(r.output), f"{r.dst_bytes / MiB:.2f}",
+                  f"{r.bpw(r.dst_bytes):.3f}", status)
+    return t
+
+
+def output_profile(report: Report) -> dict[str, Any] | None:
+    ot = report.output_times
+    if ot is None:
+        return None
+    return {"bytes_written": ot.bytes_written, "write_seconds": ot.write, "finished_after_seconds": ot.finished,
+            "slabs": ot.targets}
+
+
+def output_profile_table(job) -> Table:
+    """Per output: bytes and write time, and when its last byte was written (the stages before the write
+    are shared by all outputs: see the stage table)."""
+    t = Table(title="per output")
+    for col in ("type", "MiB written", "write s", "write GB/s", "finished after s"):
+        t.add_column(col, justify="left" if col == "type" else "right")
+    for r in job.reports:
+        p = output_profile(r)
+        if p is None:
+            t.add_row(r.ftype, "-", "-", "-", "-")
+            continue
+        gbs = p["bytes_written"] / p["write_seconds"] / 1e9 if p["write_seconds"] > 0 else None
+        t.add_row(r.ftype, f"{p['bytes_written'] / MiB:.2f}", f"{p['write_seconds']:.3f}",
+                  "-" if gbs is None else f"{gbs:.2f}", f"{p['finished_after_seconds']:.2f}")
+    return t
+
+
+def job_json(job, stats: dict | None = None) -> str:
+    """The report of several outputs: the job's stages once, then each output's report (``to_json``) with
+    its error and its own profile."""
+    stats = stats or {}
+    outs = []
+    for k, r in enumerate(job.reports):
+        d = json.loads(to_json(r, stats.get(k)))
+        d["error"] = r.error
+        d["profile"] = output_profile(r)
+        outs.append(d)
+    first = job.reports[0] if job.reports else None
+    doc = {"input": str(job.input), "device": job.device, "seconds": job.seconds, "notes": job.notes,
+           "failed": [r.ftype for r in job.failed],
+           "stages": stage_rows(first) if first is not None and first.times is not None else [],
+           "overlap": overlap(first) if first is not None and first.times is not None else None,
+           "wall": None if job.times is None else job.times.wall, "outputs": outs}
+    return json.dumps(doc, indent=2)

@@ -415,6 +415,22 @@ __device__ __forceinline__ void gq_load_block(const void* src, long long offset,
         long long n_expert
 #define GQ_QUANTIZE_ARGS src, dst, qw, rowstat, n_per_row, rows_per_expert, n_expert
 
+// The quantize ABI of a type on which ggml aborts (its registry class has ggml_aborts = True): the 4th
+// pointer is the slab's abort status word instead of rowstat. It holds 0xFFFFFFFF at launch; a work item
+// that meets an input ggml-quants.c aborts on calls gq_report_abort (the device then raises GGMLAbort and
+// the output is discarded).
+#define GQ_QUANTIZE_STATUS_PARAMS                                                                   \
+    const void* __restrict__ src, uint8_t* __restrict__ dst, const float* __restrict__ qw,          \
+        unsigned int* __restrict__ status, long long n_per_row, long long rows_per_expert,          \
+        long long n_expert
+
+// Record that ggml aborts on block `ib` of slab row `row` (blocks_per_row blocks per row): the status word
+// keeps the first such block.
+__device__ __forceinline__ void gq_report_abort(unsigned int* status, long long row, long long ib,
+                                                long long blocks_per_row) {
+    atomicMin(status, (unsigned int)(row * blocks_per_row + ib));
+}
+
 #define GQ_DEQUANTIZE_PARAMS const uint8_t* __restrict__ src, float* __restrict__ dst, long long n_per_row, long long nrows
 #define GQ_DEQUANTIZE_ARGS src, dst, n_per_row, nrows
 

@@ -318,6 +318,12 @@ static inline double __longlong_as_double(long long i) { return gq_from_bits<dou
         while (old < v && !__atomic_compare_exchange_n(p, &old, v, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) { \
         }                                                                                        \
         return old;                                                                              \
+    }                                                                                            \
+    static inline T atomicMin(T* p, T v) {                                                       \
+        T old = __atomic_load_n(p, __ATOMIC_RELAXED);                                            \
+        while (old > v && !__atomic_compare_exchange_n(p, &old, v, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) { \
+        }                                                                                        \
+        return old;                                                                              \
     }
 GQ_ATOMIC_INT(int)
 GQ_ATOMIC_INT(unsigned int)

@@ -120,9 +120,11 @@ def run_device(dev: Device, src: np.ndarray, src_type, dst_type, n_per_row: int,
         d_qw = dev.device_buffer(wraw.size)
         dev.upload(d_qw, h_qw, wraw.size, s)
     dev.upload(d_in, h_in, raw.size, s)
-    dev.quantize(job, d_in, d_out, d_qw, s)
+    check = dev.quantize(job, d_in, d_out, d_qw, s)
     dev.download(h_out, d_out, job.dst_bytes, s)
     dev.record(s).synchronize()
+    if check is not None:  # raises GGMLAbort where ggml aborts
+        check()
     return np.array(h_out[: job.dst_bytes]).reshape(nrows, -1)
 
 

@@ -197,6 +197,7 @@ def atomics_model(v: np.ndarray) -> dict:
     return {
         "count": v.size,
         "umax": int(vi.max()),
+        "umin": int(vi.min()),
         "bits": bits,
         "imax": int((vi % 100003 - 50000).max()),
         "usum": int(vi.sum()),

@@ -11,6 +11,7 @@ import pytest
 from gpuquant.backends import kernels as K
 from gpuquant.backends.emulated import EmulatedDevice, KernelLibrary, compile_family
 from gpuquant.quants import GGMLQuantizationType as T
+from gpuquant.quants import registered
 from tests import helpers as H
 
 F32 = np.float32
@@ -99,7 +100,9 @@ def test_thread_count_does_not_matter(qtype: T):
 
 
 def test_supports_and_plan_geometry():
-    assert K.supports(T.F16, T.Q4_0) and K.supports(T.Q8_0, T.Q4_0) and not K.supports(T.F16, T.IQ2_XXS)
+    assert K.supports(T.F16, T.Q4_0) and K.supports(T.Q8_0, T.Q4_0)
+    # a registered type without a kernel declaration has no plan
+    assert not any(K.supports(T.F16, t) for t, c in registered().items() if c.kernel is None)
     p = K.launch_plan(T.Q5_1, T.Q4_0, 4096, 96, 8, True)
     names = [ln.kernel for ln in p.launches]
     assert names == ["dequantize_q5_1", "rowstat_sumsq_f32", "quantize_q4_0_w_f32"]
@@ -167,3 +170,75 @@ def spec_type_size(qtype: T) -> int:
     from gpuquant.quants import QUANT_SIZES
 
     return QUANT_SIZES[qtype][1]
+
+_TABLES_CU = r"""
+#include "common.cuh"
+// copies the generated tables out: 8 floats, 3 uint64, 4 int8 (as int32)
+extern "C" __global__ void dump_tables(const void* in, void* out, long long n_per_row, long long nrows) {
+    float* f = (float*)out;
+    for (int i = 0; i < 8; ++i) f[i] = gq_tab_f[i];
+    unsigned long long* u = (unsigned long long*)(f + 8);
+    for (int i = 0; i < 3; ++i) u[i] = gq_tab_u64[i];
+    int* s = (int*)(u + 3);
+    for (int i = 0; i < 4; ++i) s[i] = gq_tab_i8[i];
+}
+"""
+
+_ABORT_CU = r"""
+#include "common.cuh"
+// every thread of every block reports block (n_per_row - global thread id) of row 0: the smallest wins
+extern "C" __global__ void report_aborts(const void* in, void* out, long long n_per_row, long long nrows) {
+    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    gq_report_abort((unsigned int*)out, 0, n_per_row - t, 1 << 20);
+}
+"""
+
+
+def test_generated_tables_reach_the_kernels_bit_for_bit(tmp_path, monkeypatch):
+    """``kernel_tables()`` of a family module becomes ``static __device__ const`` arrays in front of the .cu
+    (both builds): floats keep their bits (denormals, -0, the extremes), 64-bit and signed entries too."""
+    import sys
+    import types
+
+    f = np.array([1.5, -0.0, 1e-45, 3.4028235e38, -3.4028235e38, -1e-40, 0.1, 2.0**-140], dtype=F32)
+    u = np.array([0, 0x0808082B08080808, 2**64 - 1], dtype=np.uint64)
+    s8 = np.array([-127, -1, 0, 113], dtype=np.int8)
+    mod = types.ModuleType("gpuquant.quants.tabletest")
+    mod.kernel_tables = lambda: {"gq_tab_f": f, "gq_tab_u64": u, "gq_tab_i8": s8}
+    monkeypatch.setitem(sys.modules, "gpuquant.quants.tabletest", mod)
+    K.generated_tables.cache_clear()
+    text = K.generated_tables("tabletest")
+    assert "static __device__ const uint64_t gq_tab_u64[3]" in text and "static __device__ const float gq_tab_f[8]" in text
+    shutil.copy(K.kernel_dir() / "common.cuh", tmp_path / "common.cuh")
+    (tmp_path / "tabletest.cu").write_text(_TABLES_CU)
+    lib = KernelLibrary(compile_family("tabletest", kernel_dir=tmp_path))
+    out = np.zeros(8 * 4 + 3 * 8 + 4 * 4, np.uint8)
+    lib.launch_convert("dump_tables", (1, 1, 1), (1, 1, 1), 1, False, 0, out.ctypes.data, 0, 0)
+    assert out[:32].view(np.uint32).tolist() == f.view(np.uint32).tolist()
+    assert out[32:56].view(np.uint64).tolist() == u.tolist()
+    assert out[56:].view(np.int32).tolist() == s8.astype(np.int32).tolist()
+    K.generated_tables.cache_clear()
+
+
+def test_abort_status_keeps_the_first_block(shim_lib_aborts):
+    status = np.full(1, K.NO_ABORT, np.uint32)
+    shim_lib_aborts.launch_convert("report_aborts", (4, 1, 1), (64, 1, 1), 3, False, 0, status.ctypes.data, 1000, 0)
+    assert int(status[0]) == 1000 - 255
+
+
+@pytest.fixture(scope="module")
+def shim_lib_aborts(tmp_path_factory) -> KernelLibrary:
+    d = tmp_path_factory.mktemp("abort_kernels")
+    shutil.copy(K.kernel_dir() / "common.cuh", d / "common.cuh")
+    (d / "aborttest.cu").write_text(_ABORT_CU)
+    return KernelLibrary(compile_family("aborttest", kernel_dir=d))
+
+
+def test_raise_if_aborted_names_row_and_block():
+    from gpuquant.backends import SlabJob
+    from gpuquant.quants import GGMLAbort
+
+    job = SlabJob(src_type=T.F32, dst_type=T.Q4_0, n_per_row=4096, rows_per_expert=8, n_expert=1)
+    K.raise_if_aborted(job, K.NO_ABORT)  # nothing aborted
+    with pytest.raises(GGMLAbort, match=r"block 5 of row 3 of the slab"):
+        K.raise_if_aborted(job, 3 * (4096 // 32) + 5)

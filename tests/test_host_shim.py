@@ -232,7 +232,7 @@ def test_vector_type_layouts_are_cudas():
 
 ACC = np.dtype([("count", "<i4"), ("umax", "<u4"), ("bits", "<u4"), ("imax", "<i4"), ("usum", "<u8"),
                 ("bits64", "<u8"), ("llmax", "<i8"), ("dsum", "<f8"), ("fsum", "<f4"), ("cas_sum", "<i4"),
-                ("ticket", "<u4"), ("ftz", "<f4", 3)])
+                ("ticket", "<u4"), ("ftz", "<f4", 3), ("umin", "<u4"), ("pad_", "<u4")])
 
 
 @pytest.mark.parametrize("sync", [False, True], ids=["runner", "fibers"])
@@ -243,6 +243,7 @@ def test_global_atomics_under_contention(sync: bool):
     buf = np.zeros(ACC.itemsize + 4 * n, np.uint8)
     acc = buf[: ACC.itemsize].view(ACC)
     acc["imax"], acc["llmax"] = np.iinfo(np.int32).min, np.iinfo(np.int64).min
+    acc["umin"] = np.iinfo(np.uint32).max
     launch("atomics", "atomics_global", grid, block, buf, v, sync=sync, threads=8)
     got = acc[0]
     want = atomics_model(v)

@@ -266,3 +266,41 @@ def test_forked_oracle_sees_aborts():
     assert np.array_equal(got, oracle_quantize(x, "IQ2_S", None))
     x[1, 7] = np.nan
     assert forked_oracle(x, "IQ2_S", None)[0] is None
+
+
+# ----------------------------------------------------------------------------- kernels/iq2.cu
+
+
+def test_kernel_tables_are_the_grid_search_tables():
+    """kernel_tables(): every base-3 code's grid index and neighbour list are those of grids.iq2_grid."""
+    from gpuquant.quants.iq2 import kernel_tables
+
+    tabs = kernel_tables()
+    assert np.array_equal(tabs["gq_iq2_ksigns"], np.frombuffer(gq.IQ2_XXS.ksigns, np.uint8))
+    levels = (np.arange(3 ** 8)[:, None] // 3 ** np.arange(8)) % 3
+    u = (levels << (2 * np.arange(8))).sum(axis=1)
+    for qtype in TYPES:
+        g, name = iq2_grid(T[qtype]), "gq_" + qtype.lower().replace("_", "")
+        assert np.array_equal(tabs[name + "_kgrid"], g.kgrid)
+        map3, off, lists = tabs[name + "_map3"], tabs[name + "_nb_off"], tabs[name + "_nb_list"]
+        assert np.array_equal(map3, np.where(g.map[u] >= 0, g.map[u], -1))
+        assert (map3 < 0).sum() == 6561 - g.grid_size  # every grid point has levels 0..2
+        for c in np.flatnonzero(map3 < 0)[::37]:
+            assert np.array_equal(lists[off[c]:off[c + 1]], g.neighbour_list(int(u[c]))) and off[c + 1] > off[c]
+        assert np.all(off[1:][map3 >= 0] == off[:-1][map3 >= 0])  # no list on the grid
+
+
+def test_kernel_geometry_matches_the_cu_file():
+    """The threads per block of each type in iq2.cu (a thread per scale group) are its Kernel(...)'s."""
+    import re
+
+    from gpuquant.backends.kernels import kernel_dir
+
+    text = (kernel_dir() / "iq2.cu").read_text()
+    for qtype, struct in (("IQ2_XXS", "GqIq2xxs"), ("IQ2_XS", "GqIq2xs"), ("IQ2_S", "GqIq2s")):
+        body = re.search(r"struct %s \{(.*?)\n\};" % struct, text, re.S).group(1)
+        n = int(re.search(r"int N = (\d+);", body).group(1))
+        threads = int(re.search(r"int THREADS = (\d+);", body).group(1))
+        k = get(qtype).kernel
+        assert (k.threads, k.item_elems, k.items_per_block, k.sync) == (threads, 256, threads // (256 // n), True)
+        assert n == get(qtype).group

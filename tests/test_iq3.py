@@ -51,7 +51,7 @@ def test_registry_facts(qtype):
     cls = get(qtype)
     assert cls.fp16_fields == {"d": 0}
     assert cls.requires_imatrix is False  # ggml_quantize_requires_imatrix: IQ2_XXS, IQ2_XS, IQ1_S only
-    assert cls.kernel is None
+    assert cls.kernel.sync and cls.kernel.threads == 32 and cls.kernel.items_per_block == 1  # kernels/iq3.cu
     assert cls.type_size == {"IQ3_XXS": 98, "IQ3_S": 110}[qtype]
 
 

@@ -112,7 +112,11 @@ class Device(ABC):
     @abstractmethod
     def quantize(self, job: SlabJob, src: Any, dst: Any, quant_weights: Any | None, stream: Stream) -> None:
         """Enqueue: convert/dequantize ``job.src_bytes`` raw source bytes in ``src`` and quantize them into
-        ``job.dst_bytes`` bytes of ``dst``; ``quant_weights`` holds ``job.n_expert`` float32 rows."""
+        ``job.dst_bytes`` bytes of ``dst``; ``quant_weights`` holds ``job.n_expert`` float32 rows.
+
+        Returns None, or a check to call once the slab's results are on the host (after its download's
+        event): it raises ``GGMLAbort`` where ggml would have aborted on the slab. Such a slab does not fail
+        the stream: the other outputs of a job go on."""
 
     @abstractmethod
     def record(self, stream: Stream) -> Event:

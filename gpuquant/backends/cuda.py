@@ -46,6 +46,7 @@ SLAB_CAP = 256 << 20
 _PIPELINE_SLOTS = 3
 #: most page-locked host memory held at once (the pipeline stages about 7 slabs' worth)
 PINNED_CAP = 2 << 30
+STATUS_RING = 16  # pinned abort status words per stream (more than the slabs a stream has in flight)
 
 
 def _cupy():
@@ -206,6 +207,8 @@ class CudaStream(Stream):
     def __init__(self, stream) -> None:
         self.stream = stream
         self._scratch: dict[str, DeviceBuffer] = {}
+        self._status: np.ndarray | None = None  # pinned abort status words, STATUS_RING of them
+        self._status_next = 0
 
     @property
     def ptr(self) -> int:
@@ -219,6 +222,17 @@ class CudaStream(Stream):
             size = max(nbytes, cur.nbytes + cur.nbytes // 2) if cur else nbytes
             self._scratch[role] = cur = dev._alloc(size, f"the {role} buffer", reclaim=False)
         return cur
+
+
+    def status_slot(self, dev: CudaDevice) -> tuple[np.ndarray, int]:
+        """A pinned host word (and its index) for the abort status of one slab, reused round-robin: at most
+        a few slabs per stream are between launch and check (the pipeline's slots)."""
+        if self._status is None:
+            self._status = dev.host_buffer(4 * (STATUS_RING + 1)).view(np.uint32)
+            self._status[STATUS_RING] = K.NO_ABORT  # the initial value copied up before every launch
+        i = self._status_next
+        self._status_next = (i + 1) % STATUS_RING
+        return self._status, i
 
 
 class CudaEvent(Event):
@@ -525,7 +539,7 @@ class CudaDevice(Device):
 
     # -- compute -----------------------------------------------------------------------------------------
     def quantize(self, job: SlabJob, src: DeviceBuffer, dst: DeviceBuffer, quant_weights: DeviceBuffer | None,
-                 stream: Stream) -> None:
+                 stream: Stream):
         if not self.supports(job.src_type, job.dst_type):
             raise DeviceError(f"{self.name}: no kernels for {job.src_type.name} -> {job.dst_type.name}")
         _check_size(src.nbytes, job.src_bytes, "source buffer")
@@ -543,6 +557,11 @@ class CudaDevice(Device):
             bufs["rowstat"] = s.scratch("row statistics", p.rowstat_bytes, self).ptr
         qw_ptr = quant_weights.ptr if has_qw else 0
         i64, u64 = np.int64, np.uint64
+        words = slot = None
+        if p.status_bytes:
+            bufs["status"] = s.scratch("abort status", p.status_bytes, self).ptr
+            words, slot = s.status_slot(self)
+            self._copy("h2d", bufs["status"], words[-1:].ctypes.data, 4, _MEMCPY_H2D, s)
         with self._dev:
             t0 = self._clock.start(s.stream)
             for b, fn in zip(K.bind(p, job, bufs, qw_ptr), fns):
@@ -553,6 +572,10 @@ class CudaDevice(Device):
                 except Exception as e:  # noqa: BLE001 - CUDADriverError
                     raise DeviceError(f"{self.name}: launching {ln.kernel} {ln.grid}x{ln.block} failed: {e}") from e
             self._clock.stop("kernel", t0, s.stream)
+        if words is None:
+            return None
+        self._copy("d2h", words[slot:].ctypes.data, bufs["status"], 4, _MEMCPY_D2H, s)
+        return lambda: K.raise_if_aborted(job, int(words[slot]))
 
     def close(self) -> None:
         """Free what the caller has dropped (after a synchronize); anything dropped later is freed as it

@@ -150,7 +150,8 @@ def block_runners(cu: Path) -> str:
         if _DYNAMIC_SHARED_RE.search(_COMMENT_RE.sub("", src.read_text())):
             raise DeviceError(f"emulated device: {src.name} declares dynamic shared memory (extern __shared__), "
                               "which the host harness does not run: use a static __shared__ array sized for the block")
-    out = ["#pragma GCC visibility push(hidden)", f'#include "{cu.resolve()}"', "#pragma GCC visibility pop", ""]
+    out = [K.generated_tables(cu.stem), "#pragma GCC visibility push(hidden)", f'#include "{cu.resolve()}"',
+           "#pragma GCC visibility pop", ""]
     for name in kernel_names(cu.read_text()):
         if name.startswith("quantize_"):
             call = f"{name}(gq_any_ptr{{p[0]}}, gq_any_ptr{{p[1]}}, gq_any_ptr{{p[2]}}, gq_any_ptr{{p[3]}}, v[0], v[1], v[2])"
@@ -341,9 +342,13 @@ class EmulatedDevice(HostDevice):
             raise ValueError(f"quant_weights: {quant_weights.nbytes} bytes < {job.quant_weight_bytes}")
         scratch = np.empty(p.scratch_bytes, np.uint8)
         rowstat = np.empty(p.rowstat_bytes, np.uint8)
-        bufs = {"src": _ptr(src), "dst": _ptr(dst), "scratch": _ptr(scratch), "rowstat": _ptr(rowstat)}
+        status = np.full(1, K.NO_ABORT, np.uint32)
+        bufs = {"src": _ptr(src), "dst": _ptr(dst), "scratch": _ptr(scratch), "rowstat": _ptr(rowstat),
+                "status": _ptr(status)}
         for b in K.bind(p, job, bufs, _ptr(quant_weights) if has_qw else 0):
             self.library(b.launch.family).launch(b, self.threads)
+        if p.status_bytes:
+            K.raise_if_aborted(job, int(status[0]))
 
     def memory_budget(self) -> int:
         return 1 << 30

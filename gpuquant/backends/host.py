@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..quants import GGMLQuantizationType
+from ..quants import GGMLAbort, GGMLQuantizationType
 from . import Device, Event, SlabJob, Stream
 from .host_streams import HostStream, StageClock
 
@@ -51,8 +51,23 @@ class HostDevice(Device):
         n = int(nbytes)
         _host(stream).enqueue(self._clock.timed("d2h", lambda: np.copyto(dst.reshape(-1).view(np.uint8)[:n], src[:n])))
 
-    def quantize(self, job: SlabJob, src: Any, dst: Any, quant_weights: Any | None, stream: Stream) -> None:
-        _host(stream).enqueue(self._clock.timed("kernel", lambda: self.compute(job, src, dst, quant_weights)))
+    def quantize(self, job: SlabJob, src: Any, dst: Any, quant_weights: Any | None, stream: Stream):
+        """Enqueue the computation; a row ggml aborts on does not fail the stream (other outputs of the slab go
+        on): it is kept and raised by the returned check, as the CUDA device reports it."""
+        aborted: list[GGMLAbort] = []
+
+        def run() -> None:
+            try:
+                self.compute(job, src, dst, quant_weights)
+            except GGMLAbort as e:
+                aborted.append(e)
+
+        def check() -> None:
+            if aborted:
+                raise aborted[0]
+
+        _host(stream).enqueue(self._clock.timed("kernel", run))
+        return check
 
     def record(self, stream: Stream) -> Event:
         return _host(stream).record()

@@ -7,7 +7,14 @@ same ``LaunchPlan`` of launches with the same grid and block geometry for a slab
 Kernel ABI (``kernels/common.cuh``): ``quantize_<dst>_<src>`` with src ``f32``/``f16``/``bf16`` (and, for types
 declared ``Kernel(weighted=True)``, ``quantize_<dst>_w_<src>`` when there are importance weights); quantized
 sources go through ``dequantize_<type>`` into a float32 scratch buffer first; the legacy types with
-importance weights need a per-row pre-pass ``rowstat_sumsq_<src>``. ``gridDim.z`` is the expert.
+importance weights need a per-row pre-pass ``rowstat_sumsq_<src>``. ``gridDim.z`` is the expert. Types on which
+ggml aborts (``ggml_aborts``) get a status word instead of the rowstat pointer: ``unsigned int*``, set to
+``NO_ABORT`` before the launch; a kernel that meets an input ggml aborts on lowers it (``atomicMin``) to the
+index of the work item (``kernels/common.cuh``: ``gq_report_abort``), and the device raises ``GGMLAbort``.
+
+Large lookup tables a family's kernels need (grids, maps, neighbour lists) are generated from the numpy
+reference: a family module may define ``kernel_tables()`` returning ``{name: numpy array}``; ``source`` puts
+them in front of the ``.cu`` text as ``static __device__ const`` arrays, for both builds.
 """
 from __future__ import annotations
 
@@ -17,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..quants import GGMLQuantizationType as T
-from ..quants import QUANT_SIZES, registered
+from ..quants import QUANT_SIZES, GGMLAbort, registered
 from . import SlabJob
 
 __all__ = [
@@ -28,11 +35,14 @@ __all__ = [
     "KernelSpec",
     "Launch",
     "LaunchPlan",
+    "NO_ABORT",
     "available_families",
     "kernel_dir",
     "bind",
     "families_for",
+    "generated_tables",
     "launch_plan",
+    "raise_if_aborted",
     "layout_checks",
     "source",
     "supports",
@@ -56,6 +66,9 @@ SOURCE_TYPES: dict[T, str] = {T.F32: "f32", T.F16: "f16", T.BF16: "bf16"}
 #: Threads per block of the rowstat pre-pass (one thread per row).
 ROWSTAT_THREADS = 128
 
+#: The status word of a ``ggml_aborts`` kernel before its launch (no work item aborted).
+NO_ABORT = 0xFFFFFFFF
+
 
 @dataclass(frozen=True)
 class KernelSpec:
@@ -67,7 +80,8 @@ class KernelSpec:
     ``flat``: work items tile each expert's rows as one flat array (float conversions; the last item may
     be partial) instead of whole blocks of rows. ``dequantize``: a ``dequantize_<name>`` kernel exists.
     ``rowstat``: with importance weights, ``rowstat_sumsq_<src>`` runs first. ``sync``: the kernels use
-    ``__syncthreads`` (the emulator then runs a block's threads as fibers). ``weighted``: with
+    ``__syncthreads`` (the emulator then runs a block's threads as fibers). ``aborts``: the type's
+    ``ggml_aborts``: the quantize kernels take a status word (see the module docstring). ``weighted``: with
     importance weights the ``quantize_<name>_w_<src>`` entry points run (a separate instantiation of the
     weighted path), without them ``quantize_<name>_<src>``.
     """
@@ -81,6 +95,7 @@ class KernelSpec:
     rowstat: bool = False
     sync: bool = False
     items_per_block: int = 0  # work items per CUDA block (0: threads, one thread per item)
+    aborts: bool = False
     weighted: bool = False
 
     def __post_init__(self) -> None:
@@ -94,7 +109,8 @@ def _spec(cls) -> KernelSpec | None:
         return None
     return KernelSpec(cls.family, cls.qtype.name.lower(), k.threads, k.item_elems or cls.block_size, flat=k.flat,
                       dequantize=k.dequantize, rowstat=k.rowstat, sync=k.sync,
-                      items_per_block=k.items_per_block or k.threads, weighted=k.weighted)
+                      items_per_block=k.items_per_block or k.threads, aborts=cls.ggml_aborts,
+                      weighted=k.weighted)
 
 
 #: destination type -> kernels, derived from each registered type's ``kernel`` declaration
@@ -160,6 +176,50 @@ def layout_checks(family: str) -> str:
     return "\n".join(["// layout checks generated from the registry (gpuquant/backends/kernels.py)", *lines, ""])
 
 
+_C_TYPES = {"int8": "int8_t", "uint8": "uint8_t", "int16": "int16_t", "uint16": "uint16_t", "int32": "int32_t",
+            "uint32": "uint32_t", "int64": "int64_t", "uint64": "uint64_t", "float32": "float"}
+
+
+def _c_array(name: str, a) -> str:
+    import numpy as np
+
+    a = np.ascontiguousarray(a).reshape(-1)
+    ctype = _C_TYPES.get(a.dtype.name)
+    if ctype is None:
+        raise TypeError(f"kernel table {name}: dtype {a.dtype} has no C type (use one of {sorted(_C_TYPES)})")
+    if a.dtype == np.float32:  # exact: the bits, as hexadecimal float literals
+        if not np.isfinite(a).all():
+            raise ValueError(f"kernel table {name}: non-finite floats have no literal (store their bits as uint32)")
+        items = [float(v).hex() + "f" for v in a.tolist()]
+    elif a.dtype.name == "uint64":
+        items = [f"{v:#x}ull" for v in a.tolist()]
+    elif a.dtype.name == "int64":
+        items = [f"{v}ll" for v in a.tolist()]
+    else:
+        items = [str(v) for v in a.tolist()]
+    rows = [", ".join(items[i:i + 16]) for i in range(0, len(items), 16)]
+    return f"static __device__ const {ctype} {name}[{len(items)}] = {{\n    " + ",\n    ".join(rows) + "\n};"
+
+
+@lru_cache(maxsize=None)
+def generated_tables(family: str) -> str:
+    """C text of the lookup tables of a family, from ``gpuquant.quants.<family>.kernel_tables()`` (empty when
+    the family module has none): ``static __device__ const <type> <name>[n]``, in the module's order."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(f"gpuquant.quants.{family}")
+    except ModuleNotFoundError:
+        return ""
+    make = getattr(mod, "kernel_tables", None)
+    if make is None:
+        return ""
+    parts = [f"// tables generated from gpuquant.quants.{family}.kernel_tables() (gpuquant/backends/kernels.py)",
+             '#include "common.cuh"']
+    parts += [_c_array(name, arr) for name, arr in make().items()]
+    return "\n".join(parts) + "\n"
+
+
 def source(family: str) -> str:
     """The text NVRTC compiles for ``kernels/<family>.cu``: the file, its layout checks, and a comment with a
     digest of the headers it may include (compile caches are keyed by source text, so an edit to a header
@@ -177,7 +237,7 @@ def _read_source(folder: str, family: str) -> str:
     h = hashlib.sha256()
     for p in sorted(d.glob("*.cuh")):
         h.update(p.name.encode() + b"\0" + p.read_bytes())
-    return ((d / f"{family}.cu").read_text() + "\n" + layout_checks(family)
+    return (generated_tables(family) + (d / f"{family}.cu").read_text() + "\n" + layout_checks(family)
             + f"\n// gpuquant headers {h.hexdigest()[:16]}\n")
 
 
@@ -205,6 +265,7 @@ class Launch:
     out: str
     use_qw: bool = False
     use_rowstat: bool = False
+    use_status: bool = False  # the 4th pointer is the abort status word (ggml_aborts types)
 
 
 @dataclass(frozen=True)
@@ -214,6 +275,7 @@ class LaunchPlan:
     launches: tuple[Launch, ...]
     scratch_bytes: int  # float32 rows for a dequantized source (0: none)
     rowstat_bytes: int  # one float per row (0: none)
+    status_bytes: int = 0  # the abort status word (4 bytes, set to NO_ABORT before the launches; 0: none)
 
 
 def supports(src: T, dst: T, families: tuple[str, ...] | None = None) -> bool:
@@ -262,8 +324,9 @@ def launch_plan(src: T, dst: T, n_per_row: int, rows_per_expert: int, n_expert: 
     weights = "_w" if spec.weighted and has_quant_weights else ""
     launches.append(Launch(spec.family, f"quantize_{spec.name}{weights}_{src_name}", "quantize",
                            (max(1, _ceil_div(items, spec.items_per_block)), 1, n_expert), (spec.threads, 1, 1),
-                           spec.sync, inp, "dst", use_qw=has_quant_weights, use_rowstat=use_rowstat))
-    return LaunchPlan(tuple(launches), scratch_bytes, rowstat_bytes)
+                           spec.sync, inp, "dst", use_qw=has_quant_weights, use_rowstat=use_rowstat,
+                           use_status=spec.aborts))
+    return LaunchPlan(tuple(launches), scratch_bytes, rowstat_bytes, 4 if spec.aborts else 0)
 
 
 @dataclass(frozen=True)
@@ -277,14 +340,24 @@ class BoundLaunch:
 
 def bind(p: LaunchPlan, job: SlabJob, bufs: dict[str, int], qw: int) -> list[BoundLaunch]:
     """The arguments of every launch of ``p``: ``bufs`` maps the buffer roles ("src", "dst", "scratch",
-    "rowstat") to device addresses, ``qw`` is the importance weights' address (0: none). Both kernel-running
-    devices launch exactly these."""
+    "rowstat", "status") to device addresses, ``qw`` is the importance weights' address (0: none). Both
+    kernel-running devices launch exactly these."""
     out = []
     for ln in p.launches:
         if ln.kind == "convert":  # (in, out, n_per_row, nrows)
             out.append(BoundLaunch(ln, (bufs[ln.inp], bufs[ln.out]), (job.n_per_row, job.nrows)))
-        else:  # (src, dst, qw, rowstat, n_per_row, rows_per_expert, n_expert)
-            out.append(BoundLaunch(ln, (bufs[ln.inp], bufs["dst"], qw if ln.use_qw else 0,
-                                        bufs["rowstat"] if ln.use_rowstat else 0),
+        else:  # (src, dst, qw, rowstat or status, n_per_row, rows_per_expert, n_expert)
+            fourth = bufs["status"] if ln.use_status else bufs["rowstat"] if ln.use_rowstat else 0
+            out.append(BoundLaunch(ln, (bufs[ln.inp], bufs["dst"], qw if ln.use_qw else 0, fourth),
                                    (job.n_per_row, job.rows_per_expert, job.n_expert)))
     return out
+
+
+def raise_if_aborted(job: SlabJob, status: int) -> None:
+    """The status word of a ``ggml_aborts`` kernel after its launch -> ``GGMLAbort`` naming the first
+    aborted work item (``row * blocks_per_row + block`` of the slab), as ``quantize_rows`` raises it."""
+    if status == NO_ABORT:
+        return
+    per_row = job.n_per_row // KERNELS[job.dst_type].item_elems
+    raise GGMLAbort(f"{job.dst_type.name}: ggml-quants.c aborts (GGML_ASSERT) on block {status % per_row} of "
+                    f"row {status // per_row} of the slab; llama-quantize would crash on it")

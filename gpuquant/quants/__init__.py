@@ -189,8 +189,13 @@ class QuantType:
     @classmethod
     def first_invalid(cls, raw: np.ndarray) -> int | None:
         """Index of the first block of flat uint8 ``raw`` that ``invalid_blocks`` refuses, or None."""
-        idx = np.flatnonzero(cls.invalid_blocks(raw.reshape(-1, cls.type_size)))
-        return int(idx[0]) if idx.size else None
+        blocks = raw.reshape(-1, cls.type_size)
+        step = max(1, (1 << 20) // cls.type_size)  # about 1 MiB per step: no slab-sized temporaries
+        for b0 in range(0, len(blocks), step):
+            idx = np.flatnonzero(cls.invalid_blocks(blocks[b0:b0 + step]))
+            if idx.size:
+                return b0 + int(idx[0])
+        return None
 
     @classmethod
     def row_size(cls, n_per_row: int) -> int:

@@ -13,6 +13,9 @@ from . import Kernel, QuantType
 from .common import bf16_bits, fp16_bits, fp16_to_fp32_ggml
 
 
+VALIDATE_CHUNK = 1 << 18  # values per validation step (a few hundred KiB: stays in the cache)
+
+
 class _Float(QuantType):
     fp16_fields = {}  # ggml_validate_row_data checks every value instead (first_invalid)
     kernel = Kernel(threads=256, item_elems=32, flat=True, dequantize=False)
@@ -22,10 +25,14 @@ class _Float(QuantType):
     @classmethod
     def first_invalid(cls, raw: np.ndarray) -> int | None:
         """The first Inf or NaN value (ggml_validate_row_data of F32/F16/BF16): one pass when all is valid."""
-        mag = raw.view(cls._bits) & cls._bits.type(cls._inf_bits | (cls._inf_bits - 1))
-        if mag.size == 0 or mag.max() < cls._inf_bits:
-            return None
-        return int(np.argmax(mag >= cls._inf_bits))
+        bits = raw.view(cls._bits)
+        mask = cls._bits.type(cls._inf_bits | (cls._inf_bits - 1))
+        tmp = np.empty(min(bits.size, VALIDATE_CHUNK), cls._bits)
+        for i in range(0, bits.size, VALIDATE_CHUNK):  # cache-sized steps, no slab-sized temporary
+            mag = np.bitwise_and(bits[i:i + VALIDATE_CHUNK], mask, out=tmp[: min(VALIDATE_CHUNK, bits.size - i)])
+            if mag.max() >= cls._inf_bits:
+                return i + int(np.argmax(mag >= cls._inf_bits))
+        return None
 
     @classmethod
     def quantize_rows(cls, rows: np.ndarray, quant_weights: np.ndarray | None) -> np.ndarray:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import gguf.quants as gq
 
-from . import GGMLAbort, QuantType
+from . import GGMLAbort, Kernel, QuantType
 from . import GGMLQuantizationType as T
 from .common import F32, GROUP_MAX_EPS, fp16_bits, fp16_to_fp32, nearest_int, seq_sum
 from .grids import Grid, iq2_grid
@@ -29,7 +29,7 @@ from .iq2_search import (
 )
 from .kquants_search import make_qp_quants
 
-__all__ = ["IQ2_S", "IQ2_XS", "IQ2_XXS"]
+__all__ = ["IQ2_S", "IQ2_XS", "IQ2_XXS", "kernel_tables"]
 
 QK_K = 256
 GROUP_MAX_EPS_IQ2_S = F32(1e-8)
@@ -271,6 +271,7 @@ class _IQ2_16(_IQ2):
 class IQ2_XS(_IQ2_16, qtype=T.IQ2_XS):
     """``quantize_iq2_xs``: ``quantize_row_iq2_xs_impl`` per row (weights required)."""
 
+    kernel = Kernel(threads=128, item_elems=256, items_per_block=8, sync=True)  # a thread per group
     fp16_fields = {"d": 0}
     requires_imatrix = True
     eps = GROUP_MAX_EPS
@@ -309,6 +310,7 @@ class IQ2_XS(_IQ2_16, qtype=T.IQ2_XS):
 class IQ2_S(_IQ2_16, qtype=T.IQ2_S):
     """``quantize_iq2_s``: ``quantize_row_iq2_s_impl`` per row (weights optional)."""
 
+    kernel = Kernel(threads=128, item_elems=256, items_per_block=8, sync=True)  # a thread per group
     fp16_fields = {"d": 0}
     eps = GROUP_MAX_EPS_IQ2_S
     parity = False
@@ -371,6 +373,7 @@ class IQ2_XXS(_IQ2, qtype=T.IQ2_XXS):
     """``quantize_iq2_xxs``: ``quantize_row_iq2_xxs_impl`` per row (weights required): groups of 32 (four
     octets), a first scale from ``make_qp_quants``, 13 trials around it."""
 
+    kernel = Kernel(threads=64, item_elems=256, items_per_block=8, sync=True)  # a thread per group
     fp16_fields = {"d": 0}
     requires_imatrix = True
     group = 32
@@ -463,3 +466,34 @@ class IQ2_XXS(_IQ2, qtype=T.IQ2_XXS):
         q2[zero] = 0
         d16 = np.where(zero, 0, fp16_bits(d)).astype(np.uint16)
         return np.concatenate([d16.view(np.uint8).reshape(S, 2), q2.view(np.uint8)], axis=1)
+
+
+# ----------------------------------------------------------------------------- CUDA tables
+
+
+def kernel_tables() -> dict[str, np.ndarray]:
+    """The lookup tables of kernels/iq2.cu, from ``grids.iq2_grid``: per type the sorted packed grid
+    (``<t>_kgrid``), the grid index of each octet of levels 0..2 by its base-3 code ``sum l[i]*3**i``
+    (``<t>_map3``, -1 off the grid) and the neighbour lists of the off-grid codes, concatenated
+    (``<t>_nb_list[<t>_nb_off[c]:<t>_nb_off[c + 1]]``, the C ``kneighbors`` lists); ``gq_iq2_ksigns`` and
+    the grid byte values of the levels (``gq_iq2_values``). Only codes the rounding can reach get lists."""
+    levels = (np.arange(3 ** 8)[:, None] // 3 ** np.arange(8)) % 3  # (6561, 8): level i of code c
+    u = np.bitwise_or.reduce(levels << (2 * np.arange(8)), axis=1)
+    out = {"gq_iq2_ksigns": KSIGNS, "gq_iq2_values": np.array(gq.IQ2_XXS.grid_map, dtype=np.uint8)}
+    for t in (T.IQ2_XXS, T.IQ2_XS, T.IQ2_S):
+        g = iq2_grid(t)
+        name = "gq_" + t.name.lower().replace("_", "")
+        if (np.diff(g.kgrid.astype(np.int32)) <= 0).any():
+            raise ValueError(f"{t.name}: kgrid is not sorted")
+        m = g.map[u]
+        off = m < 0
+        counts = np.where(off, g.nb_count[u], 0)
+        if (counts[off] <= 0).any():
+            raise ValueError(f"{t.name}: an empty neighbour list (iq2_find_best_neighbour asserts)")
+        nb_off = np.concatenate(([0], np.cumsum(counts))).astype(np.uint32)
+        lists = [g.neighbour_list(int(v)) for v in u[off]]
+        out[name + "_kgrid"] = g.kgrid
+        out[name + "_map3"] = np.where(off, -1, m).astype(np.int16)
+        out[name + "_nb_off"] = nb_off
+        out[name + "_nb_list"] = np.concatenate(lists).astype(np.uint16)
+    return out

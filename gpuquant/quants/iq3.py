@@ -28,7 +28,7 @@ import numpy as np
 import gguf.quants as _gq
 
 from . import GGMLQuantizationType as T
-from . import GGMLAbort, QuantType, grids
+from . import GGMLAbort, Kernel, QuantType, grids
 from .common import F32, below_exact, fp16_bits, fp16_to_fp32, levels_f32, levels_int, seq_sum
 
 QK_K = 256
@@ -405,7 +405,7 @@ class _IQ3(QuantType):
     """Shared row driver: rows -> super-blocks -> chunks; subclasses pack the blocks."""
 
     fp16_fields = {"d": 0}
-    kernel = None
+    kernel = Kernel(threads=32, items_per_block=1, sync=True)  # kernels/iq3.cu: a warp per super-block
     search: _Search
 
     @classmethod
@@ -560,3 +560,27 @@ class IQ3_S(_IQ3, qtype=T.IQ3_S):
         out[zero, 0:2] = 0  # d = fp16(0); qs, qh and signs as written; scales 0
         out[zero, 106:110] = 0
 
+
+
+# ----------------------------------------------------------------------------- kernel tables
+
+
+def kernel_tables() -> dict[str, np.ndarray]:
+    """The lookup tables of kernels/iq3.cu, from the grids above (``iq3xs_init_impl``'s layout) and gguf's
+    dequantize grids: per grid (``iq3xxs``: 256 points, ``iq3s``: 512) ``gq_<g>_qgrid`` the points
+    ``2*l + 1`` as 4 floats (C ``kgrid_q3xs``, converted), ``gq_<g>_map`` (C ``kmap_q3xs``: a grid index, or
+    ``-(offset + 1)`` of a neighbour list in ``gq_<g>_nb``), ``gq_<g>_nb`` (C ``kneighbors_q3xs``: each
+    list's length, then the list); ``gq_iq3xxs_grid`` (ggml-common.h ``iq3xxs_grid``; ``iq3s_grid`` is
+    ``gq_iq3s_qgrid`` itself) and ``gq_ksigns_iq2xs``."""
+    out = {}
+    for name, size in (("iq3xxs", 256), ("iq3s", 512)):
+        g = grids.iq3_grid(size)
+        assert g.neighbours.size < 1 << 15  # int16 map offsets
+        out[f"gq_{name}_qgrid"] = g.grid.astype(F32).reshape(-1)
+        out[f"gq_{name}_map"] = g.map.astype(np.int16)
+        out[f"gq_{name}_nb"] = g.neighbours
+    out["gq_iq3xxs_grid"] = np.ascontiguousarray(_dequant_grid(_gq.IQ3_XXS).astype(np.uint8)).view("<u4").reshape(-1)
+    # iq3s_grid holds 2*l + 1 itself: the kernels dequantize IQ3_S from gq_iq3s_qgrid
+    assert np.array_equal(_dequant_grid(_gq.IQ3_S).reshape(-1), out["gq_iq3s_qgrid"])
+    out["gq_ksigns_iq2xs"] = KSIGNS
+    return out

@@ -15,6 +15,8 @@ struct Accumulators {
     int cas_sum;
     unsigned int ticket;
     float ftz[3];
+    unsigned int umin;
+    unsigned int pad_;
 };
 
 // out: Accumulators (zeroed by the caller), then one ticket per thread
@@ -27,6 +29,7 @@ extern "C" __global__ void atomics_global(const void* in, void* out, long long u
     atomicAdd(&acc->dsum, (double)v);
     atomicAdd(&acc->fsum, 1.0f);
     atomicMax(&acc->umax, v);
+    atomicMin(&acc->umin, v);
     atomicMax(&acc->imax, (int)(v % 100003u) - 50000);
     atomicMax(&acc->llmax, -3LL * (long long)v);
     atomicOr(&acc->bits, 1u << (v % 32));
