@@ -86,7 +86,8 @@ def test_bytes_through_the_cuda_device(dev, gpu, emu, qtype: T):
     got = run_device(dev, x, T.F32, qtype, x.shape[1], qw, n_expert=2)
     assert_bytes(got, reference(x, qtype, qw, 2), qtype, x, "CudaDevice")
     launches = [e[1] for e in gpu.log if e[0] == "launch"]
-    assert launches[-1] == f"quantize_{K.KERNELS[qtype].name}_f32"
+    weights = "_w" if K.KERNELS[qtype].weighted else ""  # with importance weights: the _w entry points
+    assert launches[-1] == f"quantize_{K.KERNELS[qtype].name}{weights}_f32"
     if K.KERNELS[qtype].dequantize:  # requantize: dequantize_<type> into the stream's scratch first
         h = run_device(dev, got, qtype, T.F16, x.shape[1])
         launches = [e[1] for e in gpu.log if e[0] == "launch"]
