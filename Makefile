@@ -4,7 +4,7 @@ DEMO_DIR ?= demo
 DEMO_TYPE ?= IQ4_NL
 DEVICE ?= auto
 
-.PHONY: install install-gpu model demo test test-gpu test-fast test-extended bench oracle golden clean
+.PHONY: install install-gpu model demo test test-gpu test-fast test-extended bench ptxas-report oracle golden clean
 
 install:
 	$(PYTHON) -m pip install -q -e '.[test]'
@@ -56,6 +56,10 @@ golden:
 
 bench:
 	$(PYTHON) bench/bench_cpu.py
+
+# bench/ptxas-sm_90.txt: ptxas' resource report of every kernel for sm_90 (NVRTC only, no GPU)
+ptxas-report:
+	$(PYTHON) bench/ptxas_report.py
 
 clean:
 	rm -rf $(DEMO_DIR) build dist *.egg-info .pytest_cache

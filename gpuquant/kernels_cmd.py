@@ -73,3 +73,50 @@ def table(rows: list[FamilyPTX]) -> Table:
         t.add_row(r.family, r.target, str(r.kernels), "-" if r.max_registers is None else str(r.max_registers),
                   "-" if r.spill_bytes is None else str(r.spill_bytes), f"{r.ptx.name}, {r.log.name}")
     return t
+
+
+@dataclass(frozen=True)
+class KernelResources:
+    """ptxas' ``-v`` report of one entry point."""
+
+    name: str
+    registers: int
+    stack_bytes: int
+    spill_bytes: int  # stores + loads
+    smem_bytes: int = 0  # static shared memory per CUDA block
+
+
+_COMPILING = re.compile(r"Compiling entry function '(\w+)'")
+_PROPERTIES = re.compile(r"Function properties for (\w+)")
+_STACK = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_SMEM = re.compile(r"(\d+) bytes smem")
+
+
+def kernel_resources(log: str) -> dict[str, KernelResources]:
+    """Per entry point of a compile log (sm_XX target): registers, stack frame and spills, as ptxas reports
+    them ("Compiling entry function 'k'", then its "Function properties for k" and "Used N registers")."""
+    out: dict[str, KernelResources] = {}
+    entry = props = None
+    stack = spill = 0
+    for line in log.splitlines():
+        if m := _COMPILING.search(line):
+            entry, props, stack, spill = m.group(1), None, 0, 0
+        elif m := _PROPERTIES.search(line):
+            props = m.group(1)
+        elif (m := _STACK.search(line)) and entry is not None and props == entry:
+            stack, spill = int(m.group(1)), int(m.group(2)) + int(m.group(3))
+        elif (m := _REGS.search(line)) and entry is not None:
+            smem = _SMEM.search(line)
+            out[entry] = KernelResources(entry, int(m.group(1)), stack, spill, int(smem.group(1)) if smem else 0)
+            entry = None
+    return out
+
+
+_ENTRY_BODY = re.compile(r"^\.visible \.entry (\w+)\(", re.M)
+
+
+def entry_bodies(ptx: str) -> dict[str, str]:
+    """The PTX text of each ``.visible .entry`` function (up to the next entry)."""
+    starts = [(m.group(1), m.start()) for m in _ENTRY_BODY.finditer(ptx)]
+    return {name: ptx[a:(starts[i + 1][1] if i + 1 < len(starts) else len(ptx))]
+            for i, (name, a) in enumerate(starts)}

@@ -18,7 +18,9 @@
 //   src in f32/f16/bf16. The slab is n_expert experts of rows_per_expert rows; expert = blockIdx.z, its
 //   rows start at blockIdx.z * rows_per_expert, its importance weights at qw + blockIdx.z * n_per_row
 //   (qw == nullptr: no imatrix). x covers rows_per_expert * blocks_per_row work items, one CUDA thread
-//   per ggml block (super-block for K/IQ4_XS); gq_work_item() decodes that. rowstat (or nullptr) is a
+//   per ggml block (super-block for K-quants); gq_work_item() decodes that. Tiled kernels (tiles.cuh:
+//   legacy, iq4, lowbit, ternary, fp4) give a CUDA block a tile of adjacent items staged through shared
+//   memory instead, and a type that reads importance weights has quantize_<dst>_w_<src> for them. rowstat (or nullptr) is a
 //   per-row float from a pre-pass kernel (legacy types: sum of x*x in C loop order).
 // * A block type needs one __device__ core `void core(const float* x, const GqItem& it, Block* y)` (the
 //   block's values already converted to float32, its importance weights it.qw) named after the ggml
@@ -54,8 +56,22 @@ typedef unsigned long long uint64_t;
 // Keeps an outer search loop rolled on the GPU (code size, NVRTC compile time); nothing on the host.
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #define GQ_NO_UNROLL _Pragma("unroll 1")
+#define GQ_UNROLL_4 _Pragma("unroll 4")
 #else
 #define GQ_NO_UNROLL
+#define GQ_UNROLL_4
+#endif
+
+// GQ_PHASES(n, body): a kernel body in n phases separated by __syncthreads that share nothing but shared
+// memory and the kernel's arguments (body reads `int phase`; a `return` in it ends that phase only, every
+// thread reaches every barrier). The host shim runs such a kernel phase by phase in its block runners,
+// without fibers (kernels/host_shim.h); a kernel with no other barrier keeps Kernel(sync=False).
+#if !defined(GQ_HOST_SHIM)
+#define GQ_PHASES(n, ...)                                    \
+    _Pragma("unroll") for (int phase = 0; phase < (n); ++phase) { \
+        if (phase) __syncthreads();                          \
+        __VA_ARGS__;                                         \
+    }
 #endif
 
 #define GQ_MIN(a, b) ((a) < (b) ? (a) : (b))
@@ -430,11 +446,11 @@ __device__ __forceinline__ void gq_report_abort(unsigned int* status, long long 
         quantize_##dst_name##_item<GqSrcBF16>(GQ_QUANTIZE_ARGS);                                             \
     }
 
-// quantize_<dst>_{f32,f16,bf16} and quantize_<dst>_{f32,f16,bf16}_qw from `template <class Src, bool QW>
+// quantize_<dst>_{f32,f16,bf16} and quantize_<dst>_w_{f32,f16,bf16} from `template <class Src, bool QW>
 // __device__ void quantize_<dst>_item(...)`: separate instantiations without (QW = false, qw == nullptr) and
-// with importance weights, for a type whose descriptor says Kernel(qw_kernels=True) (the launch plan then
-// names the _qw kernel when an imatrix is given).
-#define GQ_QUANTIZE_QW_ENTRY_POINTS(dst_name)                                                                  \
+// with importance weights, for a type whose descriptor says Kernel(weighted=True) (the launch plan then
+// names the _w kernels when an imatrix is given; tiles.cuh makes the same two sets its own way).
+#define GQ_QUANTIZE_WEIGHTED_ENTRY_POINTS(dst_name)                                                                  \
     extern "C" __global__ void quantize_##dst_name##_f32(GQ_QUANTIZE_PARAMS) {                               \
         quantize_##dst_name##_item<GqSrcF32, false>(GQ_QUANTIZE_ARGS);                                       \
     }                                                                                                        \
@@ -444,13 +460,13 @@ __device__ __forceinline__ void gq_report_abort(unsigned int* status, long long 
     extern "C" __global__ void quantize_##dst_name##_bf16(GQ_QUANTIZE_PARAMS) {                              \
         quantize_##dst_name##_item<GqSrcBF16, false>(GQ_QUANTIZE_ARGS);                                      \
     }                                                                                                        \
-    extern "C" __global__ void quantize_##dst_name##_f32_qw(GQ_QUANTIZE_PARAMS) {                            \
+    extern "C" __global__ void quantize_##dst_name##_w_f32(GQ_QUANTIZE_PARAMS) {                            \
         quantize_##dst_name##_item<GqSrcF32, true>(GQ_QUANTIZE_ARGS);                                        \
     }                                                                                                        \
-    extern "C" __global__ void quantize_##dst_name##_f16_qw(GQ_QUANTIZE_PARAMS) {                            \
+    extern "C" __global__ void quantize_##dst_name##_w_f16(GQ_QUANTIZE_PARAMS) {                            \
         quantize_##dst_name##_item<GqSrcF16, true>(GQ_QUANTIZE_ARGS);                                        \
     }                                                                                                        \
-    extern "C" __global__ void quantize_##dst_name##_bf16_qw(GQ_QUANTIZE_PARAMS) {                           \
+    extern "C" __global__ void quantize_##dst_name##_w_bf16(GQ_QUANTIZE_PARAMS) {                           \
         quantize_##dst_name##_item<GqSrcBF16, true>(GQ_QUANTIZE_ARGS);                                       \
     }
 
@@ -524,3 +540,6 @@ __device__ __forceinline__ void gq_dequantize_blocks(GQ_DEQUANTIZE_PARAMS) {
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < nrows * (n_per_row / QK)) core((const Block*)src + i, dst + i * QK);
 }
+
+
+#include "tiles.cuh"

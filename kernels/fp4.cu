@@ -1,8 +1,8 @@
 // fp4.cu: MXFP4 and NVFP4 (ggml-quants.c quantize_row_mxfp4_ref / quantize_row_nvfp4_ref, which
 // ggml_quantize_chunk runs ignoring importance weights) and their dequantize kernels.
 //
-// One CUDA thread per block (32 values, or 64 as four 16-value sub-blocks), streaming its values
-// (GQ_QUANTIZE_STREAM_ITEM): a pass for the scale, a pass for the E2M1 indices, each the exhaustive
+// Tiled kernels (tiles.cuh), one thread per block (32 values, or 64 as four 16-value sub-blocks) with its
+// values in shared memory: a pass for the scale, a pass for the E2M1 indices, each the exhaustive
 // best_index_mxfp4 search of ggml (16 candidates, first smallest error).
 #include "common.cuh"
 
@@ -143,8 +143,10 @@ __device__ __forceinline__ void gq_quantize_nvfp4(const X& x, block_nvfp4* y) {
     }
 }
 
-GQ_QUANTIZE_STREAM_ITEM(mxfp4, block_mxfp4, QK_MXFP4, gq_quantize_mxfp4)
-GQ_QUANTIZE_STREAM_ITEM(nvfp4, block_nvfp4, QK_NVFP4, gq_quantize_nvfp4)
+GQ_STREAM_CORE(mxfp4, block_mxfp4, QK_MXFP4, 128, gq_quantize_mxfp4)
+GQ_TILED_ITEMS_UNWEIGHTED(mxfp4, GqCore_mxfp4)
+GQ_STREAM_CORE(nvfp4, block_nvfp4, QK_NVFP4, 128, gq_quantize_nvfp4)
+GQ_TILED_ITEMS_UNWEIGHTED(nvfp4, GqCore_nvfp4)
 GQ_QUANTIZE_ENTRY_POINTS(mxfp4)
 GQ_QUANTIZE_ENTRY_POINTS(nvfp4)
 

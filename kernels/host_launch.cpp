@@ -13,6 +13,9 @@ __thread gq_dim3 threadIdx GQ_HIDDEN;
 __thread gq_dim3 blockIdx GQ_HIDDEN;
 __thread gq_dim3 blockDim GQ_HIDDEN;
 __thread gq_dim3 gridDim GQ_HIDDEN;
+__thread int gq_phase_runner GQ_HIDDEN = 0;
+__thread int gq_phase_current GQ_HIDDEN = 0;
+__thread int gq_phase_count GQ_HIDDEN = 1;
 
 #include "host_fibers.h"
 

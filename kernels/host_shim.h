@@ -30,7 +30,11 @@
 #include <stdint.h>
 #include <string.h>
 
-#define __global__
+// Kernels are the library's exports (ctypes finds them by name); everything else of a kernel file is
+// compiled hidden (emulated.py wraps the file in `#pragma GCC visibility push(hidden)`), so that its
+// __shared__ arrays (function-local thread_locals) take the local-dynamic TLS model: one TLS base per
+// block runner instead of a __tls_get_addr call per array and CUDA thread.
+#define __global__ __attribute__((visibility("default")))
 #define __device__
 #define __host__
 #define __constant__
@@ -38,7 +42,7 @@
 #define __noinline__
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
-#define __shared__ static thread_local
+#define __shared__ static thread_local __attribute__((tls_model("local-dynamic")))
 
 struct gq_dim3 {
     unsigned int x, y, z;
@@ -86,6 +90,28 @@ void gq_host_syncthreads() GQ_HIDDEN;
 unsigned long long gq_host_warp(int op, unsigned int mask, unsigned long long value, int b, int width) GQ_HIDDEN;
 
 #define __syncthreads() gq_host_syncthreads()
+
+// GQ_PHASES(n, body): the body of a kernel in n phases separated by __syncthreads, the phases sharing
+// nothing but shared memory and the kernel's arguments (body reads `phase`). On the GPU (common.cuh) and in
+// a fiber (Kernel(sync=True)) it is the loop with barriers. A generated block runner instead sets
+// gq_phase_runner and runs phase 0 for every thread of the block, then phase 1, ...: the barriers are then
+// implicit and no fiber is needed, so a phased kernel without other barriers runs at block-runner speed.
+extern __thread int gq_phase_runner GQ_HIDDEN;   // nonzero inside a generated block runner
+extern __thread int gq_phase_current GQ_HIDDEN;  // the phase the block runner is running
+extern __thread int gq_phase_count GQ_HIDDEN;    // set by the kernel: how many phases it has
+#define GQ_PHASES(n, ...)                                                   \
+    do {                                                                    \
+        if (gq_phase_runner) {                                              \
+            gq_phase_count = (n);                                           \
+            const int phase = gq_phase_current;                             \
+            __VA_ARGS__;                                                    \
+        } else {                                                            \
+            for (int phase = 0; phase < (n); ++phase) {                     \
+                if (phase) __syncthreads();                                 \
+                __VA_ARGS__;                                                \
+            }                                                               \
+        }                                                                   \
+    } while (0)
 static inline void __syncwarp(unsigned int mask = 0xffffffffu) { gq_host_warp(GQ_OP_SYNCWARP, mask, 0, 0, 32); }
 static inline unsigned int __ballot_sync(unsigned int mask, int predicate) {
     return (unsigned int)gq_host_warp(GQ_OP_BALLOT, mask, predicate != 0, 0, 32);

@@ -5,7 +5,7 @@
 // every sum in ggml's order; one thread per super-block then runs the super-block step (max scale, or the
 // make_qp_quants/make_qx_quants of the sub-block scales); each thread requantizes and packs a slice of the
 // block's values. The kernels without importance weights (quantize_q*_k_<src>) follow
-// quantize_row_q*_K_ref, the _qw ones quantize_row_q*_K_impl: exactly what quantize_q*_K (and so
+// quantize_row_q*_K_ref, the _w ones quantize_row_q*_K_impl: exactly what quantize_q*_K (and so
 // ggml_quantize_chunk) dispatches to. The k-quants' statistics (sigma2 of the _impl paths) are per
 // super-block, so no row pre-pass is needed and rowstat is unused.
 //
@@ -452,13 +452,13 @@ __device__ __forceinline__ void quantize_q6_k_item(GQ_QUANTIZE_PARAMS) {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Entry points: quantize_q*_k_{f32,f16,bf16} (no importance weights) and ..._qw
+// Entry points: quantize_q*_k_{f32,f16,bf16} (no importance weights) and quantize_q*_k_w_*
 // ---------------------------------------------------------------------------------------------------
-GQ_QUANTIZE_QW_ENTRY_POINTS(q2_k)
-GQ_QUANTIZE_QW_ENTRY_POINTS(q3_k)
-GQ_QUANTIZE_QW_ENTRY_POINTS(q4_k)
-GQ_QUANTIZE_QW_ENTRY_POINTS(q5_k)
-GQ_QUANTIZE_QW_ENTRY_POINTS(q6_k)
+GQ_QUANTIZE_WEIGHTED_ENTRY_POINTS(q2_k)
+GQ_QUANTIZE_WEIGHTED_ENTRY_POINTS(q3_k)
+GQ_QUANTIZE_WEIGHTED_ENTRY_POINTS(q4_k)
+GQ_QUANTIZE_WEIGHTED_ENTRY_POINTS(q5_k)
+GQ_QUANTIZE_WEIGHTED_ENTRY_POINTS(q6_k)
 
 // ---------------------------------------------------------------------------------------------------
 // Dequantize: dequantize_row_q*_K of one super-block, every value stored through gq_x86_nan (an inf

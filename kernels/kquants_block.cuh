@@ -4,7 +4,7 @@
 // lane s of super-block g. Lane s runs the scale searches of sub-blocks [s * NSUB / KQ_LANES, ...) (every
 // sum in ggml's order), lane 0 the super-block step, and lane s requantizes and packs the values 32k + l,
 // l in [8s, 8s + 8), k in [0, 8): the slice that makes whole bytes of every packed field. The registry
-// launches it with Kernel(threads=KQ_SB * KQ_LANES, items_per_block=KQ_SB, sync=True, qw_kernels=True)
+// launches it with Kernel(threads=KQ_SB * KQ_LANES, items_per_block=KQ_SB, sync=True, weighted=True)
 // (gpuquant/quants/kquants.py). The block's source values are one contiguous range (the super-blocks of
 // an expert are its rows in order), read with 16-byte loads into shared memory, a sub-block per row; the
 // quantized blocks are assembled in shared memory and stored with 16-byte stores. Per-thread arrays

@@ -1,8 +1,8 @@
 // lowbit.cu: Q1_0 and Q2_0 (ggml-quants.c quantize_row_q1_0_ref / quantize_row_q2_0_ref, which
 // ggml_quantize_chunk runs with or without importance weights) and their dequantize kernels.
 //
-// One CUDA thread per block, streaming its values (GQ_QUANTIZE_STREAM_ITEM): a pass for the scale, a pass
-// for the quants.
+// Tiled kernels (tiles.cuh: values staged through shared memory with 16-byte loads, blocks stored with
+// 16-byte stores), one thread per block: a pass for the scale, a pass for the quants.
 #include "common.cuh"
 
 #define QK1_0 128
@@ -53,8 +53,10 @@ __device__ __forceinline__ void gq_quantize_q2_0(const X& x, block_q2_0* y) {
     }
 }
 
-GQ_QUANTIZE_STREAM_ITEM(q1_0, block_q1_0, QK1_0, gq_quantize_q1_0)
-GQ_QUANTIZE_STREAM_ITEM(q2_0, block_q2_0, QK2_0, gq_quantize_q2_0)
+GQ_STREAM_CORE(q1_0, block_q1_0, QK1_0, 64, gq_quantize_q1_0)
+GQ_TILED_ITEMS_UNWEIGHTED(q1_0, GqCore_q1_0)
+GQ_STREAM_CORE(q2_0, block_q2_0, QK2_0, 128, gq_quantize_q2_0)
+GQ_TILED_ITEMS_UNWEIGHTED(q2_0, GqCore_q2_0)
 GQ_QUANTIZE_ENTRY_POINTS(q1_0)
 GQ_QUANTIZE_ENTRY_POINTS(q2_0)
 

@@ -1,8 +1,8 @@
 // ternary.cu: TQ1_0 and TQ2_0 (ggml-quants.c quantize_row_tq1_0_ref / quantize_row_tq2_0_ref, which
 // ggml_quantize_chunk runs ignoring importance weights) and their dequantize kernels.
 //
-// One CUDA thread per 256-value block, streaming its values (GQ_QUANTIZE_STREAM_ITEM): a pass for amax,
-// a pass for the trits.
+// Tiled kernels (tiles.cuh), one warp of 32 threads per CUDA block, one thread per 256-value block (its
+// values in shared memory, 33 KB per tile): a pass for amax, a pass for the trits.
 #include "common.cuh"
 
 struct block_tq1_0 { uint8_t qs[(QK_K - 4 * QK_K / 64) / 5]; uint8_t qh[QK_K / 64]; gq_half d; };
@@ -67,8 +67,10 @@ __device__ __forceinline__ void gq_quantize_tq2_0(const X& x, block_tq2_0* y) {
     }
 }
 
-GQ_QUANTIZE_STREAM_ITEM(tq1_0, block_tq1_0, QK_K, gq_quantize_tq1_0)
-GQ_QUANTIZE_STREAM_ITEM(tq2_0, block_tq2_0, QK_K, gq_quantize_tq2_0)
+GQ_STREAM_CORE(tq1_0, block_tq1_0, QK_K, 32, gq_quantize_tq1_0)
+GQ_TILED_ITEMS_UNWEIGHTED(tq1_0, GqCore_tq1_0)
+GQ_STREAM_CORE(tq2_0, block_tq2_0, QK_K, 32, gq_quantize_tq2_0)
+GQ_TILED_ITEMS_UNWEIGHTED(tq2_0, GqCore_tq2_0)
 GQ_QUANTIZE_ENTRY_POINTS(tq1_0)
 GQ_QUANTIZE_ENTRY_POINTS(tq2_0)
 

@@ -86,7 +86,7 @@ def test_bytes_through_the_cuda_device(dev, gpu, emu, qtype: T):
     got = run_device(dev, x, T.F32, qtype, x.shape[1], qw, n_expert=2)
     assert_bytes(got, reference(x, qtype, qw, 2), qtype, x, "CudaDevice")
     launches = [e[1] for e in gpu.log if e[0] == "launch"]
-    assert launches[-1] == K.KERNELS[qtype].quantize_kernel("f32", True)  # with weights: the _qw kernel if any
+    assert launches[-1] == K.KERNELS[qtype].quantize_kernel("f32", True)  # with weights: the _w entry points if any
     if K.KERNELS[qtype].dequantize:  # requantize: dequantize_<type> into the stream's scratch first
         h = run_device(dev, got, qtype, T.F16, x.shape[1])
         launches = [e[1] for e in gpu.log if e[0] == "launch"]

@@ -105,11 +105,71 @@ def test_supports_and_plan_geometry():
     assert not any(K.supports(T.F16, t) for t, c in registered().items() if c.kernel is None)
     p = K.launch_plan(T.Q5_1, T.Q4_0, 4096, 96, 8, True)
     names = [ln.kernel for ln in p.launches]
-    assert names == ["dequantize_q5_1", "rowstat_sumsq_f32", "quantize_q4_0_f32"]
+    assert names == ["dequantize_q5_1", "rowstat_sumsq_f32", "quantize_q4_0_w_f32"]
+    assert K.launch_plan(T.F16, T.Q4_0, 4096, 96, 8, False).launches[-1].kernel == "quantize_q4_0_f16"
     q = p.launches[-1]
     assert q.grid == (96 * 128 // 128, 1, 8) and q.block == (128, 1, 1) and q.use_rowstat and q.use_qw
     assert p.scratch_bytes == 96 * 8 * 4096 * 4 and p.rowstat_bytes == 96 * 8 * 4
 
+
+def _tiled_types() -> list[T]:
+    """Types whose quantize kernels are tiled (tiles.cuh: phases, shared memory), read from the sources."""
+    tiled = {f for f in K.available_families() if "GQ_TILED_ITEMS" in (K.kernel_dir() / f"{f}.cu").read_text()}
+    return [t for t, spec in K.KERNELS.items() if spec.family in tiled and not spec.flat]
+
+
+def _misaligned(a: np.ndarray, shift: int) -> np.ndarray:
+    """A copy of ``a``'s bytes starting ``shift`` bytes past a 64-byte boundary."""
+    raw = np.zeros(a.nbytes + 128, np.uint8)
+    start = (-raw.ctypes.data) % 64 + shift
+    view = raw[start:start + a.nbytes]
+    view[:] = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+    return view
+
+
+@pytest.mark.parametrize("qtype", _tiled_types(), ids=lambda t: t.name)
+def test_tiled_kernels_same_bytes_with_barriers_and_any_alignment(qtype: T):
+    """A tiled kernel (phases separated by __syncthreads on a GPU) gives the same bytes through fibers with
+    real barriers as through the block runner's phase order, for 16-byte aligned and misaligned sources,
+    weights and destinations (scalar loads, byte stores at the head and tail of a tile), short last tiles and
+    two experts; and the aligned run equals the device's."""
+    spec = K.KERNELS[qtype]
+    qk = spec.item_elems
+    n_per_row = 3 * qk if qk >= 256 else 5 * qk
+    rows, n_expert = 7, 2
+    x = H.random_rows(np.random.default_rng(11), rows * n_expert, n_per_row)
+    qw = (np.random.default_rng(12).random((n_expert, n_per_row)) + 0.5).astype(F32)
+    lib = KernelLibrary(compile_family(spec.family))
+    out_bytes = rows * n_expert * n_per_row // qk * spec_type_size(qtype)
+    results = []
+    for sync, shift in ((False, 0), (True, 0), (False, 4), (True, 4), (False, 2)):
+        for with_qw in (False, True):
+            p = K.launch_plan(T.F32, qtype, n_per_row, rows, n_expert, with_qw)
+            ln = p.launches[-1]
+            src, w = _misaligned(x, shift), _misaligned(qw, shift)
+            dst = _misaligned(np.zeros(out_bytes, np.uint8), shift // 2 + (1 if shift else 0))
+            rowstat = (x.astype(np.float64) ** 2).sum(1).astype(F32) if ln.use_rowstat else None
+            if rowstat is not None:  # the pre-pass, as the device runs it
+                lib.launch_convert(p.launches[0].kernel, p.launches[0].grid, p.launches[0].block, 2, False,
+                                   src.ctypes.data, rowstat.ctypes.data, n_per_row, rows * n_expert)
+            lib.launch_quantize(ln.kernel, ln.grid, ln.block, 2, sync, src.ctypes.data, dst.ctypes.data,
+                                w.ctypes.data if with_qw else 0, rowstat.ctypes.data if rowstat is not None else 0,
+                                n_per_row, rows, n_expert)
+            results.append((with_qw, np.array(dst)))
+    for with_qw in (False, True):
+        outs = [r for q, r in results if q == with_qw]
+        for o in outs[1:]:
+            H.assert_bytes(o.reshape(rows * n_expert, -1), outs[0].reshape(rows * n_expert, -1), qtype)
+    d = EmulatedDevice(threads=2)
+    dev = H.run_device(d, x, T.F32, qtype, n_per_row, qw, n_expert=n_expert)
+    d.close()
+    H.assert_bytes(dev, [r for q, r in results if q][0].reshape(rows * n_expert, -1), qtype)
+
+
+def spec_type_size(qtype: T) -> int:
+    from gpuquant.quants import QUANT_SIZES
+
+    return QUANT_SIZES[qtype][1]
 
 _TABLES_CU = r"""
 #include "common.cuh"

@@ -38,7 +38,7 @@ from tests.host_shim_models import (
 KDIR = Path(__file__).parent / "host_shim_kernels"
 REPO = Path(__file__).resolve().parents[1]
 #: families NVRTC must accept (overflow.cu is host-only: unbounded recursion)
-CUDA_FAMILIES = ("atomics", "bench", "errors", "intrinsics", "reduce", "shuffle", "vote")
+CUDA_FAMILIES = ("atomics", "bench", "errors", "intrinsics", "phases", "reduce", "shuffle", "vote")
 FIBERS = ("asm", "ucontext")
 
 
@@ -178,6 +178,25 @@ def test_float4_staging_in_shared_memory(fibers: str):
     out = np.zeros(nb * 512, np.uint32)
     launch("reduce", "stage_float4", (nb, 1, 1), (64, 1, 1), out, x, sync=True, fibers=fibers)
     np.testing.assert_array_equal(out, stage_float4_model(x.reshape(nb, 256)).reshape(-1))
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["fibers", "phase-runner"])
+def test_phases_share_only_shared_memory(sync: bool):
+    """GQ_PHASES: with fibers the phases are separated by __syncthreads; the block runner (sync=False)
+    runs phase 0 for every thread, then phase 1, ...: the same result, without fibers."""
+    nb = 5
+    x = _rng(9).standard_normal(nb * 256).astype(np.float32)
+    x[7] = np.float32(1e30)  # order matters: the prefix sums are sequential float32 sums
+    out = np.zeros_like(x)
+    launch("phases", "reverse_prefix", (nb, 1, 1), (256, 1, 1), out, x, sync=sync)
+    want = np.empty_like(x).reshape(nb, 256)
+    for b, row in enumerate(x.reshape(nb, 256)):
+        s, pre = np.float32(0), np.empty(256, np.float32)
+        for k in range(256):
+            s = np.float32(s + row[k])
+            pre[k] = s
+        want[b] = row[::-1] * np.float32(2) + pre
+    np.testing.assert_array_equal(out.reshape(nb, 256), want)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -328,7 +347,7 @@ def test_test_kernels_compile_with_nvrtc(family: str, arch: str):
         nv = N.load()
     except N.NvrtcError as e:
         pytest.skip(f"libnvrtc not available: {e}")
-    options = (*K.NVRTC_OPTIONS, f"-I{KDIR}", f"--gpu-architecture={arch}")
+    options = (*K.NVRTC_OPTIONS, f"-I{KDIR}", f"-I{K.kernel_dir()}", f"--gpu-architecture={arch}")
     rc, log, _, _ = nv.compile((KDIR / f"{family}.cu").read_text(), f"{family}.cu", options)
     assert rc == 0, f"NVRTC failed on {family}.cu for {arch}:\n{log}"
     assert "warning" not in log.lower(), f"NVRTC warnings in {family}.cu for {arch}:\n{log}"

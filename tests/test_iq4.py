@@ -86,3 +86,57 @@ def test_kernel_kvalues_table_matches_gguf():
     assert m, "gq_kvalues_iq4nl not found in iq4.cu"
     values = tuple(int(v) for v in m.group(1).replace("\n", " ").split(",") if v.strip())
     assert values == tuple(int(v) for v in gguf.quants.IQ4_NL.kvalues)
+
+
+def _binary_search_f32(x: np.ndarray) -> np.ndarray:
+    """``best_index_int8(16, kvalues_iq4nl, x)`` vectorized, every comparison and difference in float32."""
+    val = KVALUES.astype(F32)
+    ml = np.zeros(x.shape, np.int64)
+    mu = np.full(x.shape, 15, np.int64)
+    for _ in range(4):  # 15 -> 8 -> 4 -> 2 -> 1
+        mav = (ml + mu) // 2
+        go_down = (mu - ml > 1) & (x < val[mav])
+        go_up = (mu - ml > 1) & ~(x < val[mav])
+        mu = np.where(go_down, mav, mu)
+        ml = np.where(go_up, mav, ml)
+    with np.errstate(invalid="ignore", over="ignore"):
+        last = np.where((x - val[mu - 1]).astype(F32) < (val[mu] - x).astype(F32), mu - 1, mu)
+    return np.where(x <= val[0], 0, np.where(x >= val[15], 15, last))
+
+
+def _kernel_index_rule():
+    """The midpoints of iq4.cu's branchless gq_iq4nl_index and the table packed in gq_iq4nl_value's words."""
+    import re
+
+    from gpuquant.backends import kernels as K
+
+    text = (K.kernel_dir() / "iq4.cu").read_text()
+    body = re.search(r"int gq_iq4nl_index\(float x\) \{(.*?)\}", text, re.S).group(1)
+    mids = np.array([float(m) for m in re.findall(r"!\(x < (-?[0-9.]+)f\)", body)], F32)
+    value = re.search(r"float gq_iq4nl_value\(int i\) \{(.*?)\n\}", text, re.S).group(1)
+    words = [int(w, 16) for w in re.findall(r"0x([0-9A-F]{8})u", value)]
+    table = np.array(words, "<u4").view(np.int8)
+    return mids, table
+
+
+def test_kernel_branchless_index_is_the_binary_search():
+    """iq4.cu's index: the count of the 15 midpoints that x is not below (a NaN: all 15). Identical to the
+    binary search on every float32 near a table value or midpoint, on a 2^-8 sample of all float32 bit
+    patterns, and on NaN, +-inf, +-0 and denormals; its value table is kvalues_iq4nl."""
+    mids, table = _kernel_index_rule()
+    k = KVALUES.astype(F32)
+    assert mids.size == 15 and np.array_equal(mids, (k[:-1] + k[1:]) / 2)
+    assert np.array_equal(table, KVALUES)
+    near = np.concatenate([k, mids]).view(np.uint32).astype(np.int64)
+    near = (near[:, None] + np.arange(-2048, 2049)[None, :]).reshape(-1)
+    near = np.concatenate([near, near ^ 0x80000000])  # the same magnitudes with the other sign
+    sample = np.arange(0, 2**32, 256, dtype=np.int64) + np.random.default_rng(1).integers(0, 256, 2**24)
+    special = np.array([0x7FC00000, 0xFFC00000, 0x7F800001, 0xFFFFFFFF, 0x7F800000, 0xFF800000, 0, 0x80000000,
+                        1, 0x80000001, 0x007FFFFF, 0x807FFFFF], np.int64)
+    x = np.concatenate([near, sample, special]).astype(np.uint32).view(F32)
+    with np.errstate(invalid="ignore"):
+        got = (~(x[:, None] < mids[None, :])).sum(1)
+    want = _binary_search_f32(x)
+    bad = np.flatnonzero(got != want)
+    assert bad.size == 0, f"{bad.size} values differ, first {x[bad[:5]]}: {got[bad[:5]]} != {want[bad[:5]]}"
+    assert got[-12:-10].tolist() == [15, 15] and want[-12:-10].tolist() == [15, 15]  # NaNs

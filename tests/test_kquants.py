@@ -315,7 +315,7 @@ def test_quantize_kernels_keep_no_local_memory_on_sm_90():
         pytest.skip(f"libnvrtc not found: {e}")
     report = _ptxas_kernels(nvrtc.compile_family("kquants", "sm_90", nv=nv).log)
     names = [n for t in TYPES for n in K.KERNELS[GGMLQuantizationType[t]].quantize_kernels()]
-    assert len(names) == 30 and sum(n.endswith("_qw") for n in names) == 15, names
+    assert len(names) == 30 and sum("_w_" in n for n in names) == 15, names
     missing = [n for n in names if n not in report]
     assert not missing, f"ptxas reported no resources for {missing}"
     bad = {n: report[n] for n in names if report[n][0] or report[n][1] or report[n][2] > 128}

@@ -128,21 +128,22 @@ def _remove_stale(out_dir: Path, age_s: float = 3600.0) -> None:
 _KERNEL_RE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(')
 _DYNAMIC_SHARED_RE = re.compile(r"\bextern\s+__shared__\b")
 _COMMENT_RE = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
-_ENTRY_RE = re.compile(r"^\s*GQ_QUANTIZE_(QW_)?ENTRY_POINTS\((\w+)\)", re.M)
+_ENTRY_RE = re.compile(r"^\s*GQ_QUANTIZE_(WEIGHTED_)?ENTRY_POINTS\((\w+)\)", re.M)
 
 
 def kernel_names(text: str) -> list[str]:
     """The ``extern "C" __global__`` kernels of a source, those made by GQ_QUANTIZE_ENTRY_POINTS and
-    GQ_QUANTIZE_QW_ENTRY_POINTS (also ``..._<src>_qw``) too."""
+    GQ_QUANTIZE_WEIGHTED_ENTRY_POINTS (also ``quantize_<dst>_w_<src>``) too."""
     names = _KERNEL_RE.findall(text)
     for qw, dst in _ENTRY_RE.findall(text):
-        names += [f"quantize_{dst}_{s}{q}" for q in ("", "_qw")[:1 + bool(qw)] for s in K.SOURCE_TYPES.values()]
+        names += [f"quantize_{dst}{w}_{s}" for w in ("", "_w")[:1 + bool(qw)] for s in K.SOURCE_TYPES.values()]
     return list(dict.fromkeys(names))
 
 
 def block_runners(cu: Path) -> str:
     """The host translation unit of a family: the .cu itself, then for every kernel a block runner
-    ``gq_run_block_<kernel>(ptrs, ints)`` looping over the block's threads with the kernel inlined.
+    ``gq_run_block_<kernel>(ptrs, ints)`` looping over the block's threads with the kernel inlined (once per
+    phase for kernels written with GQ_PHASES, kernels/host_shim.h).
     ``quantize_*`` kernels have the quantize ABI (4 pointers, 3 integers), every other kernel the
     (in, out, n_per_row, nrows) one. Dynamic shared memory (``extern __shared__``, in the .cu or a header
     of its folder) is refused: the harness has static ``__shared__`` arrays only."""
@@ -150,7 +151,8 @@ def block_runners(cu: Path) -> str:
         if _DYNAMIC_SHARED_RE.search(_COMMENT_RE.sub("", src.read_text())):
             raise DeviceError(f"emulated device: {src.name} declares dynamic shared memory (extern __shared__), "
                               "which the host harness does not run: use a static __shared__ array sized for the block")
-    out = [K.generated_tables(cu.stem), f'#include "{cu.resolve()}"', ""]
+    out = [K.generated_tables(cu.stem), "#pragma GCC visibility push(hidden)", f'#include "{cu.resolve()}"',
+           "#pragma GCC visibility pop", ""]
     for name in kernel_names(cu.read_text()):
         if name.startswith("quantize_"):
             call = f"{name}(gq_any_ptr{{p[0]}}, gq_any_ptr{{p[1]}}, gq_any_ptr{{p[2]}}, gq_any_ptr{{p[3]}}, v[0], v[1], v[2])"
@@ -159,12 +161,18 @@ def block_runners(cu: Path) -> str:
         out += [
             f'extern "C" __attribute__((flatten)) void gq_run_block_{name}(const void* const* p, const long long* v) {{',
             "    const gq_dim3 b = blockDim;",
-            "    for (unsigned int z = 0; z < b.z; ++z)",
-            "        for (unsigned int y = 0; y < b.y; ++y)",
-            "            for (unsigned int x = 0; x < b.x; ++x) {",
-            "                threadIdx.x = x; threadIdx.y = y; threadIdx.z = z;",
-            f"                {call};",
-            "            }",
+            "    gq_phase_runner = 1;",
+            "    gq_phase_count = 1;",
+            "    for (int ph = 0; ph < gq_phase_count; ++ph) {",
+            "        gq_phase_current = ph;",
+            "        for (unsigned int z = 0; z < b.z; ++z)",
+            "            for (unsigned int y = 0; y < b.y; ++y)",
+            "                for (unsigned int x = 0; x < b.x; ++x) {",
+            "                    threadIdx.x = x; threadIdx.y = y; threadIdx.z = z;",
+            f"                    {call};",
+            "                }",
+            "    }",
+            "    gq_phase_runner = 0;",
             "}",
             "",
         ]

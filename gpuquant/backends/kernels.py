@@ -4,7 +4,8 @@ Both kernel-running devices (``cuda.CudaDevice`` through NVRTC, ``emulated.Emula
 and ``kernels/host_shim.h``) use this module: they find the same ``kernels/*.cu`` files, and they run the
 same ``LaunchPlan`` of launches with the same grid and block geometry for a slab. Nothing here imports CuPy.
 
-Kernel ABI (``kernels/common.cuh``): ``quantize_<dst>_<src>`` with src ``f32``/``f16``/``bf16``; quantized
+Kernel ABI (``kernels/common.cuh``): ``quantize_<dst>_<src>`` with src ``f32``/``f16``/``bf16`` (and, for types
+declared ``Kernel(weighted=True)``, ``quantize_<dst>_w_<src>`` when there are importance weights); quantized
 sources go through ``dequantize_<type>`` into a float32 scratch buffer first; the legacy types with
 importance weights need a per-row pre-pass ``rowstat_sumsq_<src>``. ``gridDim.z`` is the expert. Types on which
 ggml aborts (``ggml_aborts``) get a status word instead of the rowstat pointer: ``unsigned int*``, set to
@@ -80,8 +81,9 @@ class KernelSpec:
     be partial) instead of whole blocks of rows. ``dequantize``: a ``dequantize_<name>`` kernel exists.
     ``rowstat``: with importance weights, ``rowstat_sumsq_<src>`` runs first. ``sync``: the kernels use
     ``__syncthreads`` (the emulator then runs a block's threads as fibers). ``aborts``: the type's
-    ``ggml_aborts``: the quantize kernels take a status word (see the module docstring). ``qw_kernels``: with
-    importance weights the quantize kernel is ``quantize_<name>_<src>_qw`` (see :meth:`quantize_kernel`).
+    ``ggml_aborts``: the quantize kernels take a status word (see the module docstring). ``weighted``: with
+    importance weights the ``quantize_<name>_w_<src>`` entry points run (a separate instantiation of the
+    weighted path), without them ``quantize_<name>_<src>``.
     """
 
     family: str
@@ -94,7 +96,7 @@ class KernelSpec:
     sync: bool = False
     items_per_block: int = 0  # work items per CUDA block (0: threads, one thread per item)
     aborts: bool = False
-    qw_kernels: bool = False
+    weighted: bool = False
 
     def __post_init__(self) -> None:
         if not self.items_per_block:
@@ -102,7 +104,7 @@ class KernelSpec:
 
     def quantize_kernel(self, src_name: str, has_quant_weights: bool) -> str:
         """The quantize kernel a plan launches for source suffix ``src_name`` (f32/f16/bf16)."""
-        return f"quantize_{self.name}_{src_name}" + ("_qw" if has_quant_weights and self.qw_kernels else "")
+        return f"quantize_{self.name}{'_w' if has_quant_weights and self.weighted else ''}_{src_name}"
 
     def quantize_kernels(self) -> list[str]:
         """Every quantize kernel a plan can launch for this type."""
@@ -116,7 +118,7 @@ def _spec(cls) -> KernelSpec | None:
     return KernelSpec(cls.family, cls.qtype.name.lower(), k.threads, k.item_elems or cls.block_size, flat=k.flat,
                       dequantize=k.dequantize, rowstat=k.rowstat, sync=k.sync,
                       items_per_block=k.items_per_block or k.threads, aborts=cls.ggml_aborts,
-                      qw_kernels=k.qw_kernels)
+                      weighted=k.weighted)
 
 
 #: destination type -> kernels, derived from each registered type's ``kernel`` declaration
@@ -171,6 +173,11 @@ def layout_checks(family: str) -> str:
         struct = f"block_{t.name.lower()}"
         lines.append(f'static_assert(sizeof({struct}) == {cls.type_size}, "{struct}: {cls.type_size} bytes in '
                      f'the registry (gguf GGML_QUANT_SIZES)");')
+        spec = KERNELS[t]
+        shape = f"GqKernelShape<{struct}>"
+        lines.append(f'static_assert({shape}::threads == 0 || ({shape}::threads == {spec.threads} && {shape}::items == '
+                     f'{spec.items_per_block}), "{struct}: the tiled kernel\'s threads and items per block are the '
+                     f'registry\'s Kernel(threads={spec.threads}, items_per_block={spec.items_per_block})");')
         for field, off in (cls.fp16_fields or {}).items():
             lines.append(f'static_assert(__builtin_offsetof({struct}, {field}) == {off}, "{struct}.{field}: '
                          f'offset {off} in the registry ({cls.__module__}.{cls.__name__}.fp16_fields)");')

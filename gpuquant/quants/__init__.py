@@ -111,10 +111,10 @@ class Kernel:
     (None: ``threads``, one thread per item; a smaller number when several threads share an item).
     ``flat``: work items tile each expert's rows as one flat array (float conversions). ``rowstat``: with
     importance weights, the ``rowstat_sumsq_<src>`` pre-pass of legacy.cu runs first. ``sync``: the kernels
-    use ``__syncthreads`` or warp intrinsics (the emulator then runs a block's threads as fibers).
-    ``qw_kernels``: with importance weights the plan launches ``quantize_<name>_<src>_qw``, a separate
-    instantiation (kernels/common.cuh GQ_QUANTIZE_QW_ENTRY_POINTS), so that neither path pays the other's
-    registers.
+    use ``__syncthreads`` or warp intrinsics (the emulator then runs a block's threads as fibers; barriers
+    that only separate the phases of GQ_PHASES need no fibers). ``weighted``: the quantizer reads importance
+    weights, through separate entry points ``quantize_<name>_w_<src>`` that the launch plan picks when there
+    are weights (``quantize_<name>_<src>`` is then the path without them).
     """
 
     threads: int
@@ -124,7 +124,7 @@ class Kernel:
     rowstat: bool = False
     sync: bool = False
     dequantize: bool = True
-    qw_kernels: bool = False
+    weighted: bool = False
 
 
 class QuantType:

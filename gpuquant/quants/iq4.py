@@ -226,7 +226,7 @@ class IQ4_NL(_IQ4, qtype=T.IQ4_NL):
     """``quantize_iq4_nl``: ``quantize_row_iq4_nl_impl(32, 32, ..., ntry=7)`` per block."""
 
     fp16_fields = {"d": 0}
-    kernel = Kernel(threads=128)
+    kernel = Kernel(threads=128, weighted=True)
 
     @staticmethod
     def _weights_t(qw, n):  # (32, nb): element j of block ib
@@ -256,7 +256,7 @@ class IQ4_XS(_IQ4, qtype=T.IQ4_XS):
     """``quantize_iq4_xs``: ``quantize_row_iq4_nl_impl(256, 32, ..., ntry=7)`` per super-block."""
 
     fp16_fields = {"d": 0}
-    kernel = Kernel(threads=64)
+    kernel = Kernel(threads=128, items_per_block=16, weighted=True)
 
     @staticmethod
     def _weights_t(qw, n):  # (32, 8, nsb_row): element j of block ib of super-block s

@@ -171,7 +171,7 @@ class _KQuant(QuantType):
 
     # kernels/kquants_block.cuh: KQ_SB = 8 super-blocks per CUDA block, KQ_LANES = 4 threads each; the
     # _impl path in its own instantiation
-    kernel = Kernel(threads=32, items_per_block=8, sync=True, qw_kernels=True)
+    kernel = Kernel(threads=32, items_per_block=8, sync=True, weighted=True)
 
     @classmethod
     def dequantize_rows(cls, raw: np.ndarray) -> np.ndarray:

@@ -322,27 +322,27 @@ class _Affine(_Legacy):
 class Q4_0(_Symmetric, qtype=T.Q4_0):
     nmax = 8
     fp16_fields = {"d": 0}
-    kernel = Kernel(threads=128, rowstat=True)
+    kernel = Kernel(threads=128, rowstat=True, weighted=True)
 
 
 class Q5_0(_Symmetric, qtype=T.Q5_0):
     nmax = 16
     fp16_fields = {"d": 0}
-    kernel = Kernel(threads=128, rowstat=True)
+    kernel = Kernel(threads=128, rowstat=True, weighted=True)
 
 
 class Q4_1(_Affine, qtype=T.Q4_1):
     nmax = 15
     clamp = True
     fp16_fields = {"d": 0, "m": 2}
-    kernel = Kernel(threads=128, rowstat=True)
+    kernel = Kernel(threads=128, rowstat=True, weighted=True)
 
 
 class Q5_1(_Affine, qtype=T.Q5_1):
     nmax = 31
     clamp = False
     fp16_fields = {"d": 0, "m": 2}
-    kernel = Kernel(threads=128, rowstat=True)
+    kernel = Kernel(threads=128, rowstat=True, weighted=True)
 
 
 class Q8_0(_Legacy, qtype=T.Q8_0):

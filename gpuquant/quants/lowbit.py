@@ -63,7 +63,7 @@ class _LowBit(QuantType):
 class Q1_0(_LowBit, qtype=T.Q1_0):
     """quantize_row_q1_0_ref / dequantize_row_q1_0."""
 
-    kernel = Kernel(threads=128)
+    kernel = Kernel(threads=64)
 
     @staticmethod
     def _blocks(xb, out):

@@ -95,7 +95,7 @@ class TQ1_0(_Ternary, qtype=T.TQ1_0):
     """quantize_row_tq1_0_ref / dequantize_row_tq1_0: qs[48], qh[4], d."""
 
     fp16_fields = {"d": 52}
-    kernel = Kernel(threads=128)
+    kernel = Kernel(threads=32)
 
     @staticmethod
     def _pack(xi, out):
@@ -124,7 +124,7 @@ class TQ2_0(_Ternary, qtype=T.TQ2_0):
     """quantize_row_tq2_0_ref / dequantize_row_tq2_0: qs[64], d."""
 
     fp16_fields = {"d": 64}
-    kernel = Kernel(threads=128)
+    kernel = Kernel(threads=32)
 
     @staticmethod
     def _pack(xi, out):
