@@ -125,7 +125,8 @@ def _remove_stale(out_dir: Path, age_s: float = 3600.0) -> None:
             pass
 
 
-_KERNEL_RE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(')
+# `extern "C" __global__ [a launch-bounds macro(args)] void <name>(`
+_KERNEL_RE = re.compile(r'extern\s+"C"\s+__global__\s+(?:\w+\([\w\s,]*\)\s+)?void\s+(\w+)\s*\(')
 _DYNAMIC_SHARED_RE = re.compile(r"\bextern\s+__shared__\b")
 _COMMENT_RE = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
 _ENTRY_RE = re.compile(r"^\s*GQ_QUANTIZE_(WEIGHTED_)?ENTRY_POINTS\((\w+)\)", re.M)
