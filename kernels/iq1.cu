@@ -154,8 +154,8 @@ __device__ __forceinline__ int gq_iq1_m_scan(const float* xb, const float* w, co
     }
     const float* xp = gq_iq1_xx[0];
     const float* xm = gq_iq1_xx[1];
-    const float txs[2] = {px[n], px[2 * n + 1]};
-    const float tws[2] = {pw[n], pw[2 * n + 1]};
+    const float tx0 = px[n], tx1 = px[2 * n + 1];  // total weight*x per half
+    const float tw0 = pw[n], tw1 = pw[2 * n + 1];  // total weight per half
     const float p2 = xp[2], m2 = xm[2];
     const float cp1 = xp[0] * xp[0] - xp[1] * xp[1];
     const float cp2 = xp[1] * xp[1] - xp[2] * xp[2];
@@ -163,27 +163,30 @@ __device__ __forceinline__ int gq_iq1_m_scan(const float* xb, const float* w, co
     const float cm2 = xm[1] * xm[1] - xm[2] * xm[2];
     float best_score = -GQ_IQ1_FLT_MAX;
     int best = -1;
+    // the C test of candidate k of split (i1, i2)
+    auto consider = [&](float sumqx, float sumq2, int tag) {
+        if (sumq2 > 0 && sumqx * sumqx > best_score * sumq2) {
+            *scale = sumqx / sumq2;
+            best_score = *scale * sumqx;
+            best = tag;
+        }
+    };
     GQ_NO_UNROLL
     for (int i1 = 0; i1 <= n; ++i1) {
         GQ_NO_UNROLL
         for (int i2 = i1; i2 <= n; ++i2) {
-            float qx_p[2], qx_m[2], q2_p[2], q2_m[2];
-            for (int h = 0; h < 2; ++h) {
-                const float sx = px[h * (n + 1) + i1] + px[h * (n + 1) + i2];
-                qx_p[h] = txs[h] * p2 - sx;
-                qx_m[h] = txs[h] * m2 - sx;
-                q2_p[h] = tws[h] * p2 * p2 + pw[h * (n + 1) + i1] * cp1 + pw[h * (n + 1) + i2] * cp2;
-                q2_m[h] = tws[h] * m2 * m2 + pw[h * (n + 1) + i1] * cm1 + pw[h * (n + 1) + i2] * cm2;
-            }
-            const float sumqx[4] = {qx_p[0] + qx_p[1], qx_p[0] + qx_m[1], qx_m[0] + qx_p[1], qx_m[0] + qx_m[1]};
-            const float sumq2[4] = {q2_p[0] + q2_p[1], q2_p[0] + q2_m[1], q2_m[0] + q2_p[1], q2_m[0] + q2_m[1]};
-            for (int k = 0; k < 4; ++k) {
-                if (sumq2[k] > 0 && sumqx[k] * sumqx[k] > best_score * sumq2[k]) {
-                    *scale = sumqx[k] / sumq2[k];
-                    best_score = *scale * sumqx[k];
-                    best = i1 | i2 << 8 | k << 16;
-                }
-            }
+            const float sx0 = px[i1] + px[i2], sx1 = px[n + 1 + i1] + px[n + 1 + i2];
+            const float qx_p0 = tx0 * p2 - sx0, qx_m0 = tx0 * m2 - sx0;
+            const float qx_p1 = tx1 * p2 - sx1, qx_m1 = tx1 * m2 - sx1;
+            const float q2_p0 = tw0 * p2 * p2 + pw[i1] * cp1 + pw[i2] * cp2;
+            const float q2_m0 = tw0 * m2 * m2 + pw[i1] * cm1 + pw[i2] * cm2;
+            const float q2_p1 = tw1 * p2 * p2 + pw[n + 1 + i1] * cp1 + pw[n + 1 + i2] * cp2;
+            const float q2_m1 = tw1 * m2 * m2 + pw[n + 1 + i1] * cm1 + pw[n + 1 + i2] * cm2;
+            const int tag = i1 | i2 << 8;
+            consider(qx_p0 + qx_p1, q2_p0 + q2_p1, tag);
+            consider(qx_p0 + qx_m1, q2_p0 + q2_m1, tag | 1 << 16);
+            consider(qx_m0 + qx_p1, q2_m0 + q2_p1, tag | 2 << 16);
+            consider(qx_m0 + qx_m1, q2_m0 + q2_m1, tag | 3 << 16);
         }
     }
     return best;
@@ -218,13 +221,14 @@ __device__ __forceinline__ int gq_iq1_best_neighbour(int c, const float* xv, con
     return grid_index;
 }
 
-// sumqx += w*q*xb; sumq2 += w*q*q over the octets of a group at their grid points, q = xx[level]*mul.
+// sumqx += w*q*xb; sumq2 += w*q*q over the octets of a group at their grid points gi (point0: all grid
+// point 0), q = xx[level]*mul.
 template <class G>
-__device__ __forceinline__ void gq_iq1_sums(const float* xb, const float* w, const uint16_t* gi, int shift, float mul,
-                                            float* sumqx, float* sumq2) {
+__device__ __forceinline__ void gq_iq1_sums(const float* xb, const float* w, const uint16_t* gi, bool point0, int shift,
+                                            float mul, float* sumqx, float* sumq2) {
     for (int k = 0; k < G::kGroup / 8; ++k) {
         const float* xx = gq_iq1_xx[gq_iq1_row<G>(shift, k)];
-        const unsigned int g = gq_iq1_kgrid[gi[k]];
+        const unsigned int g = gq_iq1_kgrid[point0 ? 0 : gi[k]];
         for (int j = 0; j < 8; ++j) {
             const float ww = w[8 * k + j];
             const float q = xx[(g >> 2 * j) & 3] * mul;  // mul 1 (exact) or 2*l + 1
@@ -281,7 +285,7 @@ __device__ __forceinline__ bool gq_iq1_group(GqIq1Smem<G>& s, int sb, int g, con
     }
     if (!all_on_grid) {
         float sumqx = 0, sumq2 = 0;
-        gq_iq1_sums<G>(xb, w, gi, shift, 1.f, &sumqx, &sumq2);
+        gq_iq1_sums<G>(xb, w, gi, false, shift, 1.f, &sumqx, &sumq2);
         if (sumqx > 0 && sumq2 > 0) scale = sumqx / sumq2;
     }
     if (!(scale >= 0)) ok = false;  // GGML_ASSERT(scale >= 0)
@@ -343,30 +347,23 @@ __device__ __forceinline__ void gq_iq1_m_pack(const GqIq1Smem<GqIq1M>& s, int sb
     }
     for (int j = 48; j < 56; ++j) y[j] = 0;
     if (!max_scale) return;
-    unsigned int sc[4] = {0, 0, 0, 0};
+    unsigned long long sc = 0;  // the four uint16 scale words, word i in bits 16*i..16*i + 15
     float d = max_scale / 15;
     const float id = 1 / d;
     float sumqx_f = 0, sumq2_f = 0;
     for (int ib = 0; ib < 16; ++ib) {
         const unsigned int l = gq_iq1_scale_level(id, s.scale[sb][ib]);
-        sc[ib / 4] |= l << 3 * (ib % 4);
+        sc |= (unsigned long long)l << (16 * (ib / 4) + 3 * (ib % 4));
         const int shift = s.shift[sb][ib];
         y[32 + ib] |= (uint8_t)((shift & 1) << 7 | (shift >> 1) << 3);  // masks[shift]: 0x00, 0x80, 0x08, 0x88
-        const uint16_t gi[2] = {s.done[sb][ib] ? s.gi[sb][2 * ib] : (uint16_t)0,
-                                s.done[sb][ib] ? s.gi[sb][2 * ib + 1] : (uint16_t)0};
-        gq_iq1_sums<GqIq1M>(s.x[sb] + 16 * ib, s.w[sb] + 16 * ib, gi, shift, (float)(2 * l + 1), &sumqx_f,
+        gq_iq1_sums<GqIq1M>(s.x[sb] + 16 * ib, s.w[sb] + 16 * ib, s.gi[sb] + 2 * ib, !s.done[sb][ib], shift, (float)(2 * l + 1), &sumqx_f,
                             &sumq2_f);
     }
     if (sumq2_f > 0) d = sumqx_f / sumq2_f;
     const unsigned int u = gq_fp32_to_fp16(d * 1.1125f);
-    sc[0] |= (u & 0x000f) << 12;
-    sc[1] |= (u & 0x00f0) << 8;
-    sc[2] |= (u & 0x0f00) << 4;
-    sc[3] |= (u & 0xf000);
-    for (int i = 0; i < 4; ++i) {
-        y[48 + 2 * i] = (uint8_t)(sc[i] & 255);
-        y[49 + 2 * i] = (uint8_t)((sc[i] >> 8) & 255);
-    }
+    sc |= (unsigned long long)((u & 0x000f) << 12) | (unsigned long long)((u & 0x00f0) << 8) << 16 |
+          (unsigned long long)((u & 0x0f00) << 4) << 32 | (unsigned long long)(u & 0xf000) << 48;
+    for (int j = 0; j < 8; ++j) y[48 + j] = (uint8_t)(sc >> 8 * j);
 }
 
 // quantize_row_iq1_{s,m}_impl: thread g of a super-block quantizes scale group g (see the file notes).
@@ -406,16 +403,24 @@ __device__ __forceinline__ void gq_iq1_quantize(GQ_QUANTIZE_STATUS_PARAMS) {
     if (valid && !ok) gq_report_abort(status, row, ibl, bpr);
 }
 
-#define GQ_IQ1_ENTRY(name, G, Src)                                                                                \
-    extern "C" __global__ __launch_bounds__(GQ_IQ1_THREADS) void quantize_##name(GQ_QUANTIZE_STATUS_PARAMS) {    \
-        gq_iq1_quantize<G, Src>(src, dst, qw, status, n_per_row, rows_per_expert, n_expert);                     \
-    }
-GQ_IQ1_ENTRY(iq1_s_f32, GqIq1S, GqSrcF32)
-GQ_IQ1_ENTRY(iq1_s_f16, GqIq1S, GqSrcF16)
-GQ_IQ1_ENTRY(iq1_s_bf16, GqIq1S, GqSrcBF16)
-GQ_IQ1_ENTRY(iq1_m_f32, GqIq1M, GqSrcF32)
-GQ_IQ1_ENTRY(iq1_m_f16, GqIq1M, GqSrcF16)
-GQ_IQ1_ENTRY(iq1_m_bf16, GqIq1M, GqSrcBF16)
+extern "C" __global__ __launch_bounds__(GQ_IQ1_THREADS) void quantize_iq1_s_f32(GQ_QUANTIZE_STATUS_PARAMS) {
+    gq_iq1_quantize<GqIq1S, GqSrcF32>(src, dst, qw, status, n_per_row, rows_per_expert, n_expert);
+}
+extern "C" __global__ __launch_bounds__(GQ_IQ1_THREADS) void quantize_iq1_s_f16(GQ_QUANTIZE_STATUS_PARAMS) {
+    gq_iq1_quantize<GqIq1S, GqSrcF16>(src, dst, qw, status, n_per_row, rows_per_expert, n_expert);
+}
+extern "C" __global__ __launch_bounds__(GQ_IQ1_THREADS) void quantize_iq1_s_bf16(GQ_QUANTIZE_STATUS_PARAMS) {
+    gq_iq1_quantize<GqIq1S, GqSrcBF16>(src, dst, qw, status, n_per_row, rows_per_expert, n_expert);
+}
+extern "C" __global__ __launch_bounds__(GQ_IQ1_THREADS) void quantize_iq1_m_f32(GQ_QUANTIZE_STATUS_PARAMS) {
+    gq_iq1_quantize<GqIq1M, GqSrcF32>(src, dst, qw, status, n_per_row, rows_per_expert, n_expert);
+}
+extern "C" __global__ __launch_bounds__(GQ_IQ1_THREADS) void quantize_iq1_m_f16(GQ_QUANTIZE_STATUS_PARAMS) {
+    gq_iq1_quantize<GqIq1M, GqSrcF16>(src, dst, qw, status, n_per_row, rows_per_expert, n_expert);
+}
+extern "C" __global__ __launch_bounds__(GQ_IQ1_THREADS) void quantize_iq1_m_bf16(GQ_QUANTIZE_STATUS_PARAMS) {
+    gq_iq1_quantize<GqIq1M, GqSrcBF16>(src, dst, qw, status, n_per_row, rows_per_expert, n_expert);
+}
 
 // y[j] = dl*(grid[j] + delta) for the 8 values of grid point gi (iq1s_grid: levels - 1).
 __device__ __forceinline__ void gq_iq1_dequant_8(float dl, float delta, unsigned int gi, float* y) {
