@@ -10,14 +10,15 @@
 //
 // Neighbours: C's list of an off-grid octet holds the grid points within its nwant smallest distinct
 // squared level distances, sorted by (distance, index), and keeps the first of least d2 < FLT_MAX. Here
-// every grid point is tested against the list's largest distance (gq_iq1_thr3) in index order, and an
-// equal d2 wins only at a smaller distance: the same pick, without the 330k-entry lists.
+// the grid points within the list's largest distance (gq_iq1_thr3) are tested, found by walking the codes
+// around the octet's (about 190 a list), and the least (d2, distance, index) is kept: the same pick,
+// without the 330k-entry lists.
 //
 // Tables, generated in front of this file from gpuquant.quants.iq1.kernel_tables(): gq_iq1_kgrid (the
 // 2048 grid points, 2 bits a level, C kgrid_q2xs), gq_iq1_map3 (grid index of each octet by its base-3
 // code sum l[i]*3^i, -1 off the grid), gq_iq1_thr3 (the largest squared level distance of its neighbour
-// list), gq_iq1_quads (a grid point's base-3 codes of elements 0-3 and 4-7), gq_iq1_d4 (81 x 81: squared
-// level distance between two quads).
+// list), gq_iq1_d4 (81 x 81: the squared level distance between two quads, base-3 codes of 4 levels) and
+// gq_iq1_nq (81 x 81: per quad all quads by that distance, ties by code).
 #include "common.cuh"
 
 // ggml-common.h block layouts
@@ -192,30 +193,44 @@ __device__ __forceinline__ int gq_iq1_m_scan(const float* xb, const float* w, co
     return best;
 }
 
-// iq1_find_best_neighbour2 of the octet of base-3 code c (off the grid); -1 where ggml aborts.
+// iq1_find_best_neighbour2 of the octet of base-3 code c (off the grid); -1 where ggml aborts. The codes
+// within the list's distance are walked quad by quad (gq_iq1_nq: the quads by distance), the grid points
+// among them (gq_iq1_map3) tested; the pick is the least (d2, distance, index), C's first least d2.
 __device__ __forceinline__ int gq_iq1_best_neighbour(int c, const float* xv, const float* w, float scale,
                                                      const float* xx) {
     const int thr = gq_iq1_thr3[c];
-    const uint8_t* dlo = gq_iq1_d4 + 81 * (c % 81);
-    const uint8_t* dhi = gq_iq1_d4 + 81 * (c / 81);
+    const int a = c % 81, b = c / 81;
+    const uint8_t* dlo = gq_iq1_d4 + 81 * a;
+    const uint8_t* dhi = gq_iq1_d4 + 81 * b;
+    const uint8_t* nlo = gq_iq1_nq + 81 * a;
+    const uint8_t* nhi = gq_iq1_nq + 81 * b;
     float best_score = GQ_IQ1_FLT_MAX;
     int grid_index = -1, best_dist = 0;
     GQ_NO_UNROLL
-    for (int p = 0; p < 2048; ++p) {
-        const unsigned int quads = gq_iq1_quads[p];
-        const int dist = dlo[quads & 255] + dhi[quads >> 8];
-        if (dist > thr) continue;
-        const unsigned int g = gq_iq1_kgrid[p];
-        float d2 = 0;
-        for (int i = 0; i < 8; ++i) {
-            const float q = xx[(g >> 2 * i) & 3];
-            const float diff = scale * q - xv[i];
-            d2 += w[i] * diff * diff;
-        }
-        if (d2 < best_score || (d2 == best_score && grid_index >= 0 && dist < best_dist)) {
-            best_score = d2;
-            grid_index = p;
-            best_dist = dist;
+    for (int i = 0; i < 81; ++i) {
+        const int la = nlo[i];
+        const int dl = dlo[la];
+        if (dl > thr) break;
+        GQ_NO_UNROLL
+        for (int j = 0; j < 81; ++j) {
+            const int lb = nhi[j];
+            const int dist = dl + dhi[lb];
+            if (dist > thr) break;
+            const int p = gq_iq1_map3[la + 81 * lb];
+            if (p < 0) continue;
+            const unsigned int g = gq_iq1_kgrid[p];
+            float d2 = 0;
+            for (int k = 0; k < 8; ++k) {
+                const float q = xx[(g >> 2 * k) & 3];
+                const float diff = scale * q - xv[k];
+                d2 += w[k] * diff * diff;
+            }
+            if (d2 < best_score ||
+                (d2 == best_score && grid_index >= 0 && (dist < best_dist || (dist == best_dist && p < grid_index)))) {
+                best_score = d2;
+                grid_index = p;
+                best_dist = dist;
+            }
         }
     }
     return grid_index;

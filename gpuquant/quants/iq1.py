@@ -322,9 +322,10 @@ def kernel_tables() -> dict[str, np.ndarray]:
     """The lookup tables of kernels/iq1.cu, from ``grids.iq2_grid(IQ1_S)``: ``gq_iq1_kgrid`` (the packed grid,
     C ``kgrid_q2xs``: 2 bits a level), ``gq_iq1_map3`` (the grid index of each octet of levels 0..2 by its
     base-3 code ``sum l[i]*3**i``, -1 off the grid), ``gq_iq1_thr3`` (the largest squared level distance in
-    the code's neighbour list), ``gq_iq1_quads`` (a grid point's base-3 codes of levels 0-3 | 4-7 << 8) and
-    ``gq_iq1_d4`` (``81 x 81``: the squared level distance of two quads). The kernels rebuild each C list as
-    the grid points within ``thr3``, in (distance, index) order: checked here against ``grid.neighbours``."""
+    the code's neighbour list), ``gq_iq1_d4`` (``81 x 81``: the squared level distance of two quads, the
+    base-3 codes of 4 levels) and ``gq_iq1_nq`` (``81 x 81``: per quad every quad by that distance, ties by
+    code). The kernels rebuild each C list as the grid points within ``thr3``, in (distance, index) order:
+    checked here against ``grid.neighbours``."""
     g = iq2_grid(T.IQ1_S)
     pw3 = 3 ** np.arange(8)
     levels = (np.arange(3 ** 8)[:, None] // pw3) % 3  # (6561, 8): level i of code c
@@ -332,7 +333,6 @@ def kernel_tables() -> dict[str, np.ndarray]:
     lv = _grid_levels()  # (2048, 8)
     if not np.array_equal(pack_levels(lv, 2), g.kgrid):
         raise ValueError("IQ1 kgrid does not pack the grid's levels")
-    quads = (lv[:, :4] @ pw3[:4]) | ((lv[:, 4:] @ pw3[:4]) << 8)
     q4 = levels[:81, :4]
     d4 = ((q4[:, None, :] - q4[None, :, :]) ** 2).sum(axis=2)
     m = g.map[u]
@@ -346,6 +346,6 @@ def kernel_tables() -> dict[str, np.ndarray]:
         if not np.array_equal(rebuilt, lst):
             raise ValueError(f"IQ1 neighbour list of code {c} is not the grid points within distance {thr[c]}")
     return {"gq_iq1_kgrid": g.kgrid.astype(np.uint16), "gq_iq1_map3": np.where(m < 0, -1, m).astype(np.int16),
-            "gq_iq1_thr3": thr.astype(np.uint8), "gq_iq1_quads": quads.astype(np.uint16),
-            "gq_iq1_d4": d4.reshape(-1).astype(np.uint8)}
+            "gq_iq1_thr3": thr.astype(np.uint8), "gq_iq1_d4": d4.reshape(-1).astype(np.uint8),
+            "gq_iq1_nq": np.argsort(d4, axis=1, kind="stable").reshape(-1).astype(np.uint8)}
 
