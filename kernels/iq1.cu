@@ -96,7 +96,7 @@ __device__ __forceinline__ void gq_iq1_sort(const float* xb, int n, uint8_t* ord
 // IQ1_S: the prefix sums and the split scan of quantize_row_iq1_s_impl. Returns best i1 | i2 << 8 |
 // shift << 16, or -1 when nothing is kept; *scale the kept scale.
 __device__ __forceinline__ int gq_iq1_s_scan(const float* xb, const float* w, const uint8_t* ord, float* pre,
-                                             float* scale) {
+                                             float* scale_out) {
     constexpr int n = GqIq1S::kGroup;
     float* sumx = pre;
     float* sumw = pre + n + 1;
@@ -108,7 +108,7 @@ __device__ __forceinline__ int gq_iq1_s_scan(const float* xb, const float* w, co
     }
     const float* xp = gq_iq1_xx[0];
     const float* xm = gq_iq1_xx[1];
-    float best_score = -GQ_IQ1_FLT_MAX;
+    float best_score = -GQ_IQ1_FLT_MAX, scale = *scale_out;  // a local: no store through a float* in the scan
     int best = -1;
     GQ_NO_UNROLL
     for (int i1 = 0; i1 <= n; ++i1) {
@@ -119,26 +119,27 @@ __device__ __forceinline__ int gq_iq1_s_scan(const float* xb, const float* w, co
             float sumqx = a * xp[0] + b * xp[1] + c * xp[2];
             float sumq2 = aw * xp[0] * xp[0] + bw * xp[1] * xp[1] + cw * xp[2] * xp[2];
             if (sumq2 > 0 && sumqx * sumqx > best_score * sumq2) {
-                *scale = sumqx / sumq2;
-                best_score = *scale * sumqx;
+                scale = sumqx / sumq2;
+                best_score = scale * sumqx;
                 best = i1 | i2 << 8;
             }
             sumqx = a * xm[0] + b * xm[1] + c * xm[2];
             sumq2 = aw * xm[0] * xm[0] + bw * xm[1] * xm[1] + cw * xm[2] * xm[2];
             if (sumq2 > 0 && sumqx * sumqx > best_score * sumq2) {
-                *scale = sumqx / sumq2;
-                best_score = *scale * sumqx;
+                scale = sumqx / sumq2;
+                best_score = scale * sumqx;
                 best = i1 | i2 << 8 | 1 << 16;
             }
         }
     }
+    *scale_out = scale;
     return best;
 }
 
 // IQ1_M: the per-half prefix sums and the split scan of quantize_row_iq1_m_impl (k = 0: ++, 1: +-, 2: -+,
 // 3: --). Returns i1 | i2 << 8 | k << 16, or -1.
 __device__ __forceinline__ int gq_iq1_m_scan(const float* xb, const float* w, const uint8_t* ord, float* pre,
-                                             float* scale) {
+                                             float* scale_out) {
     constexpr int n = GqIq1M::kGroup;
     // px[h][j] is pre[h*(n + 1) + j], pw[h][j] is pre[(2 + h)*(n + 1) + j]
     float* px = pre;
@@ -162,13 +163,13 @@ __device__ __forceinline__ int gq_iq1_m_scan(const float* xb, const float* w, co
     const float cp2 = xp[1] * xp[1] - xp[2] * xp[2];
     const float cm1 = xm[0] * xm[0] - xm[1] * xm[1];
     const float cm2 = xm[1] * xm[1] - xm[2] * xm[2];
-    float best_score = -GQ_IQ1_FLT_MAX;
+    float best_score = -GQ_IQ1_FLT_MAX, scale = *scale_out;  // a local: no store through a float* in the scan
     int best = -1;
     // the C test of candidate k of split (i1, i2)
     auto consider = [&](float sumqx, float sumq2, int tag) {
         if (sumq2 > 0 && sumqx * sumqx > best_score * sumq2) {
-            *scale = sumqx / sumq2;
-            best_score = *scale * sumqx;
+            scale = sumqx / sumq2;
+            best_score = scale * sumqx;
             best = tag;
         }
     };
@@ -190,6 +191,7 @@ __device__ __forceinline__ int gq_iq1_m_scan(const float* xb, const float* w, co
             consider(qx_m0 + qx_m1, q2_m0 + q2_m1, tag | 3 << 16);
         }
     }
+    *scale_out = scale;
     return best;
 }
 
