@@ -17,8 +17,9 @@
 // Tables, generated in front of this file from gpuquant.quants.iq1.kernel_tables(): gq_iq1_kgrid (the
 // 2048 grid points, 2 bits a level, C kgrid_q2xs), gq_iq1_map3 (grid index of each octet by its base-3
 // code sum l[i]*3^i, -1 off the grid), gq_iq1_thr3 (the largest squared level distance of its neighbour
-// list), gq_iq1_d4 (81 x 81: the squared level distance between two quads, base-3 codes of 4 levels) and
-// gq_iq1_nq (81 x 81: per quad all quads by that distance, ties by code).
+// list), gq_iq1_d4 (81 x 81: the squared level distance between two quads, base-3 codes of 4 levels),
+// gq_iq1_nq (81 x 81: per quad all quads by that distance, ties by code) and gq_iq1_quadlv (a quad's 4
+// levels, 2 bits each).
 #include "common.cuh"
 
 // ggml-common.h block layouts
@@ -61,6 +62,7 @@ struct GqIq1Smem {
     uint8_t shift[G::kSb][G::kGroups];  // IQ1_S: 0 x_p, 1 x_m; IQ1_M: best_k
     uint8_t done[G::kSb][G::kGroups];   // the group was quantized (not skipped)
     uint16_t gi[G::kSb][QK_K / 8];
+    float terms[G::kSb * G::kGroups][24];  // a thread's neighbour search: its octet's distance terms
 };
 
 // The xx row of octet k of a group with shift s (IQ1_M: octet 0 best_k < 2 ? x_p : x_m, octet 1 best_k%2).
@@ -198,8 +200,15 @@ __device__ __forceinline__ int gq_iq1_m_scan(const float* xb, const float* w, co
 // iq1_find_best_neighbour2 of the octet of base-3 code c (off the grid); -1 where ggml aborts. The codes
 // within the list's distance are walked quad by quad (gq_iq1_nq: the quads by distance), the grid points
 // among them (gq_iq1_map3) tested; the pick is the least (d2, distance, index), C's first least d2.
+// d2 is C's sum d2 += w*diff*diff in element order, from the octet's 24 terms (`t`, 3*i + level: each the
+// C expression), the first four added once per low quad.
 __device__ __forceinline__ int gq_iq1_best_neighbour(int c, const float* xv, const float* w, float scale,
-                                                     const float* xx) {
+                                                     const float* xx, float* t) {
+    for (int i = 0; i < 8; ++i)
+        for (int l = 0; l < 3; ++l) {
+            const float diff = scale * xx[l] - xv[i];
+            t[3 * i + l] = w[i] * diff * diff;
+        }
     const int thr = gq_iq1_thr3[c];
     const int a = c % 81, b = c / 81;
     const uint8_t* dlo = gq_iq1_d4 + 81 * a;
@@ -213,22 +222,20 @@ __device__ __forceinline__ int gq_iq1_best_neighbour(int c, const float* xv, con
         const int la = nlo[i];
         const int dl = dlo[la];
         if (dl > thr) break;
+        const unsigned int ll = gq_iq1_quadlv[la];
+        float part = 0;
+        for (int k = 0; k < 4; ++k) part += t[3 * k + ((ll >> 2 * k) & 3)];
         GQ_NO_UNROLL
         for (int j = 0; j < 81; ++j) {
             const int lb = nhi[j];
             const int dist = dl + dhi[lb];
             if (dist > thr) break;
-            const int p = gq_iq1_map3[la + 81 * lb];
-            if (p < 0) continue;
-            const unsigned int g = gq_iq1_kgrid[p];
-            float d2 = 0;
-            for (int k = 0; k < 8; ++k) {
-                const float q = xx[(g >> 2 * k) & 3];
-                const float diff = scale * q - xv[k];
-                d2 += w[k] * diff * diff;
-            }
-            if (d2 < best_score ||
-                (d2 == best_score && grid_index >= 0 && (dist < best_dist || (dist == best_dist && p < grid_index)))) {
+            const int p = gq_iq1_map3[la + 81 * lb];  // -1: not a grid point (its d2 is not used)
+            const unsigned int lh = gq_iq1_quadlv[lb];
+            float d2 = part;
+            for (int k = 0; k < 4; ++k) d2 += t[12 + 3 * k + ((lh >> 2 * k) & 3)];
+            if (p >= 0 && (d2 < best_score || (d2 == best_score && grid_index >= 0 &&
+                                               (dist < best_dist || (dist == best_dist && p < grid_index))))) {
                 best_score = d2;
                 grid_index = p;
                 best_dist = dist;
@@ -292,7 +299,8 @@ __device__ __forceinline__ bool gq_iq1_group(GqIq1Smem<G>& s, int sb, int g, con
         int m = gq_iq1_map3[c];
         if (m < 0) {
             all_on_grid = false;
-            m = gq_iq1_best_neighbour(c, xb + 8 * k, w + 8 * k, scale, gq_iq1_xx[gq_iq1_row<G>(shift, k)]);
+            m = gq_iq1_best_neighbour(c, xb + 8 * k, w + 8 * k, scale, gq_iq1_xx[gq_iq1_row<G>(shift, k)],
+                                       s.terms[sb * G::kGroups + g]);
             if (m < 0) {
                 ok = false;
                 m = 0;

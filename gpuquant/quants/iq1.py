@@ -323,8 +323,8 @@ def kernel_tables() -> dict[str, np.ndarray]:
     C ``kgrid_q2xs``: 2 bits a level), ``gq_iq1_map3`` (the grid index of each octet of levels 0..2 by its
     base-3 code ``sum l[i]*3**i``, -1 off the grid), ``gq_iq1_thr3`` (the largest squared level distance in
     the code's neighbour list), ``gq_iq1_d4`` (``81 x 81``: the squared level distance of two quads, the
-    base-3 codes of 4 levels) and ``gq_iq1_nq`` (``81 x 81``: per quad every quad by that distance, ties by
-    code). The kernels rebuild each C list as the grid points within ``thr3``, in (distance, index) order:
+    base-3 codes of 4 levels), ``gq_iq1_nq`` (``81 x 81``: per quad every quad by that distance, ties by
+    code) and ``gq_iq1_quadlv`` (a quad's levels, 2 bits each). The kernels rebuild each C list as the grid points within ``thr3``, in (distance, index) order:
     checked here against ``grid.neighbours``."""
     g = iq2_grid(T.IQ1_S)
     pw3 = 3 ** np.arange(8)
@@ -347,5 +347,6 @@ def kernel_tables() -> dict[str, np.ndarray]:
             raise ValueError(f"IQ1 neighbour list of code {c} is not the grid points within distance {thr[c]}")
     return {"gq_iq1_kgrid": g.kgrid.astype(np.uint16), "gq_iq1_map3": np.where(m < 0, -1, m).astype(np.int16),
             "gq_iq1_thr3": thr.astype(np.uint8), "gq_iq1_d4": d4.reshape(-1).astype(np.uint8),
-            "gq_iq1_nq": np.argsort(d4, axis=1, kind="stable").reshape(-1).astype(np.uint8)}
+            "gq_iq1_nq": np.argsort(d4, axis=1, kind="stable").reshape(-1).astype(np.uint8),
+            "gq_iq1_quadlv": pack_levels(q4, 2).astype(np.uint8)}
 
