@@ -18,8 +18,9 @@
 // 2048 grid points, 2 bits a level, C kgrid_q2xs), gq_iq1_map3 (grid index of each octet by its base-3
 // code sum l[i]*3^i, -1 off the grid), gq_iq1_thr3 (the largest squared level distance of its neighbour
 // list), gq_iq1_d4 (81 x 81: the squared level distance between two quads, base-3 codes of 4 levels),
-// gq_iq1_nq (81 x 81: per quad all quads by that distance, ties by code) and gq_iq1_quadlv (a quad's 4
-// levels, 2 bits each).
+// gq_iq1_nq (81 x 81: per quad all quads by that distance, ties by code), gq_iq1_quadlv (a quad's 4
+// levels, 2 bits each), gq_iq1_ball (81 x 5 bit masks of 81 bits in 2 words: the quads within distance
+// 0..4 of a quad) and gq_iq1_onhi (81 masks: the high quads that make a grid point with a low quad).
 #include "common.cuh"
 
 // ggml-common.h block layouts
@@ -197,9 +198,10 @@ __device__ __forceinline__ int gq_iq1_m_scan(const float* xb, const float* w, co
     return best;
 }
 
-// iq1_find_best_neighbour2 of the octet of base-3 code c (off the grid); -1 where ggml aborts. The codes
-// within the list's distance are walked quad by quad (gq_iq1_nq: the quads by distance), the grid points
-// among them (gq_iq1_map3) tested; the pick is the least (d2, distance, index), C's first least d2.
+// iq1_find_best_neighbour2 of the octet of base-3 code c (off the grid); -1 where ggml aborts. The grid
+// points within the list's distance are walked by low quad (gq_iq1_nq: the quads by distance), the high
+// quads of each from two bit masks (gq_iq1_ball: within a distance of the octet's, gq_iq1_onhi: making a
+// grid point); the pick is the least (d2, distance, index), C's first least d2.
 // d2 is C's sum d2 += w*diff*diff in element order, from the octet's 24 terms (`t`, 3*i + level: each the
 // C expression), the first four added once per low quad.
 __device__ __forceinline__ int gq_iq1_best_neighbour(int c, const float* xv, const float* w, float scale,
@@ -214,7 +216,6 @@ __device__ __forceinline__ int gq_iq1_best_neighbour(int c, const float* xv, con
     const uint8_t* dlo = gq_iq1_d4 + 81 * a;
     const uint8_t* dhi = gq_iq1_d4 + 81 * b;
     const uint8_t* nlo = gq_iq1_nq + 81 * a;
-    const uint8_t* nhi = gq_iq1_nq + 81 * b;
     float best_score = GQ_IQ1_FLT_MAX;
     int grid_index = -1, best_dist = 0;
     GQ_NO_UNROLL
@@ -225,20 +226,25 @@ __device__ __forceinline__ int gq_iq1_best_neighbour(int c, const float* xv, con
         const unsigned int ll = gq_iq1_quadlv[la];
         float part = 0;
         for (int k = 0; k < 4; ++k) part += t[3 * k + ((ll >> 2 * k) & 3)];
-        GQ_NO_UNROLL
-        for (int j = 0; j < 81; ++j) {
-            const int lb = nhi[j];
-            const int dist = dl + dhi[lb];
-            if (dist > thr) break;
-            const int p = gq_iq1_map3[la + 81 * lb];  // -1: not a grid point (its d2 is not used)
-            const unsigned int lh = gq_iq1_quadlv[lb];
-            float d2 = part;
-            for (int k = 0; k < 4; ++k) d2 += t[12 + 3 * k + ((lh >> 2 * k) & 3)];
-            if (p >= 0 && (d2 < best_score || (d2 == best_score && grid_index >= 0 &&
-                                               (dist < best_dist || (dist == best_dist && p < grid_index))))) {
-                best_score = d2;
-                grid_index = p;
-                best_dist = dist;
+        const uint64_t* ball = gq_iq1_ball + 2 * (5 * b + (thr - dl));
+        const uint64_t* on = gq_iq1_onhi + 2 * la;
+        for (int word = 0; word < 2; ++word) {
+            uint64_t bits = ball[word] & on[word];  // hi quads of grid points within thr - dl
+            GQ_NO_UNROLL
+            while (bits) {
+                const int lb = 64 * word + __ffsll((long long)bits) - 1;
+                bits &= bits - 1;
+                const int dist = dl + dhi[lb];
+                const int p = gq_iq1_map3[la + 81 * lb];
+                const unsigned int lh = gq_iq1_quadlv[lb];
+                float d2 = part;
+                for (int k = 0; k < 4; ++k) d2 += t[12 + 3 * k + ((lh >> 2 * k) & 3)];
+                if (d2 < best_score || (d2 == best_score && grid_index >= 0 &&
+                                        (dist < best_dist || (dist == best_dist && p < grid_index)))) {
+                    best_score = d2;
+                    grid_index = p;
+                    best_dist = dist;
+                }
             }
         }
     }

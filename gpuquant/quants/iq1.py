@@ -324,7 +324,9 @@ def kernel_tables() -> dict[str, np.ndarray]:
     base-3 code ``sum l[i]*3**i``, -1 off the grid), ``gq_iq1_thr3`` (the largest squared level distance in
     the code's neighbour list), ``gq_iq1_d4`` (``81 x 81``: the squared level distance of two quads, the
     base-3 codes of 4 levels), ``gq_iq1_nq`` (``81 x 81``: per quad every quad by that distance, ties by
-    code) and ``gq_iq1_quadlv`` (a quad's levels, 2 bits each). The kernels rebuild each C list as the grid points within ``thr3``, in (distance, index) order:
+    code), ``gq_iq1_quadlv`` (a quad's levels, 2 bits each), ``gq_iq1_ball`` (per quad and distance 0..4
+    the quads within it, 81-bit masks in two words) and ``gq_iq1_onhi`` (per low quad the high quads that
+    make a grid point). The kernels rebuild each C list as the grid points within ``thr3``, in (distance, index) order:
     checked here against ``grid.neighbours``."""
     g = iq2_grid(T.IQ1_S)
     pw3 = 3 ** np.arange(8)
@@ -348,5 +350,14 @@ def kernel_tables() -> dict[str, np.ndarray]:
     return {"gq_iq1_kgrid": g.kgrid.astype(np.uint16), "gq_iq1_map3": np.where(m < 0, -1, m).astype(np.int16),
             "gq_iq1_thr3": thr.astype(np.uint8), "gq_iq1_d4": d4.reshape(-1).astype(np.uint8),
             "gq_iq1_nq": np.argsort(d4, axis=1, kind="stable").reshape(-1).astype(np.uint8),
-            "gq_iq1_quadlv": pack_levels(q4, 2).astype(np.uint8)}
+            "gq_iq1_quadlv": pack_levels(q4, 2).astype(np.uint8),
+            "gq_iq1_ball": _masks81(d4[:, None, :] <= np.arange(5)[None, :, None]),
+            "gq_iq1_onhi": _masks81((m >= 0).reshape(81, 81).T)}
+
+
+def _masks81(sets: np.ndarray) -> np.ndarray:
+    """``(..., 81)`` bools -> flat uint64 pairs: bit ``k`` of word ``w`` is element ``64*w + k``."""
+    bits = np.zeros(sets.shape[:-1] + (128,), dtype=bool)
+    bits[..., :81] = sets
+    return np.packbits(bits.reshape(-1, 128), axis=-1, bitorder="little").view("<u8").reshape(-1)
 
