@@ -10,9 +10,9 @@
 //
 // Neighbours: C's list of an off-grid octet holds the grid points within its nwant smallest distinct
 // squared level distances, sorted by (distance, index), and keeps the first of least d2 < FLT_MAX. Here
-// the grid points within the list's largest distance (gq_iq1_thr3) are tested, found by walking the codes
-// around the octet's (about 190 a list), and the least (d2, distance, index) is kept: the same pick,
-// without the 330k-entry lists.
+// the grid points within the list's largest distance (gq_iq1_thr3) are visited (about 73 a list, found
+// from the two 4-level halves of the octet) and the least (d2, distance, index) is kept: the same pick,
+// without the 330k-entry lists (kernel_tables checks that every list is that set in that order).
 //
 // Tables, generated in front of this file from gpuquant.quants.iq1.kernel_tables(): gq_iq1_kgrid (the
 // 2048 grid points, 2 bits a level, C kgrid_q2xs), gq_iq1_map3 (grid index of each octet by its base-3
@@ -387,8 +387,8 @@ __device__ __forceinline__ void gq_iq1_m_pack(const GqIq1Smem<GqIq1M>& s, int sb
         sc |= (unsigned long long)l << (16 * (ib / 4) + 3 * (ib % 4));
         const int shift = s.shift[sb][ib];
         y[32 + ib] |= (uint8_t)((shift & 1) << 7 | (shift >> 1) << 3);  // masks[shift]: 0x00, 0x80, 0x08, 0x88
-        gq_iq1_sums<GqIq1M>(s.x[sb] + 16 * ib, s.w[sb] + 16 * ib, s.gi[sb] + 2 * ib, !s.done[sb][ib], shift, (float)(2 * l + 1), &sumqx_f,
-                            &sumq2_f);
+        gq_iq1_sums<GqIq1M>(s.x[sb] + 16 * ib, s.w[sb] + 16 * ib, s.gi[sb] + 2 * ib, !s.done[sb][ib], shift,
+                            (float)(2 * l + 1), &sumqx_f, &sumq2_f);
     }
     if (sumq2_f > 0) d = sumqx_f / sumq2_f;
     const unsigned int u = gq_fp32_to_fp16(d * 1.1125f);
@@ -467,7 +467,8 @@ __device__ __forceinline__ void gq_dequantize_row_iq1_s(const block_iq1_s* blk, 
         const unsigned int qh = b[34 + 2 * ib] | b[35 + 2 * ib] << 8;
         const float dl = d * (2 * ((qh >> 12) & 7) + 1);
         const float delta = qh & 0x8000 ? -0.125f : 0.125f;
-        for (int l = 0; l < 4; ++l) gq_iq1_dequant_8(dl, delta, b[2 + 4 * ib + l] | (((qh >> 3 * l) & 7) << 8), y + 8 * l);
+        for (int l = 0; l < 4; ++l)
+            gq_iq1_dequant_8(dl, delta, b[2 + 4 * ib + l] | (((qh >> 3 * l) & 7) << 8), y + 8 * l);
         y += 32;
     }
 }
