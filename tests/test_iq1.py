@@ -252,3 +252,42 @@ def test_whole_file_without_imatrix_is_refused(ftype, llama_f16, tmp_path):
     with pytest.raises(UsageError, match=rf"requires an importance matrix: tensor blk\.\d+\.\w+\.weight -> {ftype}"):
         quantize_file(llama_f16, out, ftype, device="cpu")
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def emulated():
+    from gpuquant.backends.emulated import EmulatedDevice
+    return EmulatedDevice(threads=2)
+
+
+def _device_rows(rng, n: int) -> list[np.ndarray]:
+    """Rows for the kernels' order-dependent paths: values on a coarse lattice (sort ties, equal neighbour
+    distances), all-equal groups, one-signed overflowing squares and +inf (ggml may abort)."""
+    rows = [np.round(rng.standard_normal(n) * 2) / 2, np.repeat(rng.standard_normal(n // 8), 8),
+            np.where(rng.random(n) < 0.5, 1.0, -1.0), np.abs(rng.standard_normal(n) * 1e20),
+            np.where(rng.random(n) < 0.02, np.inf, rng.standard_normal(n)), rng.standard_normal(n) * 1e18]
+    return [r.astype(F32)[None] for r in rows]
+
+
+@requires_oracle
+@pytest.mark.parametrize("qtype", TYPES)
+def test_emulated_kernels_on_ties_and_aborts(qtype, emulated):
+    """kernels/iq1.cu on the emulated device, row by row against ggml in a forked child: the same bytes, or
+    GGMLAbort where ggml aborts."""
+    from tests.helpers import run_device
+
+    rng = np.random.default_rng(17)
+    n = 512
+    lattice = np.where(rng.random(n) < 0.4, 0, np.round(rng.random(n) * 4) / 4).astype(F32)
+    weights = [np.ones(n, dtype=F32), lattice, (rng.standard_normal(n) ** 2).astype(F32)]
+    aborted = 0
+    for row in _device_rows(rng, n):
+        for w in weights:
+            want, _ = forked_oracle(row, qtype, w)
+            if want is None:
+                aborted += 1
+                with pytest.raises(GGMLAbort):
+                    run_device(emulated, row, T.F32, qtype, n, w[None])
+            else:
+                assert_bytes(run_device(emulated, row, T.F32, qtype, n, w[None]), want, qtype, row)
+    assert aborted > 0

@@ -19,15 +19,15 @@ from __future__ import annotations
 import numpy as np
 import gguf.quants as gq
 
-from . import GGMLAbort, QuantType
+from . import GGMLAbort, Kernel, QuantType
 from . import GGMLQuantizationType as T
 from .common import F32, fp16_bits, fp16_to_fp32, nearest_int, seq_sum
-from .grids import iq2_grid
+from .grids import iq2_grid, pack_levels
 from .iq1_search import DELTA, XX, first_best, neighbours, refit_sums, sorted_prefix, split_pairs, \
     split_sums_m, split_sums_s
 from .iq2_search import pack_octets, running_max_first
 
-__all__ = ["IQ1_M", "IQ1_S"]
+__all__ = ["IQ1_M", "IQ1_S", "kernel_tables"]
 
 QK_K = 256
 CHUNK_SUPERBLOCKS = 128  # super-blocks per batch: (candidates, groups) arrays of about 5 MiB
@@ -177,6 +177,7 @@ class IQ1_S(_IQ1, qtype=T.IQ1_S):
     bit per group."""
 
     fp16_fields = {"d": 0}
+    kernel = Kernel(threads=64, item_elems=256, items_per_block=8, sync=True)  # kernels/iq1.cu: a thread per group
     requires_imatrix = True
     group = 32
     nshift = 2
@@ -239,6 +240,7 @@ class IQ1_M(_IQ1, qtype=T.IQ1_M):
     per octet, the fp16 super-block scale in the top nibbles of the scale words."""
 
     fp16_fields = {}  # the scale is assembled from four nibbles: ``invalid_blocks``
+    kernel = Kernel(threads=64, item_elems=256, items_per_block=4, sync=True)  # kernels/iq1.cu: a thread per group
     group = 16
     nshift = 4
     eps = F32(1e-7)  # GROUP_MAX_EPS_IQ1_M
@@ -314,3 +316,48 @@ class IQ1_M(_IQ1, qtype=T.IQ1_M):
         hi = np.stack([(qh << 8) & 0x700, (qh << 4) & 0x700], axis=2)
         delta = np.where(np.stack([qh & 0x08, qh & 0x80], axis=2) != 0, -DELTA, DELTA).astype(F32)
         return _dequantize(dl, delta, qs | hi).reshape(raw.shape[0], -1)
+
+
+def kernel_tables() -> dict[str, np.ndarray]:
+    """The lookup tables of kernels/iq1.cu, from ``grids.iq2_grid(IQ1_S)``: ``gq_iq1_kgrid`` (the packed grid,
+    C ``kgrid_q2xs``: 2 bits a level), ``gq_iq1_map3`` (the grid index of each octet of levels 0..2 by its
+    base-3 code ``sum l[i]*3**i``, -1 off the grid), ``gq_iq1_thr3`` (the largest squared level distance in
+    the code's neighbour list), ``gq_iq1_d4`` (``81 x 81``: the squared level distance of two quads, the
+    base-3 codes of 4 levels), ``gq_iq1_nq`` (``81 x 81``: per quad every quad by that distance, ties by
+    code), ``gq_iq1_quadlv`` (a quad's levels, 2 bits each), ``gq_iq1_ball`` (per quad and distance 0..4
+    the quads within it, 81-bit masks in two words) and ``gq_iq1_onhi`` (per low quad the high quads that
+    make a grid point). The kernels rebuild each C list as the grid points within ``thr3``, in (distance, index) order:
+    checked here against ``grid.neighbours``."""
+    g = iq2_grid(T.IQ1_S)
+    pw3 = 3 ** np.arange(8)
+    levels = (np.arange(3 ** 8)[:, None] // pw3) % 3  # (6561, 8): level i of code c
+    u = np.bitwise_or.reduce(levels << (2 * np.arange(8)), axis=1)
+    lv = _grid_levels()  # (2048, 8)
+    if not np.array_equal(pack_levels(lv, 2), g.kgrid):
+        raise ValueError("IQ1 kgrid does not pack the grid's levels")
+    q4 = levels[:81, :4]
+    d4 = ((q4[:, None, :] - q4[None, :, :]) ** 2).sum(axis=2)
+    m = g.map[u]
+    thr = np.zeros(3 ** 8, dtype=np.int64)
+    for c in np.flatnonzero(m < 0):
+        lst = g.neighbour_list(int(u[c]))
+        dist = ((lv - levels[c]) ** 2).sum(axis=1)
+        thr[c] = dist[lst].max()
+        within = np.flatnonzero(dist <= thr[c])
+        rebuilt = within[np.lexsort((within, dist[within]))]
+        if not np.array_equal(rebuilt, lst):
+            raise ValueError(f"IQ1 neighbour list of code {c} is not the grid points within distance {thr[c]}")
+    return {"gq_iq1_kgrid": g.kgrid.astype(np.uint16), "gq_iq1_map3": np.where(m < 0, -1, m).astype(np.int16),
+            "gq_iq1_thr3": thr.astype(np.uint8), "gq_iq1_d4": d4.reshape(-1).astype(np.uint8),
+            "gq_iq1_nq": np.argsort(d4, axis=1, kind="stable").reshape(-1).astype(np.uint8),
+            "gq_iq1_quadlv": pack_levels(q4, 2).astype(np.uint8),
+            "gq_iq1_ball": _masks81(d4[:, None, :] <= np.arange(5)[None, :, None]),
+            "gq_iq1_onhi": _masks81((m >= 0).reshape(81, 81).T)}
+
+
+def _masks81(sets: np.ndarray) -> np.ndarray:
+    """``(..., 81)`` bools -> flat uint64 pairs: bit ``k`` of word ``w`` is element ``64*w + k``."""
+    bits = np.zeros(sets.shape[:-1] + (128,), dtype=bool)
+    bits[..., :81] = sets
+    return np.packbits(bits.reshape(-1, 128), axis=-1, bitorder="little").view("<u8").reshape(-1)
+
