@@ -7,8 +7,14 @@ input untouched.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
+
+# numpy's BLAS threads: the CPU device runs its own thread pool, and BLAS threads spinning beside it cost a
+# core (IQ2's ranking products) and ~50 ms of every start; set before numpy is imported (an explicit
+# OPENBLAS_NUM_THREADS wins)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from pathlib import Path
 from typing import List, Optional
 
