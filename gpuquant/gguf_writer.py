@@ -106,6 +106,10 @@ def _why(e: OSError) -> str:
     return f"{e.strerror or e} ({name})" if name else str(e.strerror or e)
 
 
+# copy_file_range not available for this pair of files: fall back to write
+_NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF, errno.ETXTBSY}
+
+
 class StreamWriter:
     """Writes one output file sequentially into a temporary file beside the target, renamed on commit.
 
@@ -131,6 +135,28 @@ class StreamWriter:
         except OSError as e:
             raise self._failed(e) from None
         self.bytes_written += mv.nbytes
+
+    def copy_range(self, data, src_fd: int, src_offset: int) -> None:
+        """Append ``data``, which are the bytes of ``src_fd`` at ``src_offset``, copied by the kernel
+        (``copy_file_range``: no pass through user memory, as ``cp`` does); ``write(data)`` where the file
+        systems cannot."""
+        n = memoryview(data).nbytes
+        try:
+            self._f.flush()
+            fd, done = self._f.fileno(), 0
+            while done < n:
+                k = os.copy_file_range(src_fd, fd, n - done, src_offset + done)
+                if k <= 0:
+                    break
+                done += k
+        except OSError as e:
+            if e.errno not in _NO_COPY_RANGE:
+                raise self._failed(e) from None
+            done = 0
+        self.bytes_written += done
+        self._f.seek(self.bytes_written)  # the file object's idea of its position, after the kernel's copy
+        if done < n:  # not supported here (or short): the rest through write
+            self.write(memoryview(data).cast("B")[done:])
 
     def _failed(self, e: OSError) -> OutputError:
         hint = " (disk full, quota or file size limit)" if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else ""

@@ -273,6 +273,7 @@ class Pipeline:
         self.failures: dict[int, BaseException] = {}
         self._stop = threading.Event()
         self._error: BaseException | None = None
+        self._copy_fds: dict = {}  # the writer's descriptors of the source files (unchanged tensors)
         self._t0 = time.perf_counter()
 
     @classmethod
@@ -390,6 +391,13 @@ class Pipeline:
         except BaseException as e:  # noqa: BLE001
             self._fail(e)
 
+    def _source_fd(self, path) -> int:
+        """The writer's own descriptor of a source file (closed when the run ends)."""
+        fd = self._copy_fds.get(path)
+        if fd is None:
+            fd = self._copy_fds[path] = os.open(path, os.O_RDONLY)
+        return fd
+
     def _wait_for_results(self, slab: "SourceSlab", target: "Target", event, check) -> None:
         """Wait until a target's results are on the host. A failure of the event is the device's (a host
         stream stays failed, as a CUDA error does): it stops every output. A ``check`` that finds a slab ggml
@@ -411,7 +419,11 @@ class Pipeline:
                 raise QuantizeError(_invalid_result_message(slab, target, bad))
         t0 = time.perf_counter()
         out = self.outputs[target.output].writers[target.work.split]
-        out.write(data)
+        copy_range = None if quantized else getattr(out, "copy_range", None)
+        if copy_range is not None:  # unchanged bytes: the kernel copies them from the source (as cp does)
+            copy_range(data, self._source_fd(slab.src.path), slab.src.offset + slab.src_byte0)
+        else:
+            out.write(data)
         if slab.last:
             out.pad()
             tensor_done = getattr(out, "tensor_done", None)
@@ -444,6 +456,9 @@ class Pipeline:
             self._stop.set()  # every stage has finished or must stop now
             reader.join(timeout=5)
             writer.join(timeout=5)
+            for fd in self._copy_fds.values():
+                os.close(fd)
+            self._copy_fds.clear()
             self.times.wall = time.perf_counter() - t_start
             self.times.device = dict(self.device.stage_times())
         if self._error is not None:

@@ -157,3 +157,35 @@ def test_emulated_device_with_and_without_device_buffers(tmp_path, zero_copy):
         dev.close()
     assert got[: 12 * 144] == expected(arr, T.Q4_K, qw)
     assert ("h2d" in stages) == (not zero_copy) and stages["kernel"] > 0
+
+
+@pytest.mark.parametrize("mode", ["kernel", "short", "exdev"])
+def test_copy_range_appends_the_source_bytes(tmp_path, monkeypatch, mode):
+    """StreamWriter.copy_range (unchanged tensors copied by copy_file_range) writes exactly what write would:
+    after the header, in order, with a short kernel copy or none at all (EXDEV: write instead)."""
+    import errno
+    import os
+
+    from gpuquant.gguf_writer import StreamWriter
+
+    src = tmp_path / "src.bin"
+    payload = np.random.default_rng(3).integers(0, 256, 100_000, dtype=np.uint8)
+    src.write_bytes(b"xxxx" + payload.tobytes())
+    real = os.copy_file_range
+    if mode == "short":
+        monkeypatch.setattr(os, "copy_file_range", lambda a, b, n, off: real(a, b, min(n, 4096), off))
+    elif mode == "exdev":
+        def refuse(*args):
+            raise OSError(errno.EXDEV, "cross-device")
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    w = StreamWriter(tmp_path / "out.bin", b"HEAD")
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        w.copy_range(payload[:60_000], fd, 4)
+        w.write(b"mid")
+        w.copy_range(payload[60_000:], fd, 4 + 60_000)
+    finally:
+        os.close(fd)
+    assert w.bytes_written == 4 + 100_000 + 3
+    w._f.close()
+    assert w.tmp.read_bytes() == b"HEAD" + payload[:60_000].tobytes() + b"mid" + payload[60_000:].tobytes()
