@@ -225,6 +225,7 @@ def _convert_once(src_type: T, quantizing: dict[int, TensorWork], convert_ok) ->
 @dataclass
 class StageTimes:
     read: float = 0.0
+    validate: float = 0.0  # ggml_validate_row_data of the source slabs (beside the reader)
     write: float = 0.0
     device: dict[str, float] = field(default_factory=dict)
     wall: float = 0.0
@@ -349,13 +350,10 @@ class Pipeline:
                 if src.path not in fds:
                     fds[src.path] = os.open(src.path, os.O_RDONLY)
                 read_rows(src, slab.src_byte0, host_in[b], slab.src_nbytes, fds[src.path])
-                bad = validate.first_invalid(src.type, host_in[b][: slab.src_nbytes])
-                if bad is not None:
-                    raise QuantizeError(_invalid_source_message(slab, bad))
                 self.times.read += time.perf_counter() - t0
                 self.times.bytes_read += slab.src_nbytes
-                self._put(to_issue, (slab, b))
-            self._put(to_issue, None)
+                self._put(self._to_validate, (slab, b))
+            self._put(self._to_validate, None)
         except _Stop:
             pass
         except BaseException as e:  # noqa: BLE001
@@ -363,6 +361,27 @@ class Pipeline:
         finally:
             for fd in fds.values():
                 os.close(fd)
+
+    def _validator(self, host_in: list[np.ndarray], to_issue: queue.Queue) -> None:
+        """ggml_validate_row_data of every slab read, in order, beside the reader (numpy drops the GIL), so
+        that reading goes on while a slab is checked."""
+        try:
+            while True:
+                item = self._get(self._to_validate)
+                if item is not None:
+                    slab, b = item
+                    t0 = time.perf_counter()
+                    bad = validate.first_invalid(slab.src.type, host_in[b][: slab.src_nbytes])
+                    if bad is not None:
+                        raise QuantizeError(_invalid_source_message(slab, bad))
+                    self.times.validate += time.perf_counter() - t0
+                self._put(to_issue, item)
+                if item is None:
+                    return
+        except _Stop:
+            pass
+        except BaseException as e:  # noqa: BLE001
+            self._fail(e)
 
     def _writer_loop(self, host_in, host_out, free_in: queue.Queue, free_out: queue.Queue,
                      to_write: queue.Queue) -> None:
@@ -455,6 +474,7 @@ class Pipeline:
         finally:
             self._stop.set()  # every stage has finished or must stop now
             reader.join(timeout=5)
+            self._validator_thread.join(timeout=5)
             writer.join(timeout=5)
             for fd in self._copy_fds.values():
                 os.close(fd)
@@ -474,8 +494,12 @@ class Pipeline:
             self._free_in.put(i)
         for i in range(SLOTS):
             self._free_out.put(i)
+        self._to_validate: queue.Queue = queue.Queue()
         self._to_issue: queue.Queue = queue.Queue(maxsize=HOST_IN)
         self._to_write: queue.Queue = queue.Queue()
+        self._validator_thread = threading.Thread(target=self._validator, args=(bufs.host_in, self._to_issue),
+                                                  name="gpuquant-validator", daemon=True)
+        self._validator_thread.start()
         reader = threading.Thread(target=self._reader, args=(slabs, bufs.host_in, self._free_in, self._to_issue),
                                   name="gpuquant-reader", daemon=True)
         writer = threading.Thread(target=self._writer_loop, args=(bufs.host_in, bufs.host_out, self._free_in,

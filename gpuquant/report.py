@@ -206,7 +206,8 @@ def stage_rows(report: Report) -> list[dict[str, Any]]:
     if tm is None or tm.wall <= 0:
         return []
     dev = tm.device
-    stages = [("read", tm.read, tm.bytes_read), ("h2d", dev.get("h2d"), tm.bytes_read),
+    stages = [("read", tm.read, tm.bytes_read), ("validate", tm.validate, tm.bytes_read),
+              ("h2d", dev.get("h2d"), tm.bytes_read),
               ("kernel", dev.get("kernel"), tm.bytes_read), ("d2h", dev.get("d2h"), tm.bytes_written),
               ("write", tm.write, tm.bytes_written)]
     rows = []

@@ -132,7 +132,7 @@ def test_closing_tables_and_json_report(model, tmp_path):
     q4k = next(t for t in doc["types"] if t["type"] == "Q4_K")
     assert q4k["bpw"] == 4.5 and q4k["output_bytes"] == sum(t.nbytes for t in m.tensors if t.type == T.Q4_K)
     # the numpy device computes in the staging buffers (zero copy): no h2d/d2h stages
-    assert [s["stage"] for s in doc["stages"]] == ["read", "kernel", "write"]
+    assert [s["stage"] for s in doc["stages"]] == ["read", "validate", "kernel", "write"]
     ov = doc["overlap"]
     assert ov["bottleneck"] in ("read", "kernel", "write") and 0 < ov["efficiency"] <= 1.0 + 1e-9
     assert math.isclose(ov["busy_seconds"], sum(s["seconds"] for s in doc["stages"]))
