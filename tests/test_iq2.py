@@ -187,6 +187,7 @@ def nan_inf_rows(seed: int) -> np.ndarray:
 
 
 @requires_oracle
+@pytest.mark.extended  # more seeds of what test_conformance checks in the default run
 @pytest.mark.parametrize("qtype", TYPES)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_nan_inf_inputs_against_oracle(qtype, seed):

@@ -135,6 +135,7 @@ def test_scales_against_oracle(qtype):
 
 
 @requires_oracle
+@pytest.mark.extended  # more seeds of what test_conformance checks in the default run
 @pytest.mark.parametrize("qtype", TYPES)
 @pytest.mark.parametrize("seed", [0, 11])
 def test_edge_cases_against_oracle(qtype, seed):
@@ -173,6 +174,7 @@ def test_nan_inf_inputs_against_oracle(qtype, seed):
 
 
 @requires_oracle
+@pytest.mark.extended  # more seeds of what test_conformance checks in the default run
 @pytest.mark.parametrize("qtype", TYPES)
 def test_lone_nonfinite_values_against_oracle(qtype):
     """One NaN/Inf per row at several places, and NaN among zeros (a skipped block: bytes, no abort)."""
