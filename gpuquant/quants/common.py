@@ -496,3 +496,38 @@ def make_qkx_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta
         scale = np.where(flat, F32(0), scale)
         the_min = np.where(flat, flat_min, -mn)
     return scale, the_min, L
+
+
+QK_K = 256
+
+
+def quantize_superblocks(cls, rows: np.ndarray, quant_weights: np.ndarray | None, chunk: int, superblocks):
+    """The row driver of the grid types (``quantize_iq2_xxs`` ... ``quantize_iq1_m``): the rows' 256-value
+    super-blocks in batches of ``chunk``, each with the importance weights of its place in the row, through
+    ``superblocks(x (S, 256), qw (S, 256) or None) -> (S, type_size)`` uint8, with C's silent inf/NaN
+    arithmetic. A ``GGMLAbort(message, super-block of the batch)`` from it is raised again naming the
+    super-block and row; one with a message only passes through."""
+    from . import GGMLAbort
+
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    nrows, n = rows.shape
+    if cls.requires_imatrix and quant_weights is None:
+        raise ValueError(f"{cls.qtype.name} requires importance weights (ggml asserts without them)")
+    out = np.empty((nrows, cls.row_size(n)), dtype=np.uint8)
+    nsb = n // QK_K
+    qw_sb = None if quant_weights is None else np.asarray(quant_weights, dtype=np.float32).reshape(nsb, QK_K)
+    x = rows.reshape(-1, QK_K)
+    blocks = out.reshape(-1, cls.type_size)
+    for s0 in range(0, x.shape[0], chunk):
+        xs = x[s0:s0 + chunk]
+        qw = None if qw_sb is None else qw_sb[(s0 + np.arange(len(xs))) % nsb]  # super-block j: block j % nsb
+        try:
+            with np.errstate(all="ignore"):  # C computes through overflow, underflow and NaN silently
+                blocks[s0:s0 + len(xs)] = superblocks(xs, qw)
+        except GGMLAbort as e:
+            if len(e.args) < 2:
+                raise
+            sb = s0 + e.args[1]
+            raise GGMLAbort(f"{cls.qtype.name}: ggml-quants.c aborts on this input "
+                            f"(super-block {sb}, row {sb // nsb}): {e.args[0]}") from None
+    return out

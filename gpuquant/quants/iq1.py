@@ -21,7 +21,7 @@ import gguf.quants as gq
 
 from . import GGMLAbort, Kernel, QuantType
 from . import GGMLQuantizationType as T
-from .common import F32, fp16_bits, fp16_to_fp32, nearest_int, seq_sum
+from .common import F32, fp16_bits, fp16_to_fp32, nearest_int, quantize_superblocks, seq_sum
 from .grids import iq2_grid, pack_levels
 from .iq1_search import DELTA, XX, first_best, neighbours, refit_sums, sorted_prefix, split_pairs, \
     split_sums_m, split_sums_s
@@ -54,26 +54,7 @@ class _IQ1(QuantType):
 
     @classmethod
     def quantize_rows(cls, rows: np.ndarray, quant_weights: np.ndarray | None) -> np.ndarray:
-        rows = np.asarray(rows, dtype=F32)
-        nrows, n = rows.shape
-        if cls.requires_imatrix and quant_weights is None:
-            raise ValueError(f"{cls.qtype.name} requires importance weights (ggml asserts without them)")
-        out = np.empty((nrows, cls.row_size(n)), dtype=np.uint8)
-        nsb = n // QK_K
-        qw_sb = None if quant_weights is None else np.asarray(quant_weights, dtype=F32).reshape(nsb, QK_K)
-        x = rows.reshape(-1, QK_K)
-        blocks = out.reshape(-1, cls.type_size)
-        for s0 in range(0, x.shape[0], CHUNK_SUPERBLOCKS):
-            xs = x[s0:s0 + CHUNK_SUPERBLOCKS]
-            qw = None if qw_sb is None else qw_sb[(s0 + np.arange(len(xs))) % nsb]
-            try:
-                with np.errstate(all="ignore"):  # C computes through overflow, underflow and NaN silently
-                    blocks[s0:s0 + len(xs)] = cls._superblocks(xs, qw)
-            except GGMLAbort as e:
-                sb = s0 + e.args[1]
-                raise GGMLAbort(f"{cls.qtype.name}: ggml-quants.c aborts on this input "
-                                f"(super-block {sb}, row {sb // nsb}): {e.args[0]}") from None
-        return out
+        return quantize_superblocks(cls, rows, quant_weights, CHUNK_SUPERBLOCKS, cls._superblocks)
 
     @classmethod
     def _weights(cls, xg: np.ndarray, qw: np.ndarray | None, sigma2: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ import gguf.quants as _gq
 
 from . import GGMLQuantizationType as T
 from . import GGMLAbort, Kernel, QuantType, grids
-from .common import F32, below_exact, fp16_bits, fp16_to_fp32, levels_f32, levels_int, seq_sum
+from .common import F32, below_exact, fp16_bits, fp16_to_fp32, levels_f32, levels_int, quantize_superblocks, seq_sum
 
 QK_K = 256
 KMAXQ = 8
@@ -410,21 +410,7 @@ class _IQ3(QuantType):
 
     @classmethod
     def quantize_rows(cls, rows: np.ndarray, quant_weights: np.ndarray | None) -> np.ndarray:
-        rows = np.ascontiguousarray(rows, dtype=F32)
-        nrows, n = rows.shape
-        if n % QK_K:
-            raise ValueError(f"{cls.qtype.name}: n_per_row={n} is not a multiple of {QK_K}")
-        nbl = n // QK_K
-        x = rows.reshape(-1, QK_K)
-        qw = None if quant_weights is None else np.ascontiguousarray(quant_weights, dtype=F32).reshape(nbl, QK_K)
-        out = np.empty((x.shape[0], cls.type_size), np.uint8)
-        step = max(1, _ROWS_ELEMS // QK_K)
-        with np.errstate(all="ignore"):  # C runs into inf/NaN silently (or aborts, raised as GGMLAbort)
-            for s0 in range(0, x.shape[0], step):
-                s1 = min(s0 + step, x.shape[0])
-                w = None if qw is None else qw[np.arange(s0, s1) % nbl]
-                out[s0:s1] = cls._superblocks(x[s0:s1], w)
-        return out.reshape(nrows, -1)
+        return quantize_superblocks(cls, rows, quant_weights, max(1, _ROWS_ELEMS // QK_K), cls._superblocks)
 
     @classmethod
     def _superblocks(cls, x: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
